@@ -1,0 +1,81 @@
+//! The `vchat` command line, as a library so that a binary with extra executors can
+//! reuse it: build a [`Registry`] from [`builtin_registry`], register your own
+//! executors, and hand over to [`main_with`].
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = vchat_cli::builtin_registry();
+//!     // registry.register("MyExecutor", |cfg: MyConfig, name| MyExecutor::new(cfg, name));
+//!     vchat_cli::main_with(registry)
+//! }
+//! ```
+
+mod bench;
+mod flow;
+mod ping;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vchat_core::Registry;
+
+/// The built-in executors, one line each.
+pub fn builtin_registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(
+        vchat_executor::JTYPE,
+        vchat_executor::VideoChatExecutor::new,
+    );
+    r
+}
+
+/// vchat: real-time video Flows over Jina's gRPC protocol.
+#[derive(Parser, Debug)]
+#[command(name = "vchat", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a gateway and the executors a Flow YAML names.
+    Flow(flow::FlowArgs),
+    /// Exit 0 when the Flow at ADDR answers, 1 otherwise.
+    Ping(ping::PingArgs),
+    /// Simulate chat users against a gateway and report latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs it with `registry`'s executors.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vchat: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Flow(args) => flow::run(args, registry).await,
+            Command::Ping(args) => ping::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vchat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `vchat ping ADDR`: is the Flow there and ready?
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use vchat_client::Client;
+
+#[derive(Args, Debug)]
+pub struct PingArgs {
+    /// Gateway address: grpc://HOST:PORT.
+    addr: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
+}
+
+pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.addr)?;
+    let wait = Duration::from_secs_f64(args.timeout.max(0.0));
+    match tokio::time::timeout(wait, client.dry_run()).await {
+        Ok(Ok(())) => {
+            println!("{}: ready", args.addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => {
+            println!("{}: not ready: {e}", args.addr);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            println!(
+                "{}: not ready: no answer within {:.1} s",
+                args.addr, args.timeout
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! vchat-client: talk to a vchat (or Jina 3) gateway.
+//!
+//! [`Client::post`] streams documents to `jina.JinaRPC/Call`, `request_size`
+//! documents per request, and hands every response to the `on_done` / `on_error` /
+//! `on_always` callbacks the moment it arrives. Nothing is accumulated, so an
+//! endless input (a webcam) runs forever in constant memory; at most `prefetch`
+//! requests are in flight.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vchat_client::ClientError> {
+//! use vchat_client::{Client, PostOptions};
+//! use vchat_core::{Document, Tensor};
+//!
+//! let client = Client::new("grpc://127.0.0.1:12345")?;
+//! let frames = futures::stream::iter((0..10).map(|_| {
+//!     let pixels = bytes::Bytes::from(vec![0u8; 200 * 300 * 3]);
+//!     let mut doc = Document::with_tensor(Tensor::image(200, 300, 3, pixels).unwrap());
+//!     doc.set_tag_str("user", "alice");
+//!     doc
+//! }));
+//! let options = PostOptions::new()
+//!     .request_size(1)
+//!     .on_done(|resp| println!("mosaic {:?}", resp.docs().unwrap()[0].tensor().unwrap().shape()));
+//! client.post("/", frames, options).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The `vchat-client` binary (in `src/bin`) is the chat client built on this; its
+//! frame sources and sinks live in [`source`] and [`sink`].
+
+pub mod sink;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+use vchat_core::{DocumentArray, Value, new_id};
+use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
+use vchat_proto::jina::jina_gateway_dry_run_rpc_client::JinaGatewayDryRunRpcClient;
+use vchat_proto::jina::jina_rpc_client::JinaRpcClient;
+use vchat_proto::jina::status_proto::StatusCode;
+use vchat_proto::{DataRequestProto, HeaderProto};
+
+pub use vchat_core::{Document, Tensor};
+
+/// Jina's default documents per request.
+pub const DEFAULT_REQUEST_SIZE: usize = 100;
+/// Default requests in flight on one stream.
+pub const DEFAULT_PREFETCH: usize = 16;
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address is not `grpc://host:port` or `host:port`.
+    #[error("invalid address {0:?}: expected grpc://HOST:PORT")]
+    Address(String),
+    /// The connection failed or broke.
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        /// The gateway address.
+        addr: String,
+        /// What failed.
+        source: tonic::transport::Error,
+    },
+    /// The server ended the call with an error status.
+    #[error("{addr}: {status}")]
+    Rpc {
+        /// The gateway address.
+        addr: String,
+        /// The gRPC status.
+        status: Box<tonic::Status>,
+    },
+}
+
+impl ClientError {
+    /// Whether the gateway could not be reached or went away (as opposed to
+    /// refusing the call): worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            ),
+            ClientError::Address(_) => false,
+        }
+    }
+}
+
+/// One response, as handed to the callbacks.
+#[derive(Debug, Clone)]
+pub struct Response {
+    proto: DataRequestProto,
+    latency: Option<Duration>,
+}
+
+impl Response {
+    /// The request id, the same as the request's.
+    pub fn request_id(&self) -> &str {
+        self.proto.header.as_ref().map_or("", |h| &h.request_id)
+    }
+
+    /// Whether the gateway reported an ERROR status for this request.
+    pub fn is_error(&self) -> bool {
+        self.proto
+            .header
+            .as_ref()
+            .and_then(|h| h.status.as_ref())
+            .is_some_and(|s| s.code == StatusCode::Error as i32)
+    }
+
+    /// The error description, when [`is_error`](Self::is_error).
+    pub fn error(&self) -> Option<&str> {
+        if !self.is_error() {
+            return None;
+        }
+        self.proto
+            .header
+            .as_ref()
+            .and_then(|h| h.status.as_ref())
+            .map(|s| s.description.as_str())
+    }
+
+    /// The response documents.
+    pub fn docs(&self) -> Result<DocumentArray, vchat_core::Error> {
+        match self.proto.data.as_ref().and_then(|d| d.documents.as_ref()) {
+            Some(Documents::Docs(da)) => DocumentArray::from_proto(da.clone()),
+            _ => Ok(DocumentArray::new()),
+        }
+    }
+
+    /// The response parameters.
+    pub fn parameters(&self) -> BTreeMap<String, Value> {
+        self.proto
+            .parameters
+            .as_ref()
+            .map(|p| p.fields.clone())
+            .unwrap_or_default()
+    }
+
+    /// Time from sending the request to receiving this response.
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency
+    }
+
+    /// The wire message.
+    pub fn proto(&self) -> &DataRequestProto {
+        &self.proto
+    }
+}
+
+type Callback = Box<dyn FnMut(&Response) + Send>;
+
+/// How [`Client::post`] sends and what it does with each response.
+pub struct PostOptions {
+    request_size: usize,
+    prefetch: usize,
+    parameters: BTreeMap<String, Value>,
+    on_done: Option<Callback>,
+    on_error: Option<Callback>,
+    on_always: Option<Callback>,
+}
+
+impl Default for PostOptions {
+    fn default() -> Self {
+        PostOptions {
+            request_size: DEFAULT_REQUEST_SIZE,
+            prefetch: DEFAULT_PREFETCH,
+            parameters: BTreeMap::new(),
+            on_done: None,
+            on_error: None,
+            on_always: None,
+        }
+    }
+}
+
+impl PostOptions {
+    /// Defaults: `request_size` 100 (as Jina), `prefetch` 16, no parameters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Documents per request (at least 1); the chat sends 1.
+    pub fn request_size(mut self, n: usize) -> Self {
+        self.request_size = n.max(1);
+        self
+    }
+
+    /// Requests in flight at most (at least 1); also sent as `__prefetch__`.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Parameters sent with every request.
+    pub fn parameters(mut self, p: BTreeMap<String, Value>) -> Self {
+        self.parameters = p;
+        self
+    }
+
+    /// Called with every successful response, as it arrives.
+    pub fn on_done(mut self, f: impl FnMut(&Response) + Send + 'static) -> Self {
+        self.on_done = Some(Box::new(f));
+        self
+    }
+
+    /// Called with every response whose status is ERROR.
+    pub fn on_error(mut self, f: impl FnMut(&Response) + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+
+    /// Called with every response, after `on_done` or `on_error`.
+    pub fn on_always(mut self, f: impl FnMut(&Response) + Send + 'static) -> Self {
+        self.on_always = Some(Box::new(f));
+        self
+    }
+}
+
+/// What a finished [`Client::post`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PostSummary {
+    /// Responses received.
+    pub requests: u64,
+    /// Responses received with SUCCESS.
+    pub done: u64,
+    /// Responses received with ERROR.
+    pub errors: u64,
+}
+
+/// A connection to a gateway.
+#[derive(Clone)]
+pub struct Client {
+    addr: String,
+    channel: Channel,
+}
+
+/// `grpc://host:port` or `host:port` to an `http://` URI for tonic.
+fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
+    let rest = addr.strip_prefix("grpc://").unwrap_or(addr);
+    if rest.contains("://") || rest.is_empty() {
+        return Err(ClientError::Address(addr.to_string()));
+    }
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Address(addr.to_string()))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(ClientError::Address(addr.to_string()));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+impl Client {
+    /// A client for `addr` (`grpc://host:port`). Connects lazily, on first use.
+    pub fn new(addr: &str) -> Result<Self, ClientError> {
+        let uri = endpoint_uri(addr)?;
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|_| ClientError::Address(addr.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Client {
+            addr: addr.to_string(),
+            channel,
+        })
+    }
+
+    /// The address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn rpc_error(&self, status: tonic::Status) -> ClientError {
+        ClientError::Rpc {
+            addr: self.addr.clone(),
+            status: Box::new(status),
+        }
+    }
+
+    /// Asks the gateway whether its Flow is ready (`dry_run`).
+    pub async fn dry_run(&self) -> Result<(), ClientError> {
+        let mut c = JinaGatewayDryRunRpcClient::new(self.channel.clone());
+        let status = c
+            .dry_run(())
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        if status.code == StatusCode::Error as i32 {
+            return Err(self.rpc_error(tonic::Status::unavailable(status.description)));
+        }
+        Ok(())
+    }
+
+    /// Streams `inputs` to `endpoint`, `request_size` documents per request, and
+    /// calls the callbacks with each response as it arrives. Returns when the
+    /// inputs are exhausted and every response has arrived; a transport error is
+    /// returned, not passed to a callback.
+    ///
+    /// The future owns everything it uses, so it can be spawned.
+    pub fn post<S>(
+        &self,
+        endpoint: &str,
+        inputs: S,
+        options: PostOptions,
+    ) -> impl Future<Output = Result<PostSummary, ClientError>> + Send + 'static
+    where
+        S: Stream<Item = Document> + Send + 'static,
+    {
+        let client = self.clone();
+        let endpoint = endpoint.to_string();
+        async move { client.post_owned(endpoint, inputs, options).await }
+    }
+
+    async fn post_owned<S>(
+        self,
+        endpoint: String,
+        inputs: S,
+        mut options: PostOptions,
+    ) -> Result<PostSummary, ClientError>
+    where
+        S: Stream<Item = Document> + Send + 'static,
+    {
+        let in_flight = Arc::new(Semaphore::new(options.prefetch));
+        let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let parameters = (!options.parameters.is_empty()).then(|| vchat_core::Struct {
+            fields: options.parameters.clone(),
+        });
+        let outbound = {
+            let in_flight = in_flight.clone();
+            let sent_at = sent_at.clone();
+            inputs.chunks(options.request_size).then(move |docs| {
+                let in_flight = in_flight.clone();
+                let sent_at = sent_at.clone();
+                let endpoint = endpoint.clone();
+                let parameters = parameters.clone();
+                async move {
+                    // Released when the response arrives.
+                    if let Ok(p) = in_flight.acquire().await {
+                        p.forget();
+                    }
+                    let id = new_id();
+                    let req = DataRequestProto {
+                        header: Some(HeaderProto {
+                            request_id: id.clone(),
+                            exec_endpoint: Some(endpoint),
+                            ..Default::default()
+                        }),
+                        parameters,
+                        routes: Vec::new(),
+                        data: Some(DataContentProto {
+                            documents: Some(Documents::Docs(DocumentArray(docs).into_proto())),
+                        }),
+                    };
+                    sent_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, Instant::now());
+                    req
+                }
+            })
+        };
+        let mut request = tonic::Request::new(outbound);
+        request.metadata_mut().insert(
+            "__prefetch__",
+            options
+                .prefetch
+                .to_string()
+                .parse()
+                .expect("a number is valid metadata"),
+        );
+        request.metadata_mut().insert(
+            "__results_in_order__",
+            "true".parse().expect("valid metadata"),
+        );
+        let mut rpc = JinaRpcClient::new(self.channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut responses = rpc
+            .call(request)
+            .await
+            .map_err(|s| self.rpc_error(s))?
+            .into_inner();
+        let mut summary = PostSummary::default();
+        while let Some(proto) = responses.message().await.map_err(|s| self.rpc_error(s))? {
+            in_flight.add_permits(1);
+            let id = proto
+                .header
+                .as_ref()
+                .map(|h| h.request_id.as_str())
+                .unwrap_or("");
+            let sent = sent_at.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            let resp = Response {
+                latency: sent.map(|t| t.elapsed()),
+                proto,
+            };
+            summary.requests += 1;
+            if resp.is_error() {
+                summary.errors += 1;
+                if let Some(f) = options.on_error.as_mut() {
+                    f(&resp);
+                }
+            } else {
+                summary.done += 1;
+                if let Some(f) = options.on_done.as_mut() {
+                    f(&resp);
+                }
+            }
+            if let Some(f) = options.on_always.as_mut() {
+                f(&resp);
+            }
+        }
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            endpoint_uri("grpc://127.0.0.1:80").unwrap(),
+            "http://127.0.0.1:80"
+        );
+        assert_eq!(endpoint_uri("localhost:1").unwrap(), "http://localhost:1");
+        assert!(endpoint_uri("http://x:1").is_err());
+        assert!(endpoint_uri("grpc://x").is_err());
+        assert!(endpoint_uri("grpc://x:port").is_err());
+        assert!(Client::new("nope").is_err());
+    }
+}

@@ -1,0 +1,392 @@
+//! Flow and executor YAML, with Jina's keys.
+//!
+//! Parsed with `serde-saphyr`, which reports the line and column of every error;
+//! every struct denies unknown keys, so a typo is an error that names the file, the
+//! line and the key rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::{ConfigError, Origin};
+
+/// A flow's executor's `with:` values, each with where it was written.
+pub type WithValues = BTreeMap<String, (serde_json::Value, Origin)>;
+
+/// Default number of requests of one stream processed at once.
+pub const DEFAULT_PREFETCH: usize = 16;
+/// Default largest request message accepted, in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+type SpannedMap = BTreeMap<String, Spanned<serde_json::Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowFile {
+    jtype: Spanned<String>,
+    #[serde(default)]
+    version: Option<serde_json::Value>,
+    #[serde(default)]
+    with: Option<FlowWith>,
+    #[serde(default)]
+    executors: Vec<Spanned<ExecutorEntry>>,
+}
+
+/// The Flow's own settings (`with:` of a `jtype: Flow` file).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowWith {
+    /// Address to listen on (default `0.0.0.0`, as Jina).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port to listen on; 0 or absent picks a free port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Gateway protocol; only `grpc` is served.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Requests of one stream processed at once when the client does not say
+    /// (its `__prefetch__` metadata); default [`DEFAULT_PREFETCH`].
+    #[serde(default)]
+    pub prefetch: Option<usize>,
+    /// Largest request message, in bytes; a larger one is answered with an ERROR
+    /// status. Default [`DEFAULT_MAX_MESSAGE_BYTES`].
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutorEntry {
+    #[serde(default)]
+    name: Option<String>,
+    uses: Spanned<String>,
+    #[serde(default)]
+    uses_with: Option<SpannedMap>,
+    #[serde(default)]
+    uses_metas: Option<Metas>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutorFile {
+    jtype: Spanned<String>,
+    #[serde(default)]
+    with: Option<SpannedMap>,
+    #[serde(default)]
+    metas: Option<Metas>,
+    #[serde(default)]
+    py_modules: Option<Spanned<Vec<String>>>,
+}
+
+/// Jina's `metas:` of an executor. `description` and `workspace` are accepted so
+/// that Jina's executor YAMLs load; vchat does not use them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct Metas {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    workspace: Option<String>,
+    #[serde(default)]
+    py_modules: Option<Spanned<Vec<String>>>,
+}
+
+/// A parsed, resolved Flow: what the gateway needs to start.
+#[derive(Debug, Clone)]
+pub struct FlowSpec {
+    /// The Flow file.
+    pub file: PathBuf,
+    /// The Flow's own settings.
+    pub with: FlowWith,
+    /// Executors in the order they run.
+    pub executors: Vec<ExecutorSpec>,
+}
+
+/// One executor of a Flow, or the one executor of an executor YAML.
+#[derive(Debug, Clone)]
+pub struct ExecutorSpec {
+    /// Its name in the Flow (`executor0`, `executor1`, ... when not given).
+    pub name: String,
+    /// The registered type that implements it.
+    pub jtype: String,
+    /// Where the jtype was named.
+    pub jtype_origin: Origin,
+    /// `with:` of the executor YAML, overridden by `uses_with:` of the Flow.
+    pub with: WithValues,
+    /// Where the `uses:` (or the executor file) that declares it was written.
+    pub origin: Origin,
+    /// Python modules the YAML lists (`py_modules`): a Python executor.
+    pub py_modules: Vec<PathBuf>,
+}
+
+fn origin_of<T>(file: &Path, s: &Spanned<T>) -> Origin {
+    Origin {
+        file: file.to_path_buf(),
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    }
+}
+
+fn parse_yaml<T: for<'de> Deserialize<'de>>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let origin = Origin {
+            file: file.to_path_buf(),
+            line: loc.map_or(0, |l| l.line()),
+            column: loc.map_or(0, |l| l.column()),
+        };
+        // serde-saphyr's Display adds its own position and a source excerpt; the
+        // origin already says where, so keep only the first line of the message.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
+        ConfigError::new(origin, strip_position(&first))
+    })
+}
+
+/// Removes serde-saphyr's "error: line X column Y: " prefix (or " at line X, column
+/// Y" suffix), which the origin already says.
+fn strip_position(msg: &str) -> String {
+    let mut m = msg.strip_prefix("error: ").unwrap_or(msg);
+    if m.starts_with("line ")
+        && let Some(i) = m.find(": ")
+    {
+        m = &m[i + 2..];
+    }
+    match m.find(" at line ") {
+        Some(i) => m[..i].to_string(),
+        None => m.to_string(),
+    }
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::new(Origin::file(file), format!("cannot read: {e}")))
+}
+
+fn with_values(file: &Path, map: Option<SpannedMap>) -> WithValues {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let o = origin_of(file, &v);
+            (k, (v.value, o))
+        })
+        .collect()
+}
+
+/// Whether `uses` names a YAML file (rather than a registered jtype).
+fn is_path(uses: &str) -> bool {
+    uses.ends_with(".yml") || uses.ends_with(".yaml") || uses.contains('/')
+}
+
+/// Reads an executor YAML (`jtype`, `with`, `metas`, `py_modules`).
+pub fn load_executor(file: &Path) -> Result<ExecutorSpec, ConfigError> {
+    let text = read(file)?;
+    let parsed: ExecutorFile = parse_yaml(file, &text)?;
+    let metas = parsed.metas.unwrap_or_default();
+    let base = file.parent().unwrap_or(Path::new("."));
+    let py_modules = parsed
+        .py_modules
+        .or(metas.py_modules)
+        .map(|m| m.value.iter().map(|p| base.join(p)).collect())
+        .unwrap_or_default();
+    Ok(ExecutorSpec {
+        name: metas
+            .name
+            .clone()
+            .unwrap_or_else(|| parsed.jtype.value.clone()),
+        jtype: parsed.jtype.value.clone(),
+        jtype_origin: origin_of(file, &parsed.jtype),
+        with: with_values(file, parsed.with),
+        origin: Origin::file(file),
+        py_modules,
+    })
+}
+
+/// Reads a Flow YAML and the executor YAMLs it names (paths relative to the Flow
+/// file).
+pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
+    let text = read(file)?;
+    let parsed: FlowFile = parse_yaml(file, &text)?;
+    let _ = parsed.version;
+    if parsed.jtype.value != "Flow" {
+        return Err(ConfigError::new(
+            origin_of(file, &parsed.jtype),
+            format!(
+                "jtype: expected `Flow`, got `{}` (an executor YAML is served with `vchat executor --uses`)",
+                parsed.jtype.value
+            ),
+        ));
+    }
+    let with = parsed.with.unwrap_or_default();
+    if let Some(p) = &with.protocol
+        && !p.eq_ignore_ascii_case("grpc")
+    {
+        return Err(ConfigError::new(
+            Origin::file(file),
+            format!("with.protocol: `{p}` is not served; use `grpc`"),
+        ));
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut executors: Vec<ExecutorSpec> = Vec::new();
+    for (i, entry) in parsed.executors.into_iter().enumerate() {
+        let entry_origin = origin_of(file, &entry);
+        let entry = entry.value;
+        let uses_origin = origin_of(file, &entry.uses);
+        let mut spec = if is_path(&entry.uses.value) {
+            let path = base.join(&entry.uses.value);
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    uses_origin,
+                    format!(
+                        "uses: executor file `{}` not found (paths are relative to the Flow file)",
+                        path.display()
+                    ),
+                ));
+            }
+            load_executor(&path)?
+        } else {
+            ExecutorSpec {
+                name: entry.uses.value.clone(),
+                jtype: entry.uses.value.clone(),
+                jtype_origin: uses_origin.clone(),
+                with: WithValues::new(),
+                origin: uses_origin.clone(),
+                py_modules: Vec::new(),
+            }
+        };
+        spec.name = entry
+            .name
+            .or(entry.uses_metas.and_then(|m| m.name))
+            .unwrap_or_else(|| format!("executor{i}"));
+        spec.origin = entry_origin.clone();
+        spec.with.extend(with_values(file, entry.uses_with));
+        if executors.iter().any(|e| e.name == spec.name) {
+            return Err(ConfigError::new(
+                entry_origin,
+                format!("executors[{i}]: name `{}` is used twice", spec.name),
+            ));
+        }
+        executors.push(spec);
+    }
+    Ok(FlowSpec {
+        file: file.to_path_buf(),
+        with,
+        executors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vchat-config-{tag}-{}", crate::new_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn resolves_executor_files_relative_to_the_flow() {
+        let d = tmpdir("rel");
+        write(
+            &d,
+            "ex/config.yml",
+            "jtype: VideoChatExecutor\nwith:\n  idle_timeout_s: 3\n",
+        );
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nwith:\n  port: 0\nexecutors:\n  - uses: ex/config.yml\n    name: agg\n    uses_with:\n      idle_timeout_s: 9\n",
+        );
+        let spec = load_flow(&flow).unwrap();
+        assert_eq!(spec.with.port, Some(0));
+        let ex = &spec.executors[0];
+        assert_eq!(
+            (ex.name.as_str(), ex.jtype.as_str()),
+            ("agg", "VideoChatExecutor")
+        );
+        let (v, o) = &ex.with["idle_timeout_s"];
+        assert_eq!(v, &serde_json::json!(9));
+        assert_eq!((o.file.as_path(), o.line), (flow.as_path(), 8));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let d = tmpdir("unknown");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nexecutors:\n  - uses: Foo\n    nmae: x\n",
+        );
+        let err = load_flow(&flow).unwrap_err();
+        assert_eq!(err.origin.line, 4, "{err}");
+        assert!(err.to_string().contains("nmae"), "{err}");
+        assert!(!err.to_string().contains("line 4 column"), "{err}");
+        assert!(err.to_string().contains("flow.yml:4"), "{err}");
+    }
+
+    #[test]
+    fn missing_executor_file_is_named() {
+        let d = tmpdir("missing");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nexecutors:\n  - uses: nope/config.yml\n",
+        );
+        let err = load_flow(&flow).unwrap_err().to_string();
+        assert!(
+            err.contains("flow.yml:3") && err.contains("nope/config.yml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bare_uses_names_a_jtype_and_names_default() {
+        let d = tmpdir("bare");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nexecutors:\n  - uses: VideoChatExecutor\n",
+        );
+        let spec = load_flow(&flow).unwrap();
+        assert_eq!(spec.executors[0].jtype, "VideoChatExecutor");
+        assert_eq!(spec.executors[0].name, "executor0");
+    }
+
+    #[test]
+    fn py_modules_are_resolved_next_to_the_yaml() {
+        let d = tmpdir("py");
+        let ex = write(
+            &d,
+            "executor/config.yml",
+            "jtype: VideoChatExecutor\npy_modules:\n  - executor.py\n",
+        );
+        let spec = load_executor(&ex).unwrap();
+        assert_eq!(spec.py_modules, vec![d.join("executor/executor.py")]);
+    }
+
+    #[test]
+    fn not_a_flow_is_an_error() {
+        let d = tmpdir("notflow");
+        let f = write(&d, "flow.yml", "jtype: VideoChatExecutor\n");
+        assert!(
+            load_flow(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("expected `Flow`")
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The plug-in point: an [`Executor`] processes the documents of each request that
+//! reaches it.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use prost_types::{Value, value::Kind};
+
+use crate::{DocumentArray, Error};
+
+/// The endpoint that serves every endpoint an executor has no binding for, as Jina's
+/// `@requests` without `on=`.
+pub const DEFAULT_ENDPOINT: &str = "/default";
+
+/// Identifies one client stream (one `JinaRPC.Call`) for as long as it is open, so
+/// that a stateful executor can forget what the stream brought when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+/// What an executor knows of the request it is processing, beside its documents.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The endpoint the client asked for (`header.exec_endpoint`).
+    pub endpoint: &'a str,
+    /// The request's parameters, with `parameters[<executor name>]` already merged
+    /// over the global keys for this executor.
+    pub parameters: &'a BTreeMap<String, Value>,
+    /// The stream the request came on.
+    pub stream: StreamId,
+    /// The request's id.
+    pub request_id: &'a str,
+}
+
+/// An executor: the unit of processing in a Flow.
+///
+/// Implementations are shared across streams and called concurrently: keep state
+/// behind a lock that is never held across an `.await`.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// The endpoints this executor binds. [`DEFAULT_ENDPOINT`] serves every endpoint
+    /// without a binding of its own; a request for an endpoint that is not bound and
+    /// no default binding passes through unchanged.
+    fn endpoints(&self) -> Vec<String> {
+        vec![DEFAULT_ENDPOINT.to_string()]
+    }
+
+    /// Processes one request's documents in place. An `Err` fails this request only.
+    async fn process(
+        &self,
+        docs: &mut DocumentArray,
+        ctx: &RequestContext<'_>,
+    ) -> Result<(), Error>;
+
+    /// Called once when a client stream ends (closed, cancelled or broken), after
+    /// its last request was processed.
+    async fn stream_closed(&self, _stream: StreamId) {}
+}
+
+/// Whether an executor bound to `bound` serves a request for `endpoint`.
+pub fn serves(bound: &[String], endpoint: &str) -> bool {
+    bound.iter().any(|b| b == endpoint || b == DEFAULT_ENDPOINT)
+}
+
+/// The parameters one executor sees: the global keys, overridden by the keys of
+/// `parameters[executor]` when that is a mapping. Other executors' sections are left
+/// out.
+pub fn parameters_for(
+    params: &BTreeMap<String, Value>,
+    executor: &str,
+    executor_names: &[String],
+) -> BTreeMap<String, Value> {
+    let mut merged: BTreeMap<String, Value> = params
+        .iter()
+        .filter(|(k, v)| {
+            !(executor_names.iter().any(|n| n == *k)
+                && matches!(v.kind, Some(Kind::StructValue(_))))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(Value {
+        kind: Some(Kind::StructValue(own)),
+    }) = params.get(executor)
+    {
+        for (k, v) in &own.fields {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{number_value, string_value};
+    use prost_types::Struct;
+
+    #[test]
+    fn default_endpoint_serves_everything() {
+        let bound = vec![DEFAULT_ENDPOINT.to_string()];
+        assert!(serves(&bound, "/"));
+        assert!(serves(&bound, "/anything"));
+        let only_index = vec!["/index".to_string()];
+        assert!(serves(&only_index, "/index"));
+        assert!(!serves(&only_index, "/search"));
+    }
+
+    #[test]
+    fn executor_section_overrides_global_keys() {
+        let mut own = Struct::default();
+        own.fields.insert("threshold".into(), number_value(0.9));
+        let mut params = BTreeMap::new();
+        params.insert("threshold".into(), number_value(0.5));
+        params.insert("mode".into(), string_value("fast"));
+        params.insert(
+            "blur".into(),
+            Value {
+                kind: Some(Kind::StructValue(own)),
+            },
+        );
+        let names = vec!["blur".to_string(), "other".to_string()];
+        let blur = parameters_for(&params, "blur", &names);
+        assert_eq!(blur["threshold"], number_value(0.9));
+        assert_eq!(blur["mode"], string_value("fast"));
+        assert!(!blur.contains_key("blur"));
+        let other = parameters_for(&params, "other", &names);
+        assert_eq!(other["threshold"], number_value(0.5));
+    }
+}

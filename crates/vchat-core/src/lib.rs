@@ -1,0 +1,27 @@
+//! vchat-core: the data model and plug-in interfaces of vchat.
+//!
+//! - [`Document`], [`Tensor`], [`DocumentArray`]: docarray v1 documents, converted
+//!   from and to the wire types of `vchat-proto` without copying pixel buffers.
+//! - [`Executor`]: the async trait every executor implements, with Jina's endpoint
+//!   rules ([`serves`]) and per-executor parameters ([`parameters_for`]).
+//! - [`Registry`]: `jtype` to constructor, from the YAML `with:` mapping.
+//! - [`config`]: Flow and executor YAML with Jina's keys; errors name file, line and
+//!   key.
+//!
+//! This crate has no feature flags and runs no server.
+
+pub mod config;
+mod document;
+mod error;
+mod executor;
+mod registry;
+mod tensor;
+
+pub use document::{Content, Document, DocumentArray, new_id, number_value, string_value};
+pub use error::{ConfigError, Error, Origin};
+pub use executor::{DEFAULT_ENDPOINT, Executor, RequestContext, StreamId, parameters_for, serves};
+pub use registry::Registry;
+pub use tensor::{DType, Tensor};
+
+pub use async_trait::async_trait;
+pub use prost_types::{Struct, Value};

@@ -1,0 +1,171 @@
+//! The command lines: `vchat-client` headless with a snapshot, `vchat ping`, and
+//! clear errors for bad configuration and unreachable servers.
+
+use std::process::{Command, Stdio};
+
+use vchat_client::source::user_color;
+use vchat_e2e::*;
+
+fn decode_png(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.height as usize, info.width as usize, buf)
+}
+
+/// Share of the pixels of rows `rows` that are `bgr` (the PNG is RGB).
+fn share_of(png: &(usize, usize, Vec<u8>), rows: std::ops::Range<usize>, bgr: [u8; 3]) -> f64 {
+    let (_, w, data) = png;
+    let rgb = [bgr[2], bgr[1], bgr[0]];
+    let px: Vec<&[u8]> = data[rows.start * w * 3..rows.end * w * 3]
+        .chunks(3)
+        .collect();
+    px.iter().filter(|p| **p == rgb).count() as f64 / px.len() as f64
+}
+
+#[test]
+fn two_headless_clients_see_each_other() {
+    let flow = Flow::start_default(&[]);
+    let dir = scratch("clients");
+    let snap = dir.join("alice.png");
+    let alice = Command::new(bin("vchat-client"))
+        .args([
+            flow.addr(),
+            "alice",
+            "--headless",
+            "--frames",
+            "90",
+            "--snapshot",
+        ])
+        .arg(&snap)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bob joins after alice, so the mosaic order is alice, bob.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let bob = Command::new(bin("vchat-client"))
+        .args([flow.addr(), "bob", "--headless", "--frames", "150"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a = alice.wait_with_output().unwrap();
+    let b = bob.wait_with_output().unwrap();
+    let a_out = String::from_utf8_lossy(&a.stdout);
+    assert!(
+        a.status.success(),
+        "alice: {a_out}\n{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert!(
+        b.status.success(),
+        "bob: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    // Status lines, one per second, then the summary.
+    let status: Vec<&str> = a_out
+        .lines()
+        .filter(|l| l.starts_with("alice: sent "))
+        .collect();
+    assert!(status.len() >= 2, "{a_out}");
+    assert!(
+        status
+            .iter()
+            .all(|l| l.contains(" recv ") && l.contains(" fps ") && l.contains(" p50 "))
+    );
+    assert!(
+        a_out.contains("alice: done: 90 responses, 0 errors"),
+        "{a_out}"
+    );
+    assert!(a_out.contains("mosaic 400x300"), "{a_out}");
+    // Alice's newest mosaic: her pattern on top, bob's below.
+    let png = decode_png(&snap);
+    assert_eq!((png.0, png.1), (400, 300));
+    assert!(share_of(&png, 0..200, user_color("alice")) > 0.8);
+    assert!(share_of(&png, 200..400, user_color("bob")) > 0.8);
+}
+
+#[test]
+fn ping_answers_zero_then_one() {
+    let mut flow = Flow::start_default(&[]);
+    let addr = flow.addr().to_string();
+    let up = Command::new(bin("vchat"))
+        .args(["ping", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stdout)
+    );
+    assert!(flow.interrupt().success());
+    let down = Command::new(bin("vchat"))
+        .args(["ping", &addr, "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("not ready"));
+}
+
+#[test]
+fn client_says_when_the_server_is_not_there() {
+    // Find a port nobody listens on: bind, read it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(bin("vchat-client"))
+        .args([
+            &format!("grpc://127.0.0.1:{port}"),
+            "alice",
+            "--headless",
+            "--frames",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is `vchat flow` running"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_flow_yaml_names_file_line_and_key() {
+    let dir = scratch("badyaml");
+    let flow = dir.join("flow.yml");
+    std::fs::write(&flow, "jtype: Flow\nexecutors:\n  - uses: VideoChatExecutor\n    uses_with:\n      idle_timeout: 3\n").unwrap();
+    let out = Command::new(bin("vchat"))
+        .args(["flow", "--uses"])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flow.yml:5:"), "{err}");
+    assert!(err.contains("idle_timeout"), "{err}");
+
+    std::fs::write(&flow, "jtype: Flow\nexecutors:\n  - uses: NoSuchExecutor\n").unwrap();
+    let out = Command::new(bin("vchat"))
+        .args(["flow", "--uses"])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flow.yml:3:") && err.contains("unknown jtype `NoSuchExecutor`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_flow_and_executor_configs_load() {
+    let spec = vchat_core::config::load_flow(&repo_root().join("flow.yml")).unwrap();
+    assert_eq!(spec.executors.len(), 1);
+    assert_eq!(spec.executors[0].name, "frameAggregator");
+    assert_eq!(spec.executors[0].jtype, "VideoChatExecutor");
+}

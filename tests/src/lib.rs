@@ -1,0 +1,340 @@
+//! Test support: start the real `vchat` binaries on loopback ports chosen by the OS,
+//! and talk to them with the client library or with raw protocol messages.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use vchat_client::{Client, PostOptions, PostSummary, Response};
+use vchat_core::{Document, Tensor};
+use vchat_proto::DataRequestProto;
+use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
+use vchat_proto::jina::jina_rpc_client::JinaRpcClient;
+
+/// How long any single expected event may take before a test gives up. Generous:
+/// the machines are shared; tests assert on what arrives, not on how fast.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path of a binary of this workspace, built by `cargo build --workspace --bins`
+/// into the same target directory as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory for one test, under target/.
+pub fn scratch(tag: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("e2e")
+        .join(format!("{tag}-{}", vchat_core::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running `vchat flow`, killed when dropped.
+pub struct Flow {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Flow {
+    /// Starts `vchat flow --uses <flow> --host 127.0.0.1 --port 0 <extra>` and waits
+    /// for its `vchat: listening on` line.
+    pub fn start(flow: &Path, extra: &[&str]) -> Flow {
+        let mut child = Command::new(bin("vchat"))
+            .args(["flow", "--uses"])
+            .arg(flow)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vchat flow");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let err = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("vchat: listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "vchat flow did not start; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Flow {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Starts the repository's own `flow.yml`.
+    pub fn start_default(extra: &[&str]) -> Flow {
+        Flow::start(&repo_root().join("flow.yml"), extra)
+    }
+
+    /// `grpc://127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// What the process logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGINT and waits for the exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(ok.success(), "kill -INT {pid}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vchat flow did not exit after SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A solid-colour H×W×3 frame (BGR) tagged with `user`.
+pub fn frame(user: &str, color: [u8; 3], h: usize, w: usize) -> Document {
+    let data: Vec<u8> = std::iter::repeat_n(color, h * w).flatten().collect();
+    let mut doc = Document::with_tensor(Tensor::image(h, w, 3, Bytes::from(data)).unwrap());
+    doc.set_tag_str("user", user);
+    doc
+}
+
+/// The colour of each `band`-row band of a frame, checking each band is uniform.
+pub fn bands(t: &Tensor, band: usize) -> Vec<[u8; 3]> {
+    let row = t.shape()[1] * 3;
+    t.data()
+        .chunks(row * band)
+        .map(|c| {
+            let first = [c[0], c[1], c[2]];
+            assert!(c.chunks(3).all(|p| p == first), "band is not one colour");
+            first
+        })
+        .collect()
+}
+
+/// A chat user driven by the test through the client library: each
+/// [`send`](Self::send) posts one frame (request_size 1), each response arrives
+/// through on_done / on_error.
+pub struct User {
+    tx: Option<mpsc::Sender<Document>>,
+    responses: mpsc::UnboundedReceiver<Response>,
+    task: tokio::task::JoinHandle<Result<PostSummary, vchat_client::ClientError>>,
+}
+
+impl User {
+    /// Opens a stream to `addr`.
+    pub fn connect(addr: &str) -> User {
+        let client = Client::new(addr).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let (resp_tx, responses) = mpsc::unbounded_channel();
+        let err_tx = resp_tx.clone();
+        let options = PostOptions::new()
+            .request_size(1)
+            .on_done(move |r| {
+                let _ = resp_tx.send(r.clone());
+            })
+            .on_error(move |r| {
+                let _ = err_tx.send(r.clone());
+            });
+        let task = tokio::spawn(client.post("/", ReceiverStream::new(rx), options));
+        User {
+            tx: Some(tx),
+            responses,
+            task,
+        }
+    }
+
+    /// Sends `doc` and returns its response.
+    pub async fn send(&mut self, doc: Document) -> Response {
+        self.tx
+            .as_ref()
+            .expect("stream open")
+            .send(doc)
+            .await
+            .expect("stream open");
+        tokio::time::timeout(PATIENCE, self.responses.recv())
+            .await
+            .expect("response in time")
+            .expect("stream open")
+    }
+
+    /// Ends the stream and waits until every response arrived.
+    pub async fn leave(mut self) -> PostSummary {
+        self.tx.take();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("stream ends in time")
+            .unwrap()
+            .expect("stream ends cleanly")
+    }
+}
+
+/// A stream on which the test sends raw protocol messages, so that it can send
+/// what the client library would refuse to build.
+pub struct RawStream {
+    tx: Option<mpsc::UnboundedSender<DataRequestProto>>,
+    responses: tonic::Streaming<DataRequestProto>,
+}
+
+impl RawStream {
+    /// Opens `jina.JinaRPC/Call` on `addr`.
+    pub async fn connect(addr: &str) -> RawStream {
+        let uri = addr.replace("grpc://", "http://");
+        let mut client = JinaRpcClient::connect(uri)
+            .await
+            .unwrap()
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let responses = client
+            .call(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawStream {
+            tx: Some(tx),
+            responses,
+        }
+    }
+
+    /// Sends `req` and returns the next response.
+    pub async fn send(&mut self, req: DataRequestProto) -> DataRequestProto {
+        self.tx.as_ref().unwrap().send(req).unwrap();
+        tokio::time::timeout(PATIENCE, self.responses.message())
+            .await
+            .expect("response in time")
+            .expect("stream still open")
+            .expect("a response, not the end of the stream")
+    }
+
+    /// Sends `req` without waiting for its response.
+    pub fn send_no_wait(&mut self, req: DataRequestProto) {
+        self.tx.as_ref().unwrap().send(req).unwrap();
+    }
+
+    /// Ends the sending side and returns what the stream ends with.
+    pub async fn close(mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
+        self.tx.take();
+        tokio::time::timeout(PATIENCE, self.responses.message())
+            .await
+            .expect("stream ends in time")
+    }
+
+    /// Waits for the next message or the end of the stream without sending.
+    pub async fn next(&mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
+        tokio::time::timeout(PATIENCE, self.responses.message())
+            .await
+            .expect("stream answers in time")
+    }
+}
+
+/// A request with id `id` carrying `docs`.
+pub fn request(id: &str, docs: Vec<vchat_proto::DocumentProto>) -> DataRequestProto {
+    DataRequestProto {
+        header: Some(vchat_proto::HeaderProto {
+            request_id: id.to_string(),
+            exec_endpoint: Some("/".into()),
+            ..Default::default()
+        }),
+        data: Some(DataContentProto {
+            documents: Some(Documents::Docs(vchat_proto::DocumentArrayProto { docs })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `(code, description)` of a response's status; code 0 is SUCCESS.
+pub fn status(resp: &DataRequestProto) -> (i32, String) {
+    let s = resp
+        .header
+        .as_ref()
+        .and_then(|h| h.status.clone())
+        .unwrap_or_default();
+    (s.code, s.description)
+}
+
+/// The single tensor of a response.
+pub fn response_tensor(resp: &DataRequestProto) -> Tensor {
+    match resp.data.as_ref().and_then(|d| d.documents.as_ref()) {
+        Some(Documents::Docs(da)) => {
+            let doc = Document::from_proto(da.docs[0].clone()).unwrap();
+            doc.tensor().expect("a tensor").clone()
+        }
+        other => panic!("no docs in response: {other:?}"),
+    }
+}
