@@ -21,9 +21,22 @@ fn jina_python() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_receives_mosaics_as_numpy_arrays() {
     let flow = Flow::start_default(&[]);
-    // Bob (a Rust client) is already in the chat.
+    // Bob (a Rust client) is already in the chat, and keeps streaming while the
+    // Python client starts (however long that takes on a loaded machine, he must
+    // not leave as idle).
     let mut bob = User::connect(flow.addr());
     assert!(!bob.send(frame("bob", BOB, 200, 300)).await.is_error());
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let bob_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return bob,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                    assert!(!bob.send(frame("bob", BOB, 200, 300)).await.is_error());
+                }
+            }
+        }
+    });
 
     let script = repo_root().join("tests/jina/post_frames.py");
     let out = tokio::process::Command::from(Command::new(jina_python()))
@@ -58,5 +71,6 @@ async fn jina_client_receives_mosaics_as_numpy_arrays() {
         );
         assert_eq!(r["user"], "pyalice");
     }
-    bob.leave().await;
+    stop.send(()).unwrap();
+    bob_task.await.unwrap().leave().await;
 }

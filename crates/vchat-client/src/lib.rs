@@ -262,6 +262,10 @@ impl Client {
         let channel = Endpoint::from_shared(uri)
             .map_err(|_| ClientError::Address(addr.to_string()))?
             .tcp_nodelay(true)
+            // Frames are hundreds of KiB: default 64 KiB HTTP/2 windows would stall
+            // every message on window updates.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Client {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use vchat_proto::jina::jina_gateway_dry_run_rpc_server::{
     JinaGatewayDryRunRpc, JinaGatewayDryRunRpcServer,
@@ -28,6 +28,11 @@ pub enum GatewayError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// HTTP/2 flow-control window of one stream, in bytes.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of one connection, in bytes.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Version reported by `_status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -108,11 +113,20 @@ impl Gateway {
         };
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // A raw frame is hundreds of KiB and a mosaic several MiB: HTTP/2's
+            // default 64 KiB windows would stall every message on window updates.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(health_service)
             .add_service(JinaRpcServer::new(call))
             .add_service(JinaGatewayDryRunRpcServer::from_arc(info.clone()))
             .add_service(JinaInfoRpcServer::from_arc(info))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(
+                // Without TCP_NODELAY, Nagle's algorithm holds the tail of each
+                // response until the peer's delayed ACK: 40 ms per frame.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            )
             .await?;
         Ok(())
     }
