@@ -173,9 +173,20 @@ fn shipped_flow_and_executor_configs_load() {
 #[test]
 fn mosaic_client_example_runs() {
     let flow = Flow::start_default(&[]);
-    let out = Command::new(bin("mosaic_client")).args([flow.addr(), "eve", "5"]).output().unwrap();
+    let out = Command::new(bin("mosaic_client"))
+        .args([flow.addr(), "eve", "5"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.matches("mosaic Some([200, 300, 3])").count(), 5, "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("mosaic Some([200, 300, 3])").count(),
+        5,
+        "{stdout}"
+    );
     assert!(stdout.contains("5 responses, 0 errors"), "{stdout}");
 }

@@ -7,17 +7,6 @@ use vchat_e2e::*;
 
 const BOB: [u8; 3] = [0, 255, 0];
 
-/// The Python of the virtual environment with Jina 3.34 in it.
-fn jina_python() -> std::path::PathBuf {
-    let py = repo_root().join("target/jina-venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} is missing: run scripts/jina-venv.sh (scripts/test.sh does) to install Jina 3.34",
-        py.display()
-    );
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_receives_mosaics_as_numpy_arrays() {
     let flow = Flow::start_default(&[]);

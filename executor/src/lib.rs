@@ -181,6 +181,11 @@ impl VideoChatExecutor {
 
 #[async_trait]
 impl Executor for VideoChatExecutor {
+    /// A room's frames must all reach the same replica to be composed together.
+    fn route_by(&self) -> Option<&str> {
+        Some("room")
+    }
+
     async fn process(
         &self,
         docs: &mut DocumentArray,

@@ -70,11 +70,36 @@ impl Flow {
     /// Starts `vchat flow --uses <flow> --host 127.0.0.1 --port 0 <extra>` and waits
     /// for its `vchat: listening on` line.
     pub fn start(flow: &Path, extra: &[&str]) -> Flow {
-        let mut child = Command::new(bin("vchat"))
-            .args(["flow", "--uses"])
-            .arg(flow)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
+        use std::ffi::OsStr;
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("flow"), OsStr::new("--uses"), flow.as_os_str()];
+        args.extend(["--host", "127.0.0.1"].map(OsStr::new));
+        if !extra.contains(&"--port") {
+            args.extend(["--port", "0"].map(OsStr::new));
+        }
+        args.extend(extra.iter().map(OsStr::new));
+        Flow::spawn(&bin("vchat"), &args)
+    }
+
+    /// Starts `vchat executor --uses <yaml> --host 127.0.0.1 --port <port>`.
+    pub fn executor(yaml: &Path, port: u16) -> Flow {
+        let port = port.to_string();
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "executor".as_ref(),
+            "--uses".as_ref(),
+            yaml.as_os_str(),
+            "--host".as_ref(),
+            "127.0.0.1".as_ref(),
+            "--port".as_ref(),
+            port.as_ref(),
+        ];
+        Flow::spawn(&bin("vchat"), &args)
+    }
+
+    /// Starts `program args...` and waits for its `vchat: listening on` line.
+    pub fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> Flow {
+        let mut child = Command::new(program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -130,6 +155,11 @@ impl Flow {
         &self.addr
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     /// What the process logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -164,6 +194,27 @@ impl Drop for Flow {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port that was free a moment ago (bound to port 0, then released), for a
+/// process that must come back on the same port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The Python of the virtual environment with Jina 3.34 in it.
+pub fn jina_python() -> PathBuf {
+    let py = repo_root().join("target/jina-venv/bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/jina-venv.sh (scripts/test.sh does) to install Jina 3.34",
+        py.display()
+    );
+    py
 }
 
 /// A solid-colour H×W×3 frame (BGR) tagged with `user`.

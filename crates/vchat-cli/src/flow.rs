@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
 use vchat_core::config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH, load_flow};
-use vchat_gateway::{CallLimits, CancellationToken, FlowRuntime, Gateway};
+use vchat_gateway::{BuildOptions, CallLimits, CancellationToken, FlowRuntime, Gateway};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -32,12 +32,19 @@ pub struct FlowArgs {
     /// (overrides `with.max_message_bytes`; default 64 MiB).
     #[arg(long)]
     max_message_bytes: Option<usize>,
+    /// Python interpreter with Jina 3 installed, to run Python executors
+    /// (executor YAMLs with `py_modules`).
+    #[arg(long, env = "VCHAT_PYTHON", default_value = "python3")]
+    python: PathBuf,
 }
 
 pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let spec = load_flow(&args.uses)?;
-    let flow = FlowRuntime::build(&spec, &registry)?;
+    let options = BuildOptions {
+        python: args.python.clone(),
+    };
+    let flow = FlowRuntime::build(&spec, &registry, &options).await?;
     let host = args
         .host
         .or(spec.with.host.clone())
@@ -113,7 +120,7 @@ fn print_panel(executors: &[&str], local: SocketAddr, started: Instant) {
     println!("vchat: listening on grpc://{connect}");
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+pub(crate) async fn wait_for_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

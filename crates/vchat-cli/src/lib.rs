@@ -11,6 +11,7 @@
 //! ```
 
 mod bench;
+mod executor;
 mod flow;
 mod ping;
 
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// Start a gateway and the executors a Flow YAML names.
     Flow(flow::FlowArgs),
+    /// Serve one executor over gRPC, for a vchat or Jina Flow to call.
+    Executor(executor::ExecutorArgs),
     /// Exit 0 when the Flow at ADDR answers, 1 otherwise.
     Ping(ping::PingArgs),
     /// Simulate chat users against a gateway and report latency percentiles.
@@ -67,6 +70,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Flow(args) => flow::run(args, registry).await,
+            Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -62,11 +62,70 @@ pub struct FlowWith {
 struct ExecutorEntry {
     #[serde(default)]
     name: Option<String>,
-    uses: Spanned<String>,
+    #[serde(default)]
+    uses: Option<Spanned<String>>,
     #[serde(default)]
     uses_with: Option<SpannedMap>,
     #[serde(default)]
     uses_metas: Option<Metas>,
+    #[serde(default)]
+    host: Option<OneOrMany<String>>,
+    #[serde(default)]
+    port: Option<OneOrMany<u16>>,
+    #[serde(default)]
+    external: Option<bool>,
+    #[serde(default)]
+    replicas: Option<usize>,
+    #[serde(default)]
+    needs: Option<OneOrMany<String>>,
+    #[serde(default)]
+    timeout_send: Option<u64>,
+    #[serde(default)]
+    retries: Option<i64>,
+    #[serde(default)]
+    route_by: Option<String>,
+}
+
+/// A YAML value that may be one item or a list of them (Jina allows both for
+/// `host`, `port` and `needs`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Default retries of a call to an external executor that could not be reached.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// How an executor of a Flow is deployed: where it runs, how many copies, what it
+/// follows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deployment {
+    /// `host:port` of each replica of an external executor (one served by
+    /// `vchat executor` or `jina executor`); empty when it runs in this process.
+    pub external: Vec<String>,
+    /// Copies of an in-process executor (at least 1).
+    pub replicas: usize,
+    /// Executors whose output this one takes (`gateway` is the request itself);
+    /// empty: the previous executor of the list.
+    pub needs: Vec<String>,
+    /// Tag that pins requests to one replica (`room` for the video chat); `None`:
+    /// the executor's own choice, else spread per request.
+    pub route_by: Option<String>,
+    /// Per-call timeout of an external executor (`timeout_send`, milliseconds).
+    pub timeout_send: Option<std::time::Duration>,
+    /// Retries of a call to an external executor that could not be reached.
+    pub retries: u32,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +182,10 @@ pub struct ExecutorSpec {
     pub origin: Origin,
     /// Python modules the YAML lists (`py_modules`): a Python executor.
     pub py_modules: Vec<PathBuf>,
+    /// The executor YAML, when `uses` names one.
+    pub file: Option<PathBuf>,
+    /// Where and how it runs.
+    pub deployment: Deployment,
 }
 
 fn origin_of<T>(file: &Path, s: &Spanned<T>) -> Origin {
@@ -179,6 +242,41 @@ fn with_values(file: &Path, map: Option<SpannedMap>) -> WithValues {
         .collect()
 }
 
+/// `host:port` of every replica of an external executor: hosts and ports are one
+/// value or lists; one list and one value pair every item with the value, two
+/// lists pair item by item.
+fn external_addresses(
+    host: Option<OneOrMany<String>>,
+    port: Option<OneOrMany<u16>>,
+) -> Result<Vec<String>, String> {
+    let (hosts, ports) = match (host, port) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(h), Some(p)) => (h.into_vec(), p.into_vec()),
+        (Some(_), None) => return Err("`host` given without `port`".into()),
+        (None, Some(p)) => (vec!["127.0.0.1".to_string()], p.into_vec()),
+    };
+    let n = hosts.len().max(ports.len());
+    if hosts.is_empty()
+        || ports.is_empty()
+        || (hosts.len() != n && hosts.len() != 1)
+        || (ports.len() != n && ports.len() != 1)
+    {
+        return Err(format!(
+            "{} host(s) and {} port(s) do not pair up",
+            hosts.len(),
+            ports.len()
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let h = &hosts[if hosts.len() == 1 { 0 } else { i }];
+            let p = ports[if ports.len() == 1 { 0 } else { i }];
+            let h = h.strip_prefix("grpc://").unwrap_or(h);
+            format!("{h}:{p}")
+        })
+        .collect())
+}
+
 /// Whether `uses` names a YAML file (rather than a registered jtype).
 fn is_path(uses: &str) -> bool {
     uses.ends_with(".yml") || uses.ends_with(".yaml") || uses.contains('/')
@@ -205,6 +303,12 @@ pub fn load_executor(file: &Path) -> Result<ExecutorSpec, ConfigError> {
         with: with_values(file, parsed.with),
         origin: Origin::file(file),
         py_modules,
+        file: Some(file.to_path_buf()),
+        deployment: Deployment {
+            replicas: 1,
+            retries: DEFAULT_RETRIES,
+            ..Default::default()
+        },
     })
 }
 
@@ -237,42 +341,108 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
     for (i, entry) in parsed.executors.into_iter().enumerate() {
         let entry_origin = origin_of(file, &entry);
         let entry = entry.value;
-        let uses_origin = origin_of(file, &entry.uses);
-        let mut spec = if is_path(&entry.uses.value) {
-            let path = base.join(&entry.uses.value);
-            if !path.is_file() {
-                return Err(ConfigError::new(
-                    uses_origin,
-                    format!(
-                        "uses: executor file `{}` not found (paths are relative to the Flow file)",
-                        path.display()
-                    ),
-                ));
-            }
-            load_executor(&path)?
-        } else {
-            ExecutorSpec {
-                name: entry.uses.value.clone(),
-                jtype: entry.uses.value.clone(),
-                jtype_origin: uses_origin.clone(),
-                with: WithValues::new(),
-                origin: uses_origin.clone(),
-                py_modules: Vec::new(),
-            }
-        };
-        spec.name = entry
+        let name = entry
             .name
-            .or(entry.uses_metas.and_then(|m| m.name))
+            .clone()
+            .or(entry.uses_metas.as_ref().and_then(|m| m.name.clone()))
             .unwrap_or_else(|| format!("executor{i}"));
+        let at = |msg: String| {
+            ConfigError::new(entry_origin.clone(), format!("executor `{name}`: {msg}"))
+        };
+        let mut spec = match &entry.uses {
+            Some(uses) if is_path(&uses.value) => {
+                let path = base.join(&uses.value);
+                if !path.is_file() {
+                    return Err(ConfigError::new(
+                        origin_of(file, uses),
+                        format!(
+                            "uses: executor file `{}` not found (paths are relative to the Flow file)",
+                            path.display()
+                        ),
+                    ));
+                }
+                load_executor(&path)?
+            }
+            Some(uses) => ExecutorSpec {
+                name: uses.value.clone(),
+                jtype: uses.value.clone(),
+                jtype_origin: origin_of(file, uses),
+                with: WithValues::new(),
+                origin: origin_of(file, uses),
+                py_modules: Vec::new(),
+                file: None,
+                deployment: Deployment::default(),
+            },
+            None => ExecutorSpec {
+                name: name.clone(),
+                jtype: String::new(),
+                jtype_origin: entry_origin.clone(),
+                with: WithValues::new(),
+                origin: entry_origin.clone(),
+                py_modules: Vec::new(),
+                file: None,
+                deployment: Deployment::default(),
+            },
+        };
+        spec.name = name.clone();
         spec.origin = entry_origin.clone();
         spec.with.extend(with_values(file, entry.uses_with));
-        if executors.iter().any(|e| e.name == spec.name) {
+        let external = external_addresses(entry.host, entry.port).map_err(at)?;
+        if entry.external == Some(true) && external.is_empty() {
+            return Err(at("external: true needs `host` and `port`".into()));
+        }
+        if external.is_empty() && entry.uses.is_none() {
+            return Err(at("needs `uses` (an executor YAML or jtype), or `host` and `port` of an external executor".into()));
+        }
+        if !external.is_empty() && entry.replicas.is_some_and(|r| r != external.len()) {
+            return Err(at(format!(
+                "replicas: {} but {} external address(es) given; list one host/port per replica",
+                entry.replicas.unwrap_or(0),
+                external.len()
+            )));
+        }
+        spec.deployment = Deployment {
+            replicas: if external.is_empty() {
+                entry.replicas.unwrap_or(1)
+            } else {
+                external.len()
+            },
+            external,
+            needs: entry.needs.map(OneOrMany::into_vec).unwrap_or_default(),
+            route_by: entry.route_by,
+            timeout_send: entry.timeout_send.map(std::time::Duration::from_millis),
+            retries: match entry.retries {
+                None => DEFAULT_RETRIES,
+                Some(r) if r < 0 => DEFAULT_RETRIES,
+                Some(r) => r as u32,
+            },
+        };
+        if spec.deployment.replicas == 0 {
+            return Err(at("replicas must be at least 1".into()));
+        }
+        if executors.iter().any(|e| e.name == spec.name) || spec.name == "gateway" {
             return Err(ConfigError::new(
                 entry_origin,
-                format!("executors[{i}]: name `{}` is used twice", spec.name),
+                format!(
+                    "executors[{i}]: name `{}` is used twice (or is `gateway`)",
+                    spec.name
+                ),
             ));
         }
         executors.push(spec);
+    }
+    for e in &executors {
+        for need in &e.deployment.needs {
+            if need != "gateway" && !executors.iter().any(|o| &o.name == need) {
+                return Err(ConfigError::new(
+                    e.origin.clone(),
+                    format!(
+                        "executor `{}`: needs `{need}`, which is not an executor of this Flow",
+                        e.name
+                    ),
+                ));
+            }
+        }
     }
     Ok(FlowSpec {
         file: file.to_path_buf(),
@@ -356,6 +526,41 @@ mod tests {
     #[test]
     fn a_bare_uses_names_a_jtype_and_names_default() {
         let d = tmpdir("bare");
+        let remote = write(
+            &d,
+            "remote.yml",
+            "jtype: Flow\nexecutors:\n  - name: a\n    host: [h1, h2]\n    port: 7\n    external: true\n  - name: b\n    uses: X\n    replicas: 3\n    needs: [gateway, a]\n    route_by: room\n    timeout_send: 250\n",
+        );
+        let spec = load_flow(&remote).unwrap();
+        assert_eq!(spec.executors[0].deployment.external, vec!["h1:7", "h2:7"]);
+        assert_eq!(spec.executors[0].deployment.replicas, 2);
+        let b = &spec.executors[1].deployment;
+        assert_eq!(
+            (b.replicas, b.needs.clone(), b.route_by.as_deref()),
+            (
+                3,
+                vec!["gateway".to_string(), "a".to_string()],
+                Some("room")
+            )
+        );
+        assert_eq!(b.timeout_send, Some(std::time::Duration::from_millis(250)));
+        let bad = write(
+            &d,
+            "bad.yml",
+            "jtype: Flow\nexecutors:\n  - name: a\n    uses: X\n    needs: nope\n",
+        );
+        assert!(
+            load_flow(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("needs `nope`")
+        );
+        let bad = write(
+            &d,
+            "bad2.yml",
+            "jtype: Flow\nexecutors:\n  - name: a\n    external: true\n",
+        );
+        assert!(load_flow(&bad).unwrap_err().to_string().contains("host"));
         let flow = write(
             &d,
             "flow.yml",

@@ -51,10 +51,26 @@ pub trait Executor: Send + Sync + 'static {
         ctx: &RequestContext<'_>,
     ) -> Result<(), Error>;
 
+    /// The tag that must pin requests to one replica when the executor runs as
+    /// several: a stateful executor that keeps per-room state returns `Some("room")`
+    /// so that every frame of a room reaches the same copy. `None` (the default):
+    /// requests are spread over replicas one by one.
+    fn route_by(&self) -> Option<&str> {
+        None
+    }
+
     /// Called once when a client stream ends (closed, cancelled or broken), after
     /// its last request was processed.
     async fn stream_closed(&self, _stream: StreamId) {}
 }
+
+/// Parameter key carrying the client stream's id to an executor in another process
+/// (hex string), so that a remote stateful executor can tell streams apart.
+pub const STREAM_PARAMETER: &str = "__vchat_stream__";
+
+/// Endpoint on which a gateway tells a vchat executor in another process that the
+/// stream named by [`STREAM_PARAMETER`] ended.
+pub const STREAM_CLOSED_ENDPOINT: &str = "/_vchat/stream_closed";
 
 /// Whether an executor bound to `bound` serves a request for `endpoint`.
 pub fn serves(bound: &[String], endpoint: &str) -> bool {

@@ -19,9 +19,12 @@ mod tensor;
 
 pub use document::{Content, Document, DocumentArray, new_id, number_value, string_value};
 pub use error::{ConfigError, Error, Origin};
-pub use executor::{DEFAULT_ENDPOINT, Executor, RequestContext, StreamId, parameters_for, serves};
+pub use executor::{
+    DEFAULT_ENDPOINT, Executor, RequestContext, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId,
+    parameters_for, serves,
+};
 pub use registry::Registry;
 pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
-pub use prost_types::{Struct, Value};
+pub use prost_types::{Struct, Value, value};

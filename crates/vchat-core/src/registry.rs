@@ -164,6 +164,8 @@ mod tests {
             with,
             origin: Origin::file("flow.yml"),
             py_modules: vec![],
+            file: None,
+            deployment: Default::default(),
         }
     }
 

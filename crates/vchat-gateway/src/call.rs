@@ -49,9 +49,16 @@ impl CallService {
             flow,
             limits,
             shutdown,
-            next_stream: Arc::new(AtomicU64::new(1)),
+            // Random start: stream ids also reach executors in other processes,
+            // which may serve several gateways.
+            next_stream: Arc::new(AtomicU64::new(random_base())),
         }
     }
+}
+
+fn random_base() -> u64 {
+    let id = vchat_core::new_id();
+    u64::from_str_radix(&id[..16], 16).unwrap_or(1) | 1
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DataRequestProto, Status>> + Send>>;

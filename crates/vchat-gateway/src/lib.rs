@@ -1,10 +1,15 @@
-//! vchat-gateway: the gRPC gateway of a vchat Flow.
+//! vchat-gateway: the gRPC gateway of a vchat Flow, and the runtime that serves
+//! one executor as a service.
 //!
 //! - [`Gateway`] serves `jina.JinaRPC/Call` (a bidirectional stream: one response
 //!   per request, same `request_id`, in order), `grpc.health.v1.Health`,
 //!   `jina.JinaGatewayDryRunRPC/dry_run` and `jina.JinaInfoRPC/_status`.
-//! - [`FlowRuntime`] runs a Flow's executors in order for each request, applying
-//!   Jina's endpoint, `target_executor` and per-executor `parameters` rules.
+//! - [`FlowRuntime`] runs a Flow's executors for each request: in-process ones
+//!   directly, external ones ([`RemoteExecutor`]) over gRPC, Python ones through
+//!   Jina's executor runtime; `needs` topology, replicas and room-sticky routing
+//!   are described in [`flow`].
+//! - [`serve_executor`] is `vchat executor`: `process_single_data`,
+//!   `endpoint_discovery`, `_status` and health for one executor.
 //! - [`codec::CallCodec`] decodes requests without copying frame pixels and turns
 //!   an oversized request into an ERROR response rather than a broken stream.
 //!
@@ -12,10 +17,16 @@
 
 mod call;
 pub mod codec;
+mod executor_server;
 pub mod flow;
+mod python;
+mod remote;
 mod server;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
-pub use flow::{FlowRuntime, Node, error_response, error_status};
-pub use server::{Gateway, GatewayError, VERSION};
+pub use executor_server::{UNKNOWN_STREAM, serve_executor};
+pub use flow::{BuildOptions, FlowRuntime, Node, error_response, error_status, merge};
+pub use python::PythonExecutor;
+pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel};
+pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, STREAM_WINDOW, VERSION};
 pub use tokio_util::sync::CancellationToken;

@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// A socket could not be used.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 /// HTTP/2 flow-control window of one stream, in bytes.

@@ -17,6 +17,10 @@ pub mod jina {
     tonic::include_proto!("jina");
 }
 
+/// The encoded `FileDescriptorSet` of both proto files and their imports, for gRPC
+/// server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
 pub use prost;
 pub use prost_types;
 

@@ -2,7 +2,7 @@
 //! request, and prints the shape of every mosaic the moment it arrives.
 //!
 //! ```sh
-//! cargo run -p vchat-examples --bin mosaic_client -- grpc://127.0.0.1:12345 alice 30
+//! cargo run -p vchat-example-clients --bin mosaic_client -- grpc://127.0.0.1:12345 alice 30
 //! ```
 
 use bytes::Bytes;
@@ -31,7 +31,10 @@ async fn main() -> anyhow::Result<()> {
         .on_done(|resp| {
             let docs = resp.docs().expect("valid response");
             let shape = docs[0].tensor().map(|t| t.shape().to_vec());
-            println!("mosaic {shape:?} in {:?}", resp.latency().unwrap_or_default());
+            println!(
+                "mosaic {shape:?} in {:?}",
+                resp.latency().unwrap_or_default()
+            );
         })
         .on_error(|resp| eprintln!("error: {}", resp.error().unwrap_or("?")));
     let summary = Client::new(&addr)?.post("/", inputs, options).await?;

@@ -1,0 +1,65 @@
+//! `vchat executor --uses executor/config.yml --port N`: one executor as a service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use vchat_core::Registry;
+use vchat_core::config::{DEFAULT_MAX_MESSAGE_BYTES, load_executor};
+use vchat_gateway::{CancellationToken, FlowRuntime, Node, serve_executor};
+
+#[derive(Args, Debug)]
+pub struct ExecutorArgs {
+    /// The executor YAML (`jtype`, `with`, `metas`).
+    #[arg(long)]
+    uses: PathBuf,
+    /// Port to listen on; 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Name of the executor (default: `metas.name`, else the jtype).
+    #[arg(long)]
+    name: Option<String>,
+    /// Largest request in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+}
+
+pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitCode> {
+    let mut spec = load_executor(&args.uses)?;
+    if let Some(n) = args.name {
+        spec.name = n;
+    }
+    if !spec.py_modules.is_empty() {
+        bail!(
+            "{} lists py_modules: a Python executor is served by Jina (`jina executor --uses {}`), not by vchat",
+            args.uses.display(),
+            args.uses.display()
+        );
+    }
+    let executor = registry.build(&spec)?;
+    let flow = FlowRuntime::new(vec![Node::new(spec.name.clone(), executor)]);
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let local = listener.local_addr()?;
+    let shown = if local.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+    } else {
+        local
+    };
+    println!(
+        "vchat {}: executor `{}` ({}) is ready",
+        vchat_gateway::VERSION,
+        spec.name,
+        spec.jtype
+    );
+    println!("vchat: listening on grpc://{shown}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::flow::wait_for_signal(shutdown.clone()));
+    serve_executor(flow, args.max_message_bytes, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

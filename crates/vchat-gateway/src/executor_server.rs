@@ -1,0 +1,134 @@
+//! `vchat executor`: one executor served over gRPC, as Jina serves an executor, so
+//! that a vchat or Jina gateway can call it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use vchat_core::{STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId};
+use vchat_proto::jina::jina_discover_endpoints_rpc_server::{
+    JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer,
+};
+use vchat_proto::jina::jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer};
+use vchat_proto::jina::jina_single_data_request_rpc_server::{
+    JinaSingleDataRequestRpc, JinaSingleDataRequestRpcServer,
+};
+use vchat_proto::{DataRequestProto, EndpointsProto, JinaInfoProto};
+
+use crate::flow::FlowRuntime;
+use crate::server::{CONNECTION_WINDOW, GatewayError, STREAM_WINDOW, VERSION};
+
+/// Requests from a caller that does not say which client stream they belong to
+/// (a Jina gateway) all count as this one stream.
+pub const UNKNOWN_STREAM: StreamId = StreamId(0);
+
+struct Service {
+    flow: Arc<FlowRuntime>,
+}
+
+fn take_stream(req: &mut DataRequestProto) -> StreamId {
+    let raw = req
+        .parameters
+        .as_mut()
+        .and_then(|p| p.fields.remove(STREAM_PARAMETER))
+        .and_then(|v| match v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => u64::from_str_radix(&s, 16).ok(),
+            _ => None,
+        });
+    raw.map_or(UNKNOWN_STREAM, StreamId)
+}
+
+#[tonic::async_trait]
+impl JinaSingleDataRequestRpc for Service {
+    async fn process_single_data(
+        &self,
+        request: Request<DataRequestProto>,
+    ) -> Result<Response<DataRequestProto>, Status> {
+        let mut req = request.into_inner();
+        let stream = take_stream(&mut req);
+        let endpoint = req.header.as_ref().and_then(|h| h.exec_endpoint.as_deref());
+        if endpoint == Some(STREAM_CLOSED_ENDPOINT) {
+            self.flow.stream_closed(stream).await;
+            let header = req.header.take().unwrap_or_default();
+            return Ok(Response::new(DataRequestProto {
+                header: Some(header),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(self.flow.process(req, stream).await))
+    }
+}
+
+#[tonic::async_trait]
+impl JinaDiscoverEndpointsRpc for Service {
+    async fn endpoint_discovery(&self, _: Request<()>) -> Result<Response<EndpointsProto>, Status> {
+        let mut endpoints: Vec<String> = self.flow.endpoints();
+        endpoints.sort();
+        endpoints.dedup();
+        Ok(Response::new(EndpointsProto {
+            endpoints,
+            write_endpoints: Vec::new(),
+            schemas: Some(Default::default()),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl JinaInfoRpc for Service {
+    async fn status(&self, _: Request<()>) -> Result<Response<JinaInfoProto>, Status> {
+        let mut jina = HashMap::new();
+        jina.insert("vchat".to_string(), VERSION.to_string());
+        jina.insert("executor".to_string(), self.flow.names().join(","));
+        Ok(Response::new(JinaInfoProto {
+            jina,
+            envs: HashMap::new(),
+        }))
+    }
+}
+
+/// Serves `flow` (normally one executor) on `listener` until `shutdown`.
+pub async fn serve_executor(
+    flow: FlowRuntime,
+    max_message_bytes: usize,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let service = Arc::new(Service {
+        flow: Arc::new(flow),
+    });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<JinaSingleDataRequestRpcServer<Service>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let signal = async move {
+        shutdown.cancelled().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vchat_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| GatewayError::Reflection(e.to_string()))?;
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            JinaSingleDataRequestRpcServer::from_arc(service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(JinaDiscoverEndpointsRpcServer::from_arc(service.clone()))
+        .add_service(JinaInfoRpcServer::from_arc(service))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
+        .await?;
+    Ok(())
+}
