@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_USER=${DEMO_SECONDS:-6}
+scripts/install-deps.sh
 cargo build --release --bins
 OUT=target/demo
 mkdir -p "$OUT"
@@ -23,7 +24,7 @@ pids=()
 for user in alice bob carol; do
     # Everyone stays the same time; later joiners leave later, so each snapshot
     # shows the users present at that moment.
-    "$BIN/vchat-client" "$ADDR" "$user" --headless --duration "$SECONDS_PER_USER" \
+    "$BIN/vchat-client" "$ADDR" "$user" --headless --source test --duration "$SECONDS_PER_USER" \
         --snapshot "$OUT/$user.png" &
     pids+=($!)
     sleep 1

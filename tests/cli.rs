@@ -35,6 +35,8 @@ fn two_headless_clients_see_each_other() {
             flow.addr(),
             "alice",
             "--headless",
+            "--source",
+            "test",
             "--frames",
             "90",
             "--snapshot",
@@ -47,7 +49,15 @@ fn two_headless_clients_see_each_other() {
     // Bob joins after alice, so the mosaic order is alice, bob.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let bob = Command::new(bin("vchat-client"))
-        .args([flow.addr(), "bob", "--headless", "--frames", "150"])
+        .args([
+            flow.addr(),
+            "bob",
+            "--headless",
+            "--source",
+            "test",
+            "--frames",
+            "150",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,8 +133,11 @@ fn client_says_when_the_server_is_not_there() {
             &format!("grpc://127.0.0.1:{port}"),
             "alice",
             "--headless",
+            "--source",
+            "test",
             "--frames",
             "3",
+            "--no-reconnect",
         ])
         .output()
         .unwrap();

@@ -278,8 +278,8 @@ async fn a_vchat_executor_runs_in_a_jina_flow() {
         bands(r.docs().unwrap()[0].tensor().unwrap(), 200),
         [ALICE, BOB]
     );
-    alice.leave().await;
-    bob.leave().await;
+    // Jina's gateway keeps half-closed streams open: they end with the test.
+    drop((alice, bob));
     let _ = jina.kill().await;
 }
 

@@ -70,28 +70,33 @@ impl Flow {
     /// Starts `vchat flow --uses <flow> --host 127.0.0.1 --port 0 <extra>` and waits
     /// for its `vchat: listening on` line.
     pub fn start(flow: &Path, extra: &[&str]) -> Flow {
+        Flow::start_on_port(flow, 0, extra)
+    }
+
+    /// [`start`](Self::start) on a given port: to restart a Flow where its clients
+    /// expect it (get a free one from [`free_port`]).
+    pub fn start_on_port(flow: &Path, port: u16, extra: &[&str]) -> Flow {
         use std::ffi::OsStr;
+        let port = port.to_string();
         let mut args: Vec<&OsStr> =
             vec![OsStr::new("flow"), OsStr::new("--uses"), flow.as_os_str()];
-        args.extend(["--host", "127.0.0.1"].map(OsStr::new));
-        if !extra.contains(&"--port") {
-            args.extend(["--port", "0"].map(OsStr::new));
-        }
+        args.extend(["--host", "127.0.0.1", "--port", port.as_str()].map(OsStr::new));
         args.extend(extra.iter().map(OsStr::new));
         Flow::spawn(&bin("vchat"), &args)
     }
 
     /// Starts `vchat executor --uses <yaml> --host 127.0.0.1 --port <port>`.
     pub fn executor(yaml: &Path, port: u16) -> Flow {
+        use std::ffi::OsStr;
         let port = port.to_string();
-        let args: Vec<&std::ffi::OsStr> = vec![
-            "executor".as_ref(),
-            "--uses".as_ref(),
+        let args = [
+            OsStr::new("executor"),
+            OsStr::new("--uses"),
             yaml.as_os_str(),
-            "--host".as_ref(),
-            "127.0.0.1".as_ref(),
-            "--port".as_ref(),
-            port.as_ref(),
+            OsStr::new("--host"),
+            OsStr::new("127.0.0.1"),
+            OsStr::new("--port"),
+            OsStr::new(&port),
         ];
         Flow::spawn(&bin("vchat"), &args)
     }
@@ -133,7 +138,8 @@ impl Flow {
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
                 panic!(
-                    "vchat flow did not start; stderr:\n{}",
+                    "{} did not start; stderr:\n{}",
+                    program.display(),
                     stderr.lock().unwrap()
                 );
             }
@@ -196,8 +202,7 @@ impl Drop for Flow {
     }
 }
 
-/// A port that was free a moment ago (bound to port 0, then released), for a
-/// process that must come back on the same port.
+/// A loopback port nobody listens on right now: bound by the OS, then released.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -215,6 +220,158 @@ pub fn jina_python() -> PathBuf {
         py.display()
     );
     py
+}
+
+/// A running process whose output lines the test can wait for; killed when dropped.
+pub struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<(bool, String)>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr captured.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the process");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_err, pipe) in [
+            (false, Box::new(out) as Box<dyn std::io::Read + Send>),
+            (true, Box::new(err)),
+        ] {
+            let (tx, log) = (tx.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    {
+                        let mut l = log.lock().unwrap();
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                    let _ = tx.send((is_err, line));
+                }
+            });
+        }
+        Proc { child, lines, log }
+    }
+
+    /// Everything printed so far, stdout and stderr interleaved.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a line (stdout or stderr) for which `pred` holds and returns it;
+    /// panics with the log after [`PATIENCE`].
+    pub fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((_, line)) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line {what} in time; output so far:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; returns the status and the log.
+    pub fn interrupt(self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.wait()
+    }
+
+    /// Waits for the exit (at most [`PATIENCE`] after output stops mattering);
+    /// returns the status and everything printed.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + PATIENCE * 3;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit; output:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader threads catch the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.log())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An X server for window tests: `Xvfb -displayfd`, so the server picks a free
+/// display number itself and parallel tests never race for one (which
+/// `xvfb-run -a` can). Killed when dropped.
+pub struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    /// Starts Xvfb; panics with how to install it when it is missing.
+    pub fn start() -> Xvfb {
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x1024x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb is missing: run scripts/install-deps.sh (Debian package xvfb)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let n: u32 = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("Xvfb did not report its display: {line:?}")
+        });
+        Xvfb {
+            child,
+            display: format!(":{n}"),
+        }
+    }
+
+    /// The value for DISPLAY.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A solid-colour H×W×3 frame (BGR) tagged with `user`.

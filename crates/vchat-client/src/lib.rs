@@ -25,9 +25,23 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The `vchat-client` binary (in `src/bin`) is the chat client built on this; its
-//! frame sources and sinks live in [`source`] and [`sink`].
+//! The `vchat-client` binary (in `src/bin`) is the chat client built on this: a
+//! [`source::FrameSource`] read on its own thread by [`capture::Capture`], which
+//! hands the newest frame over through a [`latest::Latest`] slot, and
+//! [`sink::MosaicSink`]s for what comes back.
+//!
+//! # Features
+//!
+//! - `opencv` (default): the `cv` module: webcam and video-file capture, the
+//!   window, recording. Needs OpenCV 4 and libclang to build (Debian:
+//!   libopencv-dev clang libclang-dev). Without it the binary is headless, with
+//!   the synthetic test pattern only.
 
+pub mod capture;
+#[cfg(feature = "opencv")]
+pub mod cv;
+pub mod display;
+pub mod latest;
 pub mod sink;
 pub mod source;
 
@@ -334,40 +348,47 @@ impl Client {
         let parameters = (!options.parameters.is_empty()).then(|| vchat_core::Struct {
             fields: options.parameters.clone(),
         });
-        let outbound = {
+        let chunks = Box::pin(inputs.chunks(options.request_size));
+        let inputs_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (permits, ids, done) = (in_flight.clone(), sent_at.clone(), inputs_done.clone());
+        let outbound = futures::stream::unfold(chunks, move |mut chunks| {
+            let (in_flight, sent_at) = (&permits, &ids);
             let in_flight = in_flight.clone();
             let sent_at = sent_at.clone();
-            inputs.chunks(options.request_size).then(move |docs| {
-                let in_flight = in_flight.clone();
-                let sent_at = sent_at.clone();
-                let endpoint = endpoint.clone();
-                let parameters = parameters.clone();
-                async move {
-                    // Released when the response arrives.
-                    if let Ok(p) = in_flight.acquire().await {
-                        p.forget();
-                    }
-                    let id = new_id();
-                    let req = DataRequestProto {
-                        header: Some(HeaderProto {
-                            request_id: id.clone(),
-                            exec_endpoint: Some(endpoint),
-                            ..Default::default()
-                        }),
-                        parameters,
-                        routes: Vec::new(),
-                        data: Some(DataContentProto {
-                            documents: Some(Documents::Docs(DocumentArray(docs).into_proto())),
-                        }),
-                    };
-                    sent_at
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, Instant::now());
-                    req
-                }
-            })
-        };
+            let done = done.clone();
+            let endpoint = endpoint.clone();
+            let parameters = parameters.clone();
+            async move {
+                // Room for the request first, then the inputs: a live source is
+                // asked for a frame only when it can go out at once, so the frame
+                // sent is the newest one, not one that waited for the network.
+                let permit = in_flight.acquire().await.ok()?;
+                let Some(docs) = chunks.next().await else {
+                    done.store(true, std::sync::atomic::Ordering::Release);
+                    return None;
+                };
+                // Released when the response arrives.
+                permit.forget();
+                let id = new_id();
+                let req = DataRequestProto {
+                    header: Some(HeaderProto {
+                        request_id: id.clone(),
+                        exec_endpoint: Some(endpoint),
+                        ..Default::default()
+                    }),
+                    parameters,
+                    routes: Vec::new(),
+                    data: Some(DataContentProto {
+                        documents: Some(Documents::Docs(DocumentArray(docs).into_proto())),
+                    }),
+                };
+                sent_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, Instant::now());
+                Some((req, chunks))
+            }
+        });
         let mut request = tonic::Request::new(outbound);
         request.metadata_mut().insert(
             "__prefetch__",
@@ -390,7 +411,21 @@ impl Client {
             .map_err(|s| self.rpc_error(s))?
             .into_inner();
         let mut summary = PostSummary::default();
-        while let Some(proto) = responses.message().await.map_err(|s| self.rpc_error(s))? {
+        loop {
+            let proto = match responses.message().await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                // Jina's gateway ends a stream whose client finished sending with an
+                // error status ("Cancelling all calls") even when every request was
+                // answered: nothing was lost, so that is a normal end.
+                Err(_)
+                    if inputs_done.load(std::sync::atomic::Ordering::Acquire)
+                        && sent_at.lock().unwrap_or_else(|e| e.into_inner()).is_empty() =>
+                {
+                    break;
+                }
+                Err(s) => return Err(self.rpc_error(s)),
+            };
             in_flight.add_permits(1);
             let id = proto
                 .header

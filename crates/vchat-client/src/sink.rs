@@ -1,10 +1,97 @@
-//! What the client does with the mosaics it receives: statistics for the status
-//! line, and saving a frame as PNG.
+//! What the client does with the mosaics it receives: the [`MosaicSink`] trait
+//! (a window, a recording: OpenCV ones are in `crate::cv`), statistics for the
+//! status line, the FPS counter drawn on the frame, and saving a frame as PNG.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vchat_core::Tensor;
+
+/// What is drawn over a mosaic besides the mosaic itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overlay {
+    /// Mosaics received per second, over the last second.
+    pub fps: f64,
+    /// Round-trip time of the newest mosaic's request.
+    pub latency: Option<Duration>,
+    /// Frames dropped so far (replaced by newer ones before they could be sent).
+    pub dropped: u64,
+    /// A problem to show, e.g. `server unavailable: retrying in 2 s`.
+    pub status: Option<String>,
+}
+
+impl Overlay {
+    /// `29.8 fps  3.1 ms` and, when frames were dropped, `  dropped 12`.
+    pub fn headline(&self) -> String {
+        let mut s = format!("{:.1} fps", self.fps);
+        if let Some(l) = self.latency {
+            s.push_str(&format!("  {:.1} ms", l.as_secs_f64() * 1e3));
+        }
+        if self.dropped > 0 {
+            s.push_str(&format!("  dropped {}", self.dropped));
+        }
+        s
+    }
+}
+
+/// Whether the user wants to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep streaming.
+    Continue,
+    /// The user asked to leave (ESC, q, closed the window).
+    Close,
+}
+
+/// A consumer of received mosaics, driven by the client's output thread (the
+/// main thread, which is the only one allowed to touch an OpenCV window).
+pub trait MosaicSink {
+    /// Handles the newest mosaic.
+    fn mosaic(&mut self, frame: &Tensor, overlay: &Overlay) -> Result<(), String>;
+
+    /// Called many times a second, with or without a new mosaic: a window handles
+    /// its events and redraws a changed status here.
+    fn poll(&mut self, _overlay: &Overlay) -> Result<Control, String> {
+        Ok(Control::Continue)
+    }
+
+    /// Called once at the end: flush, close.
+    fn finish(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Events per second over a sliding one-second window.
+#[derive(Debug, Default)]
+pub struct FpsCounter {
+    times: VecDeque<Instant>,
+}
+
+impl FpsCounter {
+    /// Counts one event now.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        self.times.push_back(now);
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.times.pop_front();
+        }
+    }
+
+    /// Events in the last second.
+    pub fn fps(&mut self) -> f64 {
+        self.expire(Instant::now());
+        self.times.len() as f64
+    }
+}
 
 /// Counters of a running stream, reported once per second.
 #[derive(Debug)]
@@ -118,6 +205,21 @@ mod tests {
             line.contains("p50 2.00 ms") && line.ends_with("mosaic 600x300"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn overlay_and_fps() {
+        let mut f = FpsCounter::default();
+        f.tick();
+        f.tick();
+        assert_eq!(f.fps(), 2.0);
+        let o = Overlay {
+            fps: 2.0,
+            latency: Some(Duration::from_micros(3100)),
+            dropped: 4,
+            status: None,
+        };
+        assert_eq!(o.headline(), "2.0 fps  3.1 ms  dropped 4");
     }
 
     #[test]

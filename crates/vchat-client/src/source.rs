@@ -1,5 +1,6 @@
-//! Where the client's frames come from. The chat binary asks a [`FrameSource`] for
-//! its newest frame each time it may send one.
+//! Where the client's frames come from. A [`FrameSource`] is read on its own
+//! thread by [`crate::capture::Capture`], which hands the newest frame to the
+//! sender; OpenCV sources (webcam, video file) are in `crate::cv`.
 
 use bytes::Bytes;
 use vchat_core::Tensor;
@@ -9,7 +10,26 @@ pub trait FrameSource: Send {
     /// The next frame, `Ok(None)` at the end of the source, `Err` with a readable
     /// message when the source failed.
     fn next_frame(&mut self) -> Result<Option<Tensor>, String>;
+
+    /// Frames per second the source delivers by itself (a camera's or a file's
+    /// rate), used when `--fps` is not given; `None`: no rate of its own.
+    fn native_fps(&self) -> Option<f64> {
+        None
+    }
+
+    /// Whether [`next_frame`](Self::next_frame) waits for a device to deliver (a
+    /// camera). A live source is read continuously, or its driver queues stale
+    /// frames; other sources are read only when a frame is due.
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    /// What the source is, for messages: `camera 0`, `clip.avi`, `test pattern`.
+    fn describe(&self) -> String;
 }
+
+/// Frames per second of the test pattern when `--fps` is not given.
+pub const TEST_PATTERN_FPS: f64 = 30.0;
 
 /// A synthetic moving test pattern: a background in a colour derived from the
 /// user's name, so every user is recognisable in the mosaic, and a white bar that
@@ -81,6 +101,14 @@ impl FrameSource for TestPattern {
         let t = self.render(self.frame);
         self.frame += 1;
         Ok(Some(t))
+    }
+
+    fn native_fps(&self) -> Option<f64> {
+        Some(TEST_PATTERN_FPS)
+    }
+
+    fn describe(&self) -> String {
+        "test pattern".to_string()
     }
 }
 

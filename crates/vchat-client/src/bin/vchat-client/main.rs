@@ -1,0 +1,392 @@
+//! `vchat-client ADDR USER`: join a vchat video chat.
+//!
+//! Threads: the frame source is read on its own thread (`Capture`), which hands
+//! the newest frame to the sender through a single-slot handoff; the network runs
+//! on a tokio runtime (`stream.rs`) whose on_done callback hands each mosaic, the
+//! moment it arrives, to the main thread through another such slot; the main
+//! thread owns the window (OpenCV's highgui is single-threaded) and the other
+//! sinks, and runs the window's event loop.
+
+mod stream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use vchat_client::capture::Capture;
+use vchat_client::latest::{Latest, Taken};
+use vchat_client::sink::{Control, FpsCounter, MosaicSink, Overlay, Stats, save_png};
+use vchat_client::source::{FrameSource, TestPattern};
+use vchat_core::Tensor;
+
+/// Join a vchat video chat: stream your webcam to a vchat (or Jina) gateway and
+/// see the mosaic of every user in the room.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    version,
+    after_help = "In the window, ESC or q leaves the chat. Examples:\n  \
+        vchat-client grpc://192.168.1.20:12345 alice\n  \
+        vchat-client grpc://127.0.0.1:12345 bob --source clip.avi --loop\n  \
+        vchat-client grpc://127.0.0.1:12345 carol --headless --source test --frames 300"
+)]
+struct Args {
+    /// Gateway address, as `vchat flow` prints it: grpc://HOST:PORT.
+    addr: String,
+    /// Your name in the chat (sent as tags.user).
+    user: String,
+    /// Room to join (tags.room); users in other rooms never see you.
+    #[arg(long)]
+    room: Option<String>,
+    /// Frame source: a camera index (0 is the default webcam), a video file, or
+    /// `test` (a moving pattern in a colour derived from the user name).
+    #[arg(long, default_value = "0")]
+    source: String,
+    /// Start a video file over at its end instead of leaving the chat.
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Frame size sent, HEIGHTxWIDTH; every frame is resized to it.
+    #[arg(long, default_value = "200x300", value_parser = parse_size)]
+    size: (usize, usize),
+    /// Most frames per second sent [default: the camera's or the file's rate; 30
+    /// for the test pattern]; 0: as fast as responses come back.
+    #[arg(long)]
+    fps: Option<f64>,
+    /// No window: print a status line per second instead.
+    #[arg(long)]
+    headless: bool,
+    /// Write the received mosaics to this video file (.avi: MJPG).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Save the newest mosaic to this PNG file on exit.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Stop after sending this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests in flight at most; the frame sent is always the newest one.
+    #[arg(long, default_value_t = 2)]
+    prefetch: usize,
+    /// Exit when the server is unreachable or goes away, instead of retrying.
+    #[arg(long)]
+    no_reconnect: bool,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH, e.g. 200x300"))?;
+    let h: usize = h.parse().map_err(|_| format!("bad height in {s:?}"))?;
+    let w: usize = w.parse().map_err(|_| format!("bad width in {s:?}"))?;
+    if h == 0 || w == 0 || h > 4320 || w > 7680 {
+        return Err(format!(
+            "{s:?}: height and width must be 1..=4320 and 1..=7680"
+        ));
+    }
+    Ok((h, w))
+}
+
+/// What the network side and the main thread share.
+pub(crate) struct Shared {
+    pub capture: Capture,
+    pub stats: Mutex<Stats>,
+    pub fps: Mutex<FpsCounter>,
+    pub latency: Mutex<Option<Duration>>,
+    /// Newest mosaic for the output thread (taken when drawn).
+    pub mosaics: Latest<Tensor>,
+    /// Newest mosaic for `--snapshot` (kept).
+    pub newest: Mutex<Option<Tensor>>,
+    /// A problem to show on the window (server unavailable...).
+    pub status: Mutex<Option<String>>,
+    /// Set to leave: ESC, q, closed window, Ctrl-C, SIGTERM.
+    pub stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn overlay(&self) -> Overlay {
+        Overlay {
+            fps: lock(&self.fps).fps(),
+            latency: *lock(&self.latency),
+            dropped: self.capture.dropped(),
+            status: lock(&self.status).clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vchat-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_source(args: &Args) -> anyhow::Result<Box<dyn FrameSource>> {
+    let (h, w) = args.size;
+    if args.source == "test" {
+        return Ok(Box::new(TestPattern::new(&args.user, h, w)));
+    }
+    #[cfg(feature = "opencv")]
+    {
+        use vchat_client::cv::{SourceSpec, VideoSource};
+        vchat_client::cv::quiet_logs();
+        match SourceSpec::parse(&args.source) {
+            SourceSpec::Test => Ok(Box::new(TestPattern::new(&args.user, h, w))),
+            SourceSpec::Camera(i) => Ok(Box::new(
+                VideoSource::camera(i, h, w).map_err(anyhow::Error::msg)?,
+            )),
+            SourceSpec::File(path) => Ok(Box::new(
+                VideoSource::file(&path, args.looping, h, w).map_err(anyhow::Error::msg)?,
+            )),
+        }
+    }
+    #[cfg(not(feature = "opencv"))]
+    bail!(
+        "--source {}: this vchat-client was built without OpenCV (the `opencv` feature); \
+         only --source test is available",
+        args.source
+    )
+}
+
+fn open_sinks(args: &Args, fps: f64) -> anyhow::Result<Vec<Box<dyn MosaicSink>>> {
+    #[allow(unused_mut)]
+    let mut sinks: Vec<Box<dyn MosaicSink>> = Vec::new();
+    if !args.headless {
+        // Checked before anything touches highgui: OpenCV aborts without a display.
+        vchat_client::display::check_display().map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "opencv")]
+        {
+            let title = match &args.room {
+                Some(r) => format!("vchat: {} in {r}", args.user),
+                None => format!("vchat: {}", args.user),
+            };
+            let (h, w) = args.size;
+            sinks.push(Box::new(
+                vchat_client::cv::Window::open(&title, h, w).map_err(anyhow::Error::msg)?,
+            ));
+        }
+        #[cfg(not(feature = "opencv"))]
+        bail!(
+            "this vchat-client was built without OpenCV (the `opencv` feature), so it has no window; \
+             run with --headless"
+        );
+    }
+    if let Some(path) = &args.record {
+        #[cfg(feature = "opencv")]
+        sinks.push(Box::new(
+            vchat_client::cv::Recorder::new(path, fps).map_err(anyhow::Error::msg)?,
+        ));
+        #[cfg(not(feature = "opencv"))]
+        bail!(
+            "--record {}: this vchat-client was built without OpenCV (the `opencv` feature)",
+            path.display()
+        );
+    }
+    let _ = fps;
+    Ok(sinks)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(f) = args.fps
+        && !(f >= 0.0 && f.is_finite())
+    {
+        bail!("--fps must be 0 or a positive number, got {f}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    {
+        // Fail on a bad address before opening anything (a channel needs the runtime).
+        let _rt = rt.enter();
+        vchat_client::Client::new(&args.addr)?;
+    }
+    let source = open_source(&args)?;
+    let source_fps = source.native_fps();
+    let capture = Capture::spawn(source, args.fps);
+    let record_fps = capture
+        .period()
+        .map(|p| 1.0 / p.as_secs_f64())
+        .or(source_fps)
+        .unwrap_or(30.0);
+    let mut sinks = open_sinks(&args, record_fps)?;
+
+    let shared = Arc::new(Shared {
+        capture,
+        stats: Mutex::new(Stats::default()),
+        fps: Mutex::new(FpsCounter::default()),
+        latency: Mutex::new(None),
+        mosaics: Latest::new(),
+        newest: Mutex::new(None),
+        status: Mutex::new(None),
+        stop: CancellationToken::new(),
+    });
+    rt.spawn(stop_on_signals(shared.stop.clone()));
+    // With a window too: the terminal it was started from shows the same numbers.
+    rt.spawn(print_status(shared.clone(), args.user.clone()));
+    let config = stream::Config {
+        addr: args.addr.clone(),
+        user: args.user.clone(),
+        room: args.room.clone(),
+        prefetch: args.prefetch,
+        frames: args.frames,
+        deadline: args
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0))),
+        reconnect: !args.no_reconnect,
+    };
+    let task = rt.spawn(stream::run(shared.clone(), config));
+
+    let sink_result = output_loop(&shared, &mut sinks, &task);
+    let result = rt.block_on(task).context("the network task failed")?;
+    shared.capture.stop();
+    for s in &mut sinks {
+        if let Err(e) = s.finish() {
+            eprintln!("vchat-client: {e}");
+        }
+    }
+    // The runtime may still hold a stuck connection: do not wait for it.
+    rt.shutdown_background();
+    let summary = result?;
+    sink_result?;
+    if let Some(path) = &args.snapshot {
+        match lock(&shared.newest).as_ref() {
+            Some(frame) => save_png(frame, path).map_err(anyhow::Error::msg)?,
+            None => bail!(
+                "no mosaic was received, nothing to save to {}",
+                path.display()
+            ),
+        }
+    }
+    let stats = lock(&shared.stats);
+    println!(
+        "{}: done: {} responses, {} errors, {} frames sent, {} dropped",
+        args.user,
+        summary.requests,
+        summary.errors,
+        stats.sent,
+        shared.capture.dropped()
+    );
+    Ok(())
+}
+
+/// Runs on the main thread until the network task ends: hands each new mosaic to
+/// the sinks and lets the window handle its events. A sink's failure stops the
+/// stream and is returned.
+fn output_loop(
+    shared: &Shared,
+    sinks: &mut [Box<dyn MosaicSink>],
+    task: &tokio::task::JoinHandle<anyhow::Result<vchat_client::PostSummary>>,
+) -> anyhow::Result<()> {
+    let mut failure: Option<String> = None;
+    // A window's poll waits for its events (10 ms); without one, wait here.
+    let mut interactive = !sinks.is_empty();
+    let feed = |sinks: &mut [Box<dyn MosaicSink>], frame: &Tensor, failure: &mut Option<String>| {
+        let overlay = shared.overlay();
+        for s in sinks.iter_mut() {
+            if let Err(e) = s.mosaic(frame, &overlay) {
+                failure.get_or_insert(e);
+                shared.stop.cancel();
+            }
+        }
+    };
+    while !task.is_finished() {
+        let wait = if interactive {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        if let Taken::Value(frame) = shared.mosaics.take_timeout(wait)
+            && failure.is_none()
+        {
+            feed(sinks, &frame, &mut failure);
+        }
+        if interactive {
+            let overlay = shared.overlay();
+            for s in sinks.iter_mut() {
+                match s.poll(&overlay) {
+                    Ok(Control::Continue) => {}
+                    Ok(Control::Close) => {
+                        interactive = false;
+                        shared.stop.cancel();
+                    }
+                    Err(e) => {
+                        interactive = false;
+                        failure.get_or_insert(e);
+                        shared.stop.cancel();
+                    }
+                }
+            }
+        }
+    }
+    // The last mosaic may have arrived after the last look.
+    if let Taken::Value(frame) = shared.mosaics.try_take()
+        && failure.is_none()
+    {
+        feed(sinks, &frame, &mut failure);
+    }
+    match failure {
+        Some(e) => bail!(e),
+        None => Ok(()),
+    }
+}
+
+async fn stop_on_signals(stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.cancel();
+            return;
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        stop.cancel();
+    }
+}
+
+/// One status line per second.
+async fn print_status(shared: Arc<Shared>, user: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let line = {
+            let mut stats = lock(&shared.stats);
+            stats.dropped = shared.capture.dropped();
+            stats.take_line()
+        };
+        match lock(&shared.status).as_deref() {
+            Some(problem) => println!("{user}: {line} ({problem})"),
+            None => println!("{user}: {line}"),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and the tests need on a fresh Debian
+# machine that has only Rust: OpenCV and libclang for the `opencv` crate (the
+# webcam client), Xvfb and xauth for the window tests. Does nothing when they are
+# all there already.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(libopencv-dev clang libclang-dev xvfb xauth)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "install-deps: installing ${missing[*]}"
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q "${missing[@]}" </dev/null
