@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-3} FPS=${FPS:-30} RUNS=${RUNS:-3} SECS=${SECS:-20}
-cargo build --release --bins -q
+# Only the vchat package: a workspace build links the webcam client's OpenCV into
+# `vchat` too (feature unification), which costs start-up time and memory.
+cargo build --release -q -p vchat-cli
 BIN=target/release
 OUT=target/bench
 mkdir -p "$OUT"
@@ -26,7 +28,7 @@ for run in $(seq "$RUNS"); do
     idle_kb=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status)
     cpu0=$(awk '{print $14 + $15}' /proc/$pid/stat)
     w0=$(date +%s%N)
-    json=$("$BIN/vchat" bench "$addr" --users "$USERS" --fps "$FPS" --duration "$SECS" --warmup 1 --json)
+    json=$("$BIN/vchat" --threads 1 bench "$addr" --users "$USERS" --fps "$FPS" --duration "$SECS" --warmup 1 --json)
     w1=$(date +%s%N)
     cpu1=$(awk '{print $14 + $15}' /proc/$pid/stat)
     peak_kb=$(awk '/^VmHWM/ {print $2}' /proc/$pid/status)

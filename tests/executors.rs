@@ -108,12 +108,12 @@ async fn an_external_executor_that_goes_away_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_rust_executor_in_a_flow_with_parameters() {
     let flow = Flow::spawn(
-        &bin("vchat-grayscale"),
+        &bin("vchat-posterize"),
         &[
             "flow".as_ref(),
             "--uses".as_ref(),
             repo_root()
-                .join("examples/grayscale-executor/flow.yml")
+                .join("examples/posterize-executor/flow.yml")
                 .as_os_str(),
             "--host".as_ref(),
             "127.0.0.1".as_ref(),
@@ -122,22 +122,23 @@ async fn a_custom_rust_executor_in_a_flow_with_parameters() {
         ],
     );
     let mut alice = User::connect(flow.addr());
-    let r = alice.send(frame("alice", [255, 0, 0], 20, 30)).await;
+    let r = alice.send(frame("alice", [200, 100, 30], 20, 30)).await;
     assert_eq!(
         bands(r.docs().unwrap()[0].tensor().unwrap(), 20),
-        [[28, 28, 28]]
+        [[170, 85, 0]]
     );
     alice.leave().await;
 
-    // Parameters reach the executor: `mix: 0` for this executor only keeps colour.
+    // Parameters reach the executor: `levels: 256` for this executor only keeps
+    // the colour, over the global `levels: 2`.
     let client = vchat_client::Client::new(flow.addr()).unwrap();
     let mut own = vchat_core::Struct::default();
     own.fields
-        .insert("mix".into(), vchat_core::number_value(0.0));
+        .insert("levels".into(), vchat_core::number_value(256.0));
     let mut params = std::collections::BTreeMap::new();
-    params.insert("mix".into(), vchat_core::number_value(1.0));
+    params.insert("levels".into(), vchat_core::number_value(2.0));
     params.insert(
-        "grayscale".into(),
+        "posterize".into(),
         vchat_core::Value {
             kind: Some(vchat_core::value::Kind::StructValue(own)),
         },
@@ -152,9 +153,9 @@ async fn a_custom_rust_executor_in_a_flow_with_parameters() {
                 .unwrap()
                 .push(bands(r.docs().unwrap()[0].tensor().unwrap(), 20))
         });
-    let inputs = futures::stream::iter(vec![frame("bob", [255, 0, 0], 20, 30)]);
+    let inputs = futures::stream::iter(vec![frame("bob", [200, 100, 30], 20, 30)]);
     client.post("/", inputs, options).await.unwrap();
-    assert_eq!(*got.lock().unwrap(), vec![vec![[255, 0, 0]]]);
+    assert_eq!(*got.lock().unwrap(), vec![vec![[200, 100, 30]]]);
 }
 
 const SEED_EXECUTOR: &str = r#"import numpy as np

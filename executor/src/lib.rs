@@ -17,6 +17,7 @@
 //!   idle_timeout_s: 5
 //! ```
 
+pub mod builtin;
 mod mosaic;
 
 use std::collections::HashMap;
@@ -261,11 +262,13 @@ mod tests {
         stream: u64,
     ) -> Result<(), Error> {
         let params = BTreeMap::new();
+        let results = Default::default();
         let ctx = RequestContext {
             endpoint: "/",
             parameters: &params,
             stream: StreamId(stream),
             request_id: "r",
+            results: &results,
         };
         ex.process(docs, &ctx).await
     }

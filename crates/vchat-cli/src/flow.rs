@@ -60,6 +60,7 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             .max_message_bytes
             .or(spec.with.max_message_bytes)
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        max_fps: spec.with.max_fps,
     };
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await

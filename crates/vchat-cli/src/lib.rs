@@ -34,6 +34,11 @@ pub fn builtin_registry() -> Registry {
 #[derive(Parser, Debug)]
 #[command(name = "vchat", version)]
 struct Cli {
+    /// Worker threads of the async runtime; 1 runs everything on one thread (no
+    /// hand-offs between threads: the lowest latency while one core is enough).
+    /// Default: one per CPU.
+    #[arg(long, global = true, env = "VCHAT_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,7 +65,17 @@ pub fn main_with(registry: Registry) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vchat: cannot start the async runtime: {e}");

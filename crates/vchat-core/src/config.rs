@@ -55,6 +55,27 @@ pub struct FlowWith {
     /// status. Default [`DEFAULT_MAX_MESSAGE_BYTES`].
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// At most this many responses with frames per second on one stream in
+    /// `send-receive` mode; requests over it are answered as skipped.
+    #[serde(default)]
+    pub max_fps: Option<f64>,
+    /// How each endpoint's stream flows; endpoints not listed are `send-receive`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, StreamMode>,
+}
+
+/// How a stream flows on an endpoint.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamMode {
+    /// A frame in, a frame out (the chat).
+    #[default]
+    SendReceive,
+    /// Frames in; each answered with an acknowledgement (tags and extra outputs,
+    /// no frame).
+    Send,
+    /// One request in, a stream of frames out from a source executor.
+    Receive,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +105,8 @@ struct ExecutorEntry {
     retries: Option<i64>,
     #[serde(default)]
     route_by: Option<String>,
+    #[serde(default)]
+    skip_frames: Option<bool>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for
@@ -126,6 +149,9 @@ pub struct Deployment {
     pub timeout_send: Option<std::time::Duration>,
     /// Retries of a call to an external executor that could not be reached.
     pub retries: u32,
+    /// While the executor is busy, a stream's waiting frame is replaced by its
+    /// newer one instead of queueing (the replaced request is answered skipped).
+    pub skip_frames: bool,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +442,7 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                 Some(r) if r < 0 => DEFAULT_RETRIES,
                 Some(r) => r as u32,
             },
+            skip_frames: entry.skip_frames.unwrap_or(false),
         };
         if spec.deployment.replicas == 0 {
             return Err(at("replicas must be at least 1".into()));

@@ -24,6 +24,11 @@ pub enum Error {
         /// What the executor expected.
         message: String,
     },
+    /// The request was not processed because a newer one from the same stream was
+    /// waiting for a busy executor (`skip_frames`), or because the stream's
+    /// `max_fps` was reached. Answered as SUCCESS, flagged skipped, with no docs.
+    #[error("skipped: {0}")]
+    Skipped(String),
     /// The executor failed while processing a valid request.
     #[error("{executor} failed: {message}")]
     Failed {
@@ -42,6 +47,7 @@ impl Error {
             Error::BadRequest(_) => "BadRequest",
             Error::Rejected { .. } => "Rejected",
             Error::Failed { .. } => "ExecutorFailed",
+            Error::Skipped(_) => "Skipped",
         }
     }
 
@@ -49,7 +55,7 @@ impl Error {
     pub fn executor(&self) -> Option<&str> {
         match self {
             Error::Rejected { executor, .. } | Error::Failed { executor, .. } => Some(executor),
-            Error::BadRequest(_) => None,
+            Error::BadRequest(_) | Error::Skipped(_) => None,
         }
     }
 }

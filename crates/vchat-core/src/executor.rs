@@ -2,8 +2,10 @@
 //! reaches it.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
+use futures_core::stream::BoxStream;
 use prost_types::{Value, value::Kind};
 
 use crate::{DocumentArray, Error};
@@ -29,6 +31,34 @@ pub struct RequestContext<'a> {
     pub stream: StreamId,
     /// The request's id.
     pub request_id: &'a str,
+    /// Extra outputs: values set here reach the client beside the documents, in
+    /// the response's `parameters['__results__'][<executor name>]` (as Jina returns
+    /// an executor's return value).
+    pub results: &'a Mutex<BTreeMap<String, Value>>,
+}
+
+impl RequestContext<'_> {
+    /// Sets the extra output `key` (see [`results`](Self::results)).
+    pub fn set_result(&self, key: &str, value: Value) {
+        self.results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), value);
+    }
+}
+
+/// The frames a source executor yields for one `receive` request.
+pub type SourceStream = BoxStream<'static, Result<DocumentArray, Error>>;
+
+/// What a source executor knows of the `receive` request that started it.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The endpoint asked for.
+    pub endpoint: String,
+    /// The request's parameters (with this executor's own section merged in).
+    pub parameters: BTreeMap<String, Value>,
+    /// The request's documents (e.g. the user's tags).
+    pub docs: DocumentArray,
 }
 
 /// An executor: the unit of processing in a Flow.
@@ -56,6 +86,14 @@ pub trait Executor: Send + Sync + 'static {
     /// so that every frame of a room reaches the same copy. `None` (the default):
     /// requests are spread over replicas one by one.
     fn route_by(&self) -> Option<&str> {
+        None
+    }
+
+    /// A source executor (a camera, a file, a test pattern) returns the frames it
+    /// yields for a `receive` request, paced at its own rate; the stream ends when
+    /// the source does or when the client goes away. `None` (the default): not a
+    /// source.
+    fn source(&self, _ctx: SourceContext) -> Option<SourceStream> {
         None
     }
 

@@ -20,8 +20,8 @@ mod tensor;
 pub use document::{Content, Document, DocumentArray, new_id, number_value, string_value};
 pub use error::{ConfigError, Error, Origin};
 pub use executor::{
-    DEFAULT_ENDPOINT, Executor, RequestContext, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId,
-    parameters_for, serves,
+    DEFAULT_ENDPOINT, Executor, RequestContext, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER,
+    SourceContext, SourceStream, StreamId, parameters_for, serves,
 };
 pub use registry::Registry;
 pub use tensor::{DType, Tensor};

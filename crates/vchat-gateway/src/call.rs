@@ -8,16 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
+use vchat_core::config::StreamMode;
 use vchat_core::{Error, StreamId};
 use vchat_proto::DataRequestProto;
 
 use crate::codec::{CallCodec, Inbound};
-use crate::flow::{FlowRuntime, error_response};
+use crate::flow::{FlowRuntime, error_response, skipped_response};
+
+type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
+
+/// A future of a single-response stream.
+fn one(item: Result<DataRequestProto, Status>) -> futures::future::BoxFuture<'static, Responses> {
+    futures::future::ready(futures::stream::once(futures::future::ready(item)).boxed()).boxed()
+}
 
 /// Metadata key of the client's in-flight limit, as Jina's client sends it.
 pub const PREFETCH_METADATA: &str = "__prefetch__";
@@ -30,6 +40,9 @@ pub struct CallLimits {
     pub prefetch: usize,
     /// Requests over this many bytes are answered with an ERROR status.
     pub max_message_bytes: usize,
+    /// At most this many processed requests per second on one stream in
+    /// `send-receive` mode; the others are answered as skipped.
+    pub max_fps: Option<f64>,
 }
 
 /// The `jina.JinaRPC` service.
@@ -117,26 +130,49 @@ impl StreamingService<Inbound> for CallService {
             flow: flow.clone(),
             id,
         };
+        let min_gap = self
+            .limits
+            .max_fps
+            .filter(|f| *f > 0.0)
+            .map(|f| Duration::from_secs_f64(1.0 / f));
+        let mut last_processed: Option<Instant> = None;
         let responses = inbound
             .map(move |item| {
                 let flow = flow.clone();
-                async move {
-                    match item {
-                        Ok(Inbound::Request(req)) => Ok(flow.process(req, id).await),
-                        Ok(Inbound::Oversized { header, size }) => Ok(error_response(
-                            header,
-                            &Error::BadRequest(format!(
-                                "message of {size} bytes is over the limit of {limit} bytes"
-                            )),
-                        )),
-                        Err(status) => Err(status),
+                let req = match item {
+                    Ok(Inbound::Request(req)) => req,
+                    Ok(Inbound::Oversized { header, size }) => {
+                        let e = Error::BadRequest(format!(
+                            "message of {size} bytes is over the limit of {limit} bytes"
+                        ));
+                        return one(Ok(error_response(header, &e)));
+                    }
+                    Err(status) => return one(Err(status)),
+                };
+                // max_fps: a request that comes too soon after the last processed one
+                // of this stream is answered as skipped, unprocessed.
+                if let Some(gap) = min_gap {
+                    let endpoint = req
+                        .header
+                        .as_ref()
+                        .and_then(|h| h.exec_endpoint.as_deref())
+                        .unwrap_or("/");
+                    if flow.mode(endpoint) == StreamMode::SendReceive {
+                        let now = Instant::now();
+                        if last_processed.is_some_and(|t| now.duration_since(t) < gap) {
+                            return one(Ok(skipped_response(req.header.unwrap_or_default())));
+                        }
+                        last_processed = Some(now);
                     }
                 }
+                let responses = flow.respond(req, id).map(Ok);
+                futures::future::ready(responses.boxed()).boxed()
             })
             // Processes up to `prefetch` requests at once and answers in order; the
             // stream is not read further until one finishes, so nothing queues
             // without a bound.
-            .buffered(prefetch);
+            .buffered(prefetch)
+            .flatten();
         let stream: ResponseStream = Box::pin(Guarded {
             inner: Box::pin(responses),
             _guard: guard,

@@ -30,11 +30,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use futures::future::join_all;
-use vchat_core::config::{ExecutorSpec, FlowSpec};
+use futures::stream::{BoxStream, StreamExt};
+use vchat_core::config::{ExecutorSpec, FlowSpec, StreamMode};
 use vchat_core::{
-    ConfigError, Document, DocumentArray, Error, Executor, Registry, RequestContext, StreamId,
-    parameters_for, serves,
+    ConfigError, Document, DocumentArray, Error, Executor, Registry, RequestContext, SourceContext,
+    StreamId, Struct, Value, parameters_for, serves,
 };
 use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
 use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
@@ -142,8 +146,17 @@ pub struct FlowRuntime {
     sinks: Vec<usize>,
     /// How many nodes take each node's output.
     consumers: Vec<usize>,
+    /// Stream mode of each endpoint that is not `send-receive`.
+    modes: BTreeMap<String, StreamMode>,
     _python: Vec<PythonExecutor>,
 }
+
+/// Parameter key flagging a response as skipped (no frame; see `skip_frames`).
+pub const SKIPPED_PARAMETER: &str = "__skipped__";
+/// Parameter key of the executors' extra outputs, by executor name (as in Jina).
+pub const RESULTS_PARAMETER: &str = "__results__";
+
+type Failure = (Error, Option<DocumentArray>);
 
 impl FlowRuntime {
     /// A chain of `nodes`, run in order.
@@ -204,6 +217,7 @@ impl FlowRuntime {
             levels,
             sinks,
             consumers,
+            modes: BTreeMap::new(),
             _python: python,
         })
     }
@@ -236,8 +250,30 @@ impl FlowRuntime {
                 })
                 .collect();
         }
-        Self::with_topology(nodes, python)
-            .map_err(|m| ConfigError::new(vchat_core::Origin::file(&spec.file), m))
+        let mut flow = Self::with_topology(nodes, python)
+            .map_err(|m| ConfigError::new(vchat_core::Origin::file(&spec.file), m))?;
+        flow.modes = spec.with.endpoints.clone();
+        if flow.modes.values().any(|m| *m == StreamMode::Receive) && !flow.is_chain() {
+            return Err(ConfigError::new(
+                vchat_core::Origin::file(&spec.file),
+                "with.endpoints: `receive` streams need a chain of executors (no `needs`) whose first is a source",
+            ));
+        }
+        Ok(flow)
+    }
+
+    fn is_chain(&self) -> bool {
+        self.levels.iter().all(|l| l.len() == 1) && self.nodes.iter().all(|n| n.needs.len() == 1)
+    }
+
+    /// The stream mode of `endpoint`.
+    pub fn mode(&self, endpoint: &str) -> StreamMode {
+        self.modes.get(endpoint).copied().unwrap_or_default()
+    }
+
+    /// Sets the stream mode of endpoints (those not listed are `send-receive`).
+    pub fn set_modes(&mut self, modes: BTreeMap<String, StreamMode>) {
+        self.modes = modes;
     }
 
     /// The executors.
@@ -265,7 +301,7 @@ impl FlowRuntime {
     /// Processes one request and returns its response, which carries the same
     /// `request_id` and an ERROR status if anything failed.
     pub async fn process(&self, mut req: DataRequestProto, stream: StreamId) -> DataRequestProto {
-        let mut header = req.header.take().unwrap_or_default();
+        let header = req.header.take().unwrap_or_default();
         let docs = match req.data.take().and_then(|d| d.documents) {
             None => Ok(DocumentArray::new()),
             Some(Documents::Docs(da)) => DocumentArray::from_proto(da),
@@ -273,17 +309,60 @@ impl FlowRuntime {
                 "data.docs_bytes (pickled documents) is not supported: send data.docs".into(),
             )),
         };
+        let results = Mutex::new(BTreeMap::new());
         let result = match docs {
-            Ok(docs) => self.run(docs, &header, &req, stream).await,
+            Ok(docs) => self.run(docs, &header, &req, stream, 0, &results).await,
             Err(e) => Err((e, None)),
         };
+        let send_only =
+            self.mode(header.exec_endpoint.as_deref().unwrap_or("/")) == StreamMode::Send;
+        self.respond_with(
+            req,
+            header,
+            result,
+            results.into_inner().unwrap_or_else(|e| e.into_inner()),
+            send_only,
+        )
+    }
+
+    /// Builds the response of a request from what its run gave.
+    fn respond_with(
+        &self,
+        mut req: DataRequestProto,
+        mut header: HeaderProto,
+        result: Result<DocumentArray, Failure>,
+        results: BTreeMap<String, Value>,
+        send_only: bool,
+    ) -> DataRequestProto {
         let docs = match result {
-            Ok(docs) => Some(docs),
+            Ok(mut docs) => {
+                if send_only {
+                    // An acknowledgement: ids and tags, no frames.
+                    for d in docs.iter_mut() {
+                        d.content = None;
+                    }
+                }
+                Some(docs)
+            }
+            Err((Error::Skipped(reason), _)) => {
+                tracing::trace!(reason, "Skipped");
+                let params = req.parameters.get_or_insert_with(Default::default);
+                params
+                    .fields
+                    .insert(SKIPPED_PARAMETER.to_string(), bool_value(true));
+                None
+            }
             Err((e, docs)) => {
                 header.status = Some(error_status(&e));
                 docs
             }
         };
+        if !results.is_empty() {
+            let params = req.parameters.get_or_insert_with(Default::default);
+            params
+                .fields
+                .insert(RESULTS_PARAMETER.to_string(), struct_value(results));
+        }
         req.header = Some(header);
         req.data = docs.map(|d| DataContentProto {
             documents: Some(Documents::Docs(d.into_proto())),
@@ -291,13 +370,87 @@ impl FlowRuntime {
         req
     }
 
+    /// The responses to one request: one, or for a `receive` endpoint, one per frame
+    /// the source yields, all with the request's id.
+    pub fn respond(
+        self: &Arc<Self>,
+        mut req: DataRequestProto,
+        stream: StreamId,
+    ) -> BoxStream<'static, DataRequestProto> {
+        let endpoint = req
+            .header
+            .as_ref()
+            .and_then(|h| h.exec_endpoint.clone())
+            .unwrap_or_else(|| "/".into());
+        let flow = self.clone();
+        if self.mode(&endpoint) != StreamMode::Receive {
+            return futures::stream::once(async move { flow.process(req, stream).await }).boxed();
+        }
+        let header = req.header.take().unwrap_or_default();
+        let docs = match req.data.take().and_then(|d| d.documents) {
+            Some(Documents::Docs(da)) => DocumentArray::from_proto(da).unwrap_or_default(),
+            _ => DocumentArray::new(),
+        };
+        let params = req
+            .parameters
+            .as_ref()
+            .map(|p| p.fields.clone())
+            .unwrap_or_default();
+        let source = self.nodes.first().and_then(|n| {
+            n.pick(&docs).source(SourceContext {
+                endpoint: endpoint.clone(),
+                parameters: parameters_for(&params, &n.name, &self.names),
+                docs: docs.clone(),
+            })
+        });
+        let Some(source) = source else {
+            let e = Error::BadRequest(format!(
+                "endpoint {endpoint} is a `receive` stream but the Flow's first executor is not a source"
+            ));
+            return futures::stream::once(async move { error_response(header, &e) }).boxed();
+        };
+        let base = DataRequestProto {
+            parameters: req.parameters.take(),
+            ..Default::default()
+        };
+        source
+            .then(move |item| {
+                let flow = flow.clone();
+                let header = header.clone();
+                let base = base.clone();
+                async move {
+                    let results = Mutex::new(BTreeMap::new());
+                    let result = match item {
+                        Ok(docs) => flow.run(docs, &header, &base, stream, 1, &results).await,
+                        Err(e) => Err((e, None)),
+                    };
+                    let failed = result.is_err();
+                    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+                    (
+                        flow.respond_with(base.clone(), header, result, results, false),
+                        failed,
+                    )
+                }
+            })
+            // A failed source or executor ends the stream after its error response.
+            .scan(false, |ended, (resp, failed)| {
+                let out = (!*ended).then_some(resp);
+                *ended |= failed;
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+
+    /// Runs the Flow on `input`, from the `first` node of a chain on (0: all).
     async fn run(
         &self,
         input: DocumentArray,
         header: &HeaderProto,
         req: &DataRequestProto,
         stream: StreamId,
-    ) -> Result<DocumentArray, (Error, Option<DocumentArray>)> {
+        first: usize,
+        all_results: &Mutex<BTreeMap<String, Value>>,
+    ) -> Result<DocumentArray, Failure> {
         let endpoint = header.exec_endpoint.as_deref().unwrap_or("/");
         let target = match header.target_executor.as_deref() {
             None | Some("") => None,
@@ -323,13 +476,23 @@ impl FlowRuntime {
                     return Ok(docs);
                 }
                 let merged = parameters_for(params, &node.name, &self.names);
+                let results = Mutex::new(BTreeMap::new());
                 let ctx = RequestContext {
                     endpoint,
                     parameters: &merged,
                     stream,
                     request_id: &header.request_id,
+                    results: &results,
                 };
-                match node.pick(&docs).process(&mut docs, &ctx).await {
+                let outcome = node.pick(&docs).process(&mut docs, &ctx).await;
+                let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+                if !results.is_empty() {
+                    all_results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(node.name.clone(), struct_value(results));
+                }
+                match outcome {
                     Ok(()) => Ok(docs),
                     Err(e) => Err((e, Some(docs))),
                 }
@@ -337,10 +500,9 @@ impl FlowRuntime {
         };
 
         // The common case, a chain: no clones, no merges.
-        if self.levels.iter().all(|l| l.len() == 1) && self.nodes.iter().all(|n| n.needs.len() == 1)
-        {
+        if self.is_chain() {
             let mut docs = input;
-            for level in &self.levels {
+            for level in self.levels.iter().skip(first) {
                 docs = run_node(level[0], docs).await?;
             }
             return Ok(docs);
@@ -442,7 +604,12 @@ async fn build_node(
     let (replicas, endpoints, own_route): (Vec<Arc<dyn Executor>>, _, _) = if addrs.is_empty() {
         let mut replicas = Vec::new();
         for _ in 0..d.replicas.max(1) {
-            replicas.push(registry.build(e)?);
+            let executor = registry.build(e)?;
+            replicas.push(if d.skip_frames {
+                Arc::new(crate::skip::SkipFrames::new(executor)) as Arc<dyn Executor>
+            } else {
+                executor
+            });
         }
         let endpoints = replicas[0].endpoints();
         let route = replicas[0].route_by().map(str::to_string);
@@ -466,6 +633,30 @@ async fn build_node(
         needs: Vec::new(),
         next: AtomicUsize::new(0),
     })
+}
+
+fn bool_value(b: bool) -> Value {
+    Value {
+        kind: Some(vchat_core::value::Kind::BoolValue(b)),
+    }
+}
+
+fn struct_value(fields: BTreeMap<String, Value>) -> Value {
+    Value {
+        kind: Some(vchat_core::value::Kind::StructValue(Struct { fields })),
+    }
+}
+
+/// The response to a request answered without processing because of the stream's
+/// frame rate cap or frame skipping: SUCCESS, no docs, `parameters.__skipped__`.
+pub fn skipped_response(header: HeaderProto) -> DataRequestProto {
+    let mut fields = BTreeMap::new();
+    fields.insert(SKIPPED_PARAMETER.to_string(), bool_value(true));
+    DataRequestProto {
+        header: Some(header),
+        parameters: Some(Struct { fields }),
+        ..Default::default()
+    }
 }
 
 /// Merges the outputs of several executors by document id (see the module docs).

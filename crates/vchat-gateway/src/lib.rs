@@ -22,11 +22,16 @@ pub mod flow;
 mod python;
 mod remote;
 mod server;
+mod skip;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
-pub use flow::{BuildOptions, FlowRuntime, Node, error_response, error_status, merge};
+pub use flow::{
+    BuildOptions, FlowRuntime, Node, RESULTS_PARAMETER, SKIPPED_PARAMETER, error_response,
+    error_status, merge, skipped_response,
+};
 pub use python::PythonExecutor;
 pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel};
 pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, STREAM_WINDOW, VERSION};
+pub use skip::SkipFrames;
 pub use tokio_util::sync::CancellationToken;

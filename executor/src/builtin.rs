@@ -1,0 +1,609 @@
+//! Built-in executors beside the chat: simple frame filters, a deliberately slow
+//! executor, frame statistics (extra outputs), and a test-pattern source (for
+//! `receive` streams). Each has a `<Name>Config` (its `with:`) and a runtime type.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use vchat_core::{
+    Document, DocumentArray, Error, Executor, RequestContext, SourceContext, SourceStream,
+    StreamId, Tensor, Value, async_trait, number_value, value::Kind,
+};
+
+fn reject(name: &str, message: impl Into<String>) -> Error {
+    Error::Rejected {
+        executor: name.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Applies `f` to the frame of every document that has one.
+fn map_frames(
+    name: &str,
+    docs: &mut DocumentArray,
+    mut f: impl FnMut(&Tensor, usize, usize) -> Tensor,
+) -> Result<(), Error> {
+    for doc in docs.iter_mut() {
+        let Some(frame) = doc.tensor() else { continue };
+        let (h, w) = frame.frame_dims().map_err(|m| reject(name, m))?;
+        let out = f(frame, h, w);
+        doc.set_tensor(out);
+    }
+    Ok(())
+}
+
+fn number_param(ctx: &RequestContext<'_>, key: &str) -> Option<Result<f64, String>> {
+    ctx.parameters.get(key).map(|v| match v.kind {
+        Some(Kind::NumberValue(n)) => Ok(n),
+        _ => Err(format!("parameter {key} must be a number")),
+    })
+}
+
+/// `with:` of Passthrough: none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughConfig {}
+
+/// Returns every request unchanged: the baseline of a Flow.
+pub struct Passthrough;
+
+impl Passthrough {
+    /// Builds it.
+    pub fn new(_: PassthroughConfig, _: &str) -> Result<Self, String> {
+        Ok(Passthrough)
+    }
+}
+
+#[async_trait]
+impl Executor for Passthrough {
+    async fn process(&self, _: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Which way [`Flip`] mirrors.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlipAxis {
+    /// Left to right (a selfie mirror).
+    #[default]
+    Horizontal,
+    /// Upside down.
+    Vertical,
+    /// Both.
+    Both,
+}
+
+/// `with:` of Flip.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlipConfig {
+    /// `horizontal` (default), `vertical` or `both`.
+    #[serde(default)]
+    pub axis: FlipAxis,
+}
+
+/// Mirrors frames.
+pub struct Flip {
+    name: String,
+    axis: FlipAxis,
+}
+
+impl Flip {
+    /// Builds it.
+    pub fn new(c: FlipConfig, name: &str) -> Result<Self, String> {
+        Ok(Flip {
+            name: name.into(),
+            axis: c.axis,
+        })
+    }
+}
+
+/// `frame` mirrored about `axis`.
+pub fn flip(frame: &Tensor, h: usize, w: usize, axis: FlipAxis) -> Tensor {
+    let src = frame.data();
+    let mut out = Vec::with_capacity(src.len());
+    for y in 0..h {
+        let sy = if matches!(axis, FlipAxis::Vertical | FlipAxis::Both) {
+            h - 1 - y
+        } else {
+            y
+        };
+        let row = &src[sy * w * 3..(sy + 1) * w * 3];
+        if matches!(axis, FlipAxis::Horizontal | FlipAxis::Both) {
+            out.extend(row.chunks_exact(3).rev().flatten());
+        } else {
+            out.extend_from_slice(row);
+        }
+    }
+    Tensor::image(h, w, 3, Bytes::from(out)).expect("same shape")
+}
+
+#[async_trait]
+impl Executor for Flip {
+    async fn process(&self, docs: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
+        map_frames(&self.name, docs, |f, h, w| flip(f, h, w, self.axis))
+    }
+}
+
+/// `with:` of Grayscale.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrayscaleConfig {
+    /// Share of gray, 0.0 (unchanged) to 1.0 (fully gray); the request parameter
+    /// `mix` overrides it.
+    #[serde(default = "one")]
+    pub mix: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Turns frames gray (BT.601 luma).
+pub struct Grayscale {
+    name: String,
+    mix: f64,
+}
+
+impl Grayscale {
+    /// Builds it.
+    pub fn new(c: GrayscaleConfig, name: &str) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&c.mix) {
+            return Err(format!(
+                "with.mix must be between 0.0 and 1.0, got {}",
+                c.mix
+            ));
+        }
+        Ok(Grayscale {
+            name: name.into(),
+            mix: c.mix,
+        })
+    }
+}
+
+/// Each pixel moved `mix` of the way to its luma.
+pub fn grayscale(frame: &Tensor, mix: f64) -> Tensor {
+    let m = (mix * 256.0).round() as i32;
+    let data: Vec<u8> = frame
+        .data()
+        .chunks_exact(3)
+        .flat_map(|p| {
+            let (b, g, r) = (i32::from(p[0]), i32::from(p[1]), i32::from(p[2]));
+            let y = (29 * b + 150 * g + 77 * r) >> 8;
+            let blend = |c: i32| (c + (((y - c) * m) >> 8)) as u8;
+            [blend(b), blend(g), blend(r)]
+        })
+        .collect();
+    Tensor::new(frame.dtype(), frame.shape().to_vec(), Bytes::from(data)).expect("same shape")
+}
+
+#[async_trait]
+impl Executor for Grayscale {
+    async fn process(
+        &self,
+        docs: &mut DocumentArray,
+        ctx: &RequestContext<'_>,
+    ) -> Result<(), Error> {
+        let mix = match number_param(ctx, "mix") {
+            None => self.mix,
+            Some(Ok(m)) if (0.0..=1.0).contains(&m) => m,
+            Some(Ok(m)) => {
+                return Err(reject(
+                    &self.name,
+                    format!("parameter mix must be 0.0 to 1.0, got {m}"),
+                ));
+            }
+            Some(Err(e)) => return Err(reject(&self.name, e)),
+        };
+        map_frames(&self.name, docs, |f, _, _| grayscale(f, mix))
+    }
+}
+
+/// `with:` of Resize.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeConfig {
+    /// Output height in pixels.
+    pub height: usize,
+    /// Output width in pixels.
+    pub width: usize,
+}
+
+/// Resizes frames to a fixed size (nearest neighbour).
+pub struct Resize {
+    name: String,
+    height: usize,
+    width: usize,
+}
+
+impl Resize {
+    /// Builds it.
+    pub fn new(c: ResizeConfig, name: &str) -> Result<Self, String> {
+        if c.height == 0 || c.width == 0 || c.height > 8192 || c.width > 8192 {
+            return Err(format!(
+                "with.height and with.width must be 1 to 8192, got {}x{}",
+                c.height, c.width
+            ));
+        }
+        Ok(Resize {
+            name: name.into(),
+            height: c.height,
+            width: c.width,
+        })
+    }
+}
+
+/// `frame` resized to `nh`×`nw` (nearest neighbour).
+pub fn resize(frame: &Tensor, h: usize, w: usize, nh: usize, nw: usize) -> Tensor {
+    let src = frame.data();
+    let xs: Vec<usize> = (0..nw).map(|x| x * w / nw * 3).collect();
+    let mut out = Vec::with_capacity(nh * nw * 3);
+    for y in 0..nh {
+        let row = &src[(y * h / nh) * w * 3..][..w * 3];
+        for &sx in &xs {
+            out.extend_from_slice(&row[sx..sx + 3]);
+        }
+    }
+    Tensor::image(nh, nw, 3, Bytes::from(out)).expect("sized")
+}
+
+#[async_trait]
+impl Executor for Resize {
+    async fn process(&self, docs: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
+        map_frames(&self.name, docs, |f, h, w| {
+            resize(f, h, w, self.height, self.width)
+        })
+    }
+}
+
+/// `with:` of Slow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConfig {
+    /// Milliseconds each request takes; the request parameter `delay_ms`
+    /// overrides it.
+    #[serde(default = "default_delay")]
+    pub delay_ms: u64,
+}
+
+fn default_delay() -> u64 {
+    200
+}
+
+/// Takes `delay_ms` per request, then passes it through: for demos and tests of
+/// frame skipping and backpressure. Reports `processed` (requests it ran) as an
+/// extra output.
+pub struct Slow {
+    name: String,
+    delay: Duration,
+    processed: std::sync::atomic::AtomicU64,
+}
+
+impl Slow {
+    /// Builds it.
+    pub fn new(c: SlowConfig, name: &str) -> Result<Self, String> {
+        if c.delay_ms > 60_000 {
+            return Err(format!(
+                "with.delay_ms must be at most 60000, got {}",
+                c.delay_ms
+            ));
+        }
+        Ok(Slow {
+            name: name.into(),
+            delay: Duration::from_millis(c.delay_ms),
+            processed: Default::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Executor for Slow {
+    async fn process(&self, _: &mut DocumentArray, ctx: &RequestContext<'_>) -> Result<(), Error> {
+        let delay = match number_param(ctx, "delay_ms") {
+            None => self.delay,
+            Some(Ok(ms)) if (0.0..=60_000.0).contains(&ms) => Duration::from_secs_f64(ms / 1e3),
+            Some(_) => return Err(reject(&self.name, "parameter delay_ms must be 0 to 60000")),
+        };
+        tokio::time::sleep(delay).await;
+        let n = self
+            .processed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        ctx.set_result("processed", number_value(n as f64));
+        Ok(())
+    }
+}
+
+/// `with:` of FrameStats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameStatsConfig {
+    /// Mean brightness (0 to 255) above which a frame counts as bright; the request
+    /// parameter `threshold` overrides it.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    128.0
+}
+
+/// Analyses frames without changing them; extra outputs per request: `mean`
+/// (brightness), `bright` (mean over the threshold), `frames` and `fps` (of the
+/// request's stream).
+pub struct FrameStats {
+    name: String,
+    threshold: f64,
+    streams: Mutex<HashMap<StreamId, (u64, Instant)>>,
+}
+
+impl FrameStats {
+    /// Builds it.
+    pub fn new(c: FrameStatsConfig, name: &str) -> Result<Self, String> {
+        Ok(FrameStats {
+            name: name.into(),
+            threshold: c.threshold,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl Executor for FrameStats {
+    async fn process(
+        &self,
+        docs: &mut DocumentArray,
+        ctx: &RequestContext<'_>,
+    ) -> Result<(), Error> {
+        let threshold = match number_param(ctx, "threshold") {
+            None => self.threshold,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(reject(&self.name, e)),
+        };
+        let Some(frame) = docs.iter().find_map(Document::tensor) else {
+            return Ok(());
+        };
+        frame.frame_dims().map_err(|m| reject(&self.name, m))?;
+        let data = frame.data();
+        let mean =
+            data.iter().map(|&b| u64::from(b)).sum::<u64>() as f64 / data.len().max(1) as f64;
+        let (frames, fps) = {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = streams.entry(ctx.stream).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            let secs = entry.1.elapsed().as_secs_f64();
+            (
+                entry.0,
+                if secs > 0.0 {
+                    (entry.0 - 1) as f64 / secs
+                } else {
+                    0.0
+                },
+            )
+        };
+        ctx.set_result("mean", number_value((mean * 10.0).round() / 10.0));
+        ctx.set_result(
+            "bright",
+            Value {
+                kind: Some(Kind::BoolValue(mean > threshold)),
+            },
+        );
+        ctx.set_result("frames", number_value(frames as f64));
+        ctx.set_result("fps", number_value((fps * 10.0).round() / 10.0));
+        Ok(())
+    }
+
+    async fn stream_closed(&self, stream: StreamId) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+    }
+}
+
+/// `with:` of TestPatternSource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestPatternConfig {
+    /// Frame height.
+    #[serde(default = "default_h")]
+    pub height: usize,
+    /// Frame width.
+    #[serde(default = "default_w")]
+    pub width: usize,
+    /// Frames per second yielded (paced against the start time: no drift).
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Frames to yield before ending; none: until the client goes away. The request
+    /// parameter `frames` overrides it.
+    #[serde(default)]
+    pub frames: Option<u64>,
+}
+
+fn default_h() -> usize {
+    200
+}
+fn default_w() -> usize {
+    300
+}
+fn default_fps() -> f64 {
+    30.0
+}
+
+/// A source: a moving test pattern (colour bars and a sweeping bar), for
+/// `receive` streams. Each frame's tags carry `frame` (its number).
+pub struct TestPatternSource {
+    config: TestPatternConfig,
+}
+
+impl TestPatternSource {
+    /// Builds it.
+    pub fn new(c: TestPatternConfig, _: &str) -> Result<Self, String> {
+        if !(c.fps > 0.0 && c.fps <= 1000.0) {
+            return Err(format!(
+                "with.fps must be above 0 and at most 1000, got {}",
+                c.fps
+            ));
+        }
+        if c.height == 0 || c.width == 0 || c.height > 4320 || c.width > 7680 {
+            return Err(format!(
+                "with.height/width out of range: {}x{}",
+                c.height, c.width
+            ));
+        }
+        Ok(TestPatternSource { config: c })
+    }
+}
+
+const BARS: [[u8; 3]; 7] = [
+    [192, 192, 192],
+    [0, 192, 192],
+    [192, 192, 0],
+    [0, 192, 0],
+    [192, 0, 192],
+    [0, 0, 192],
+    [192, 0, 0],
+];
+
+/// Frame `n` of the pattern: seven colour bars and a white bar sweeping down.
+pub fn test_pattern(h: usize, w: usize, n: u64) -> Tensor {
+    let mut row = Vec::with_capacity(w * 3);
+    for x in 0..w {
+        row.extend_from_slice(&BARS[x * 7 / w]);
+    }
+    let sweep = (n as usize * 4) % h;
+    let mut data = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        if y >= sweep && y < sweep + (h / 20).max(1) {
+            data.extend(std::iter::repeat_n(255u8, w * 3));
+        } else {
+            data.extend_from_slice(&row);
+        }
+    }
+    Tensor::image(h, w, 3, Bytes::from(data)).expect("sized")
+}
+
+#[async_trait]
+impl Executor for TestPatternSource {
+    async fn process(&self, docs: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
+        // Outside a `receive` stream: answer with one frame.
+        for doc in docs.iter_mut() {
+            doc.set_tensor(test_pattern(self.config.height, self.config.width, 0));
+        }
+        Ok(())
+    }
+
+    fn source(&self, ctx: SourceContext) -> Option<SourceStream> {
+        let c = self.config.clone();
+        let limit = match ctx.parameters.get("frames").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::NumberValue(n)) if *n >= 0.0 => Some(*n as u64),
+            _ => c.frames,
+        };
+        let period = Duration::from_secs_f64(1.0 / c.fps);
+        let start = tokio::time::Instant::now();
+        let template = ctx.docs.first().cloned().unwrap_or_default();
+        let stream = futures::stream::unfold(0u64, move |n| {
+            let template = template.clone();
+            let c = c.clone();
+            async move {
+                if limit.is_some_and(|l| n >= l) {
+                    return None;
+                }
+                // Deadlines from the start, not from the previous frame: no drift.
+                tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+                let mut doc = template;
+                doc.id = vchat_core::new_id();
+                doc.set_tensor(test_pattern(c.height, c.width, n));
+                doc.set_tag("frame", number_value(n as f64));
+                Some((Ok(DocumentArray(vec![doc])), n + 1))
+            }
+        });
+        Some(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[test]
+    fn flips_and_resizes() {
+        // 1x2 frame: pixel values 1 then 2.
+        let t = Tensor::image(1, 2, 3, Bytes::from_static(&[1, 1, 1, 2, 2, 2])).unwrap();
+        assert_eq!(
+            &flip(&t, 1, 2, FlipAxis::Horizontal).data()[..],
+            &[2, 2, 2, 1, 1, 1]
+        );
+        assert_eq!(flip(&t, 1, 2, FlipAxis::Vertical), t);
+        let big = resize(&t, 1, 2, 2, 4);
+        assert_eq!(big.shape(), &[2, 4, 3]);
+        assert_eq!(
+            big.data().chunks(3).map(|p| p[0]).collect::<Vec<_>>(),
+            [1, 1, 2, 2, 1, 1, 2, 2]
+        );
+    }
+
+    #[test]
+    fn gray_of_red() {
+        let t = Tensor::image(1, 1, 3, Bytes::from_static(&[0, 0, 255])).unwrap();
+        assert_eq!(&grayscale(&t, 1.0).data()[..], &[76, 76, 76]);
+        assert_eq!(grayscale(&t, 0.0), t);
+    }
+
+    #[tokio::test]
+    async fn pattern_source_yields_numbered_frames() {
+        let src = TestPatternSource::new(
+            TestPatternConfig {
+                height: 20,
+                width: 30,
+                fps: 200.0,
+                frames: Some(5),
+            },
+            "src",
+        )
+        .unwrap();
+        let ctx = SourceContext {
+            endpoint: "/".into(),
+            parameters: Default::default(),
+            docs: DocumentArray::new(),
+        };
+        let frames: Vec<_> = src.source(ctx).unwrap().collect().await;
+        assert_eq!(frames.len(), 5);
+        let last = frames[4].as_ref().unwrap();
+        assert_eq!(last[0].tensor().unwrap().shape(), &[20, 30, 3]);
+        assert_eq!(last[0].tags["frame"], number_value(4.0));
+    }
+
+    #[test]
+    fn configs_check_their_values() {
+        assert!(Slow::new(SlowConfig { delay_ms: 100_000 }, "s").is_err());
+        assert!(
+            Resize::new(
+                ResizeConfig {
+                    height: 0,
+                    width: 3
+                },
+                "r"
+            )
+            .is_err()
+        );
+        assert!(
+            TestPatternSource::new(
+                TestPatternConfig {
+                    height: 1,
+                    width: 1,
+                    fps: 0.0,
+                    frames: None
+                },
+                "t"
+            )
+            .is_err()
+        );
+        assert!(Grayscale::new(GrayscaleConfig { mix: 2.0 }, "g").is_err());
+    }
+}
