@@ -274,13 +274,14 @@ fn default_delay() -> u64 {
     200
 }
 
-/// Takes `delay_ms` per request, then passes it through: for demos and tests of
-/// frame skipping and backpressure. Reports `processed` (requests it ran) as an
-/// extra output.
+/// Takes `delay_ms` per request, one request at a time (like a model on one
+/// device), then passes it through: for demos and tests of frame skipping and
+/// backpressure. Reports `processed` (requests it ran) as an extra output.
 pub struct Slow {
     name: String,
     delay: Duration,
     processed: std::sync::atomic::AtomicU64,
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl Slow {
@@ -296,6 +297,7 @@ impl Slow {
             name: name.into(),
             delay: Duration::from_millis(c.delay_ms),
             processed: Default::default(),
+            busy: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -308,6 +310,7 @@ impl Executor for Slow {
             Some(Ok(ms)) if (0.0..=60_000.0).contains(&ms) => Duration::from_secs_f64(ms / 1e3),
             Some(_) => return Err(reject(&self.name, "parameter delay_ms must be 0 to 60000")),
         };
+        let _one_at_a_time = self.busy.lock().await;
         tokio::time::sleep(delay).await;
         let n = self
             .processed

@@ -456,7 +456,7 @@ impl User {
 /// what the client library would refuse to build.
 pub struct RawStream {
     tx: Option<mpsc::UnboundedSender<DataRequestProto>>,
-    responses: tonic::Streaming<DataRequestProto>,
+    responses: Option<tonic::Streaming<DataRequestProto>>,
 }
 
 impl RawStream {
@@ -476,18 +476,29 @@ impl RawStream {
             .into_inner();
         RawStream {
             tx: Some(tx),
-            responses,
+            responses: Some(responses),
         }
     }
 
     /// Sends `req` and returns the next response.
     pub async fn send(&mut self, req: DataRequestProto) -> DataRequestProto {
         self.tx.as_ref().unwrap().send(req).unwrap();
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("response in time")
-            .expect("stream still open")
-            .expect("a response, not the end of the stream")
+        tokio::time::timeout(
+            PATIENCE,
+            self.responses
+                .as_mut()
+                .expect("responses not taken")
+                .message(),
+        )
+        .await
+        .expect("response in time")
+        .expect("stream still open")
+        .expect("a response, not the end of the stream")
+    }
+
+    /// Hands the response side to the caller (to read concurrently with sending).
+    pub fn take_responses(&mut self) -> tonic::Streaming<DataRequestProto> {
+        self.responses.take().expect("responses not taken yet")
     }
 
     /// Sends `req` without waiting for its response.
@@ -498,16 +509,28 @@ impl RawStream {
     /// Ends the sending side and returns what the stream ends with.
     pub async fn close(mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
         self.tx.take();
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("stream ends in time")
+        tokio::time::timeout(
+            PATIENCE,
+            self.responses
+                .as_mut()
+                .expect("responses not taken")
+                .message(),
+        )
+        .await
+        .expect("stream ends in time")
     }
 
     /// Waits for the next message or the end of the stream without sending.
     pub async fn next(&mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("stream answers in time")
+        tokio::time::timeout(
+            PATIENCE,
+            self.responses
+                .as_mut()
+                .expect("responses not taken")
+                .message(),
+        )
+        .await
+        .expect("stream answers in time")
     }
 }
 

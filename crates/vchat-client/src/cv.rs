@@ -258,6 +258,15 @@ pub fn draw_overlay(img: &mut Mat, overlay: &Overlay) -> Result<(), String> {
         Scalar::new(0.0, 255.0, 0.0, 0.0),
     )
     .map_err(&err)?;
+    if !overlay.results.is_empty() {
+        text(
+            img,
+            &overlay.results,
+            Point::new(8, 40),
+            Scalar::new(0.0, 255.0, 255.0, 0.0),
+        )
+        .map_err(&err)?;
+    }
     if let Some(status) = &overlay.status {
         let (w, h) = (img.cols(), img.rows());
         let band = Rect::new(0, (h - 28).max(0), w, 28.min(h));
@@ -315,6 +324,7 @@ impl Window {
             _not_send: PhantomData,
         };
         w.redraw(&Overlay {
+            results: String::new(),
             status: Some("connecting...".into()),
             ..Default::default()
         })?;
@@ -360,6 +370,9 @@ impl MosaicSink for Window {
         if key >= 0 && matches!(key & 0xff, 27 | 0x71 | 0x51) {
             self.close();
             return Ok(Control::Close);
+        }
+        if key >= 0 && matches!(key & 0xff, 0x5b | 0x5d) {
+            return Ok(Control::Key((key & 0xff) as u8));
         }
         let visible =
             highgui::get_window_property(&self.name, highgui::WND_PROP_VISIBLE).unwrap_or(0.0);

@@ -148,6 +148,44 @@ impl Response {
         }
     }
 
+    /// Whether the gateway answered without processing (frame skipping or
+    /// `max_fps`): no frame, `parameters.__skipped__`.
+    pub fn is_skipped(&self) -> bool {
+        self.proto
+            .parameters
+            .as_ref()
+            .and_then(|p| p.fields.get("__skipped__"))
+            .is_some_and(|v| matches!(v.kind, Some(vchat_core::value::Kind::BoolValue(true))))
+    }
+
+    /// The executors' extra outputs (`parameters.__results__`), flattened to
+    /// `executor.key = value`, sorted.
+    pub fn results(&self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let Some(vchat_core::value::Kind::StructValue(all)) = self
+            .proto
+            .parameters
+            .as_ref()
+            .and_then(|p| p.fields.get("__results__"))
+            .and_then(|v| v.kind.as_ref())
+        else {
+            return out;
+        };
+        for (executor, v) in &all.fields {
+            match &v.kind {
+                Some(vchat_core::value::Kind::StructValue(s)) => {
+                    out.extend(
+                        s.fields
+                            .iter()
+                            .map(|(k, v)| (format!("{executor}.{k}"), v.clone())),
+                    );
+                }
+                _ => out.push((executor.clone(), v.clone())),
+            }
+        }
+        out
+    }
+
     /// The response parameters.
     pub fn parameters(&self) -> BTreeMap<String, Value> {
         self.proto
@@ -178,6 +216,7 @@ pub struct PostOptions {
     on_done: Option<Callback>,
     on_error: Option<Callback>,
     on_always: Option<Callback>,
+    live: Option<tokio::sync::watch::Receiver<BTreeMap<String, Value>>>,
 }
 
 impl Default for PostOptions {
@@ -189,6 +228,7 @@ impl Default for PostOptions {
             on_done: None,
             on_error: None,
             on_always: None,
+            live: None,
         }
     }
 }
@@ -214,6 +254,17 @@ impl PostOptions {
     /// Parameters sent with every request.
     pub fn parameters(mut self, p: BTreeMap<String, Value>) -> Self {
         self.parameters = p;
+        self
+    }
+
+    /// Parameters that may change while the stream runs (extra inputs: a slider, a
+    /// key press): each request carries the value current when it is sent, over
+    /// the fixed [`parameters`](Self::parameters).
+    pub fn live_parameters(
+        mut self,
+        rx: tokio::sync::watch::Receiver<BTreeMap<String, Value>>,
+    ) -> Self {
+        self.live = Some(rx);
         self
     }
 
@@ -345,9 +396,8 @@ impl Client {
     {
         let in_flight = Arc::new(Semaphore::new(options.prefetch));
         let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let parameters = (!options.parameters.is_empty()).then(|| vchat_core::Struct {
-            fields: options.parameters.clone(),
-        });
+        let fixed = options.parameters.clone();
+        let live = options.live.take();
         let chunks = Box::pin(inputs.chunks(options.request_size));
         let inputs_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (permits, ids, done) = (in_flight.clone(), sent_at.clone(), inputs_done.clone());
@@ -357,7 +407,8 @@ impl Client {
             let sent_at = sent_at.clone();
             let done = done.clone();
             let endpoint = endpoint.clone();
-            let parameters = parameters.clone();
+            let fixed = fixed.clone();
+            let live = live.clone();
             async move {
                 // Room for the request first, then the inputs: a live source is
                 // asked for a frame only when it can go out at once, so the frame
@@ -367,6 +418,12 @@ impl Client {
                     done.store(true, std::sync::atomic::Ordering::Release);
                     return None;
                 };
+                // Read now, as the request leaves: the newest extra inputs.
+                let mut fields = fixed;
+                if let Some(live) = &live {
+                    fields.extend(live.borrow().iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                let parameters = (!fields.is_empty()).then_some(vchat_core::Struct { fields });
                 // Released when the response arrives.
                 permit.forget();
                 let id = new_id();

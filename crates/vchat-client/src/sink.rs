@@ -19,6 +19,9 @@ pub struct Overlay {
     pub dropped: u64,
     /// A problem to show, e.g. `server unavailable: retrying in 2 s`.
     pub status: Option<String>,
+    /// The executors' extra outputs of the newest response, `key=value ...`, and the
+    /// live parameters, drawn under the headline.
+    pub results: String,
 }
 
 impl Overlay {
@@ -35,6 +38,30 @@ impl Overlay {
     }
 }
 
+/// A Struct value as text for the status line and overlay: numbers without a
+/// needless `.0`, strings bare.
+pub fn value_text(v: &vchat_core::Value) -> String {
+    use vchat_core::value::Kind;
+    match &v.kind {
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 1e15 => {
+            format!("{}", *n as i64)
+        }
+        Some(Kind::NumberValue(n)) => format!("{n:.3}").trim_end_matches('0').to_string(),
+        Some(Kind::StringValue(s)) => s.clone(),
+        Some(Kind::BoolValue(b)) => b.to_string(),
+        Some(Kind::NullValue(_)) | None => "null".into(),
+        Some(Kind::ListValue(l)) => format!(
+            "[{}]",
+            l.values
+                .iter()
+                .map(value_text)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Some(Kind::StructValue(_)) => "{..}".into(),
+    }
+}
+
 /// Whether the user wants to go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -42,6 +69,8 @@ pub enum Control {
     Continue,
     /// The user asked to leave (ESC, q, closed the window).
     Close,
+    /// Another key was pressed (its ASCII code): `]` and `[` change parameters.
+    Key(u8),
 }
 
 /// A consumer of received mosaics, driven by the client's output thread (the
@@ -106,6 +135,10 @@ pub struct Stats {
     pub errors: u64,
     /// Shape of the latest mosaic.
     pub last_shape: Vec<usize>,
+    /// Responses answered as skipped (frame skipping or max_fps on the server).
+    pub skipped: u64,
+    /// Extra outputs of the newest response, `key=value ...`.
+    pub results: String,
     window_start: Instant,
     window_received: u64,
     window_latencies: Vec<Duration>,
@@ -119,6 +152,8 @@ impl Default for Stats {
             received: 0,
             errors: 0,
             last_shape: Vec::new(),
+            skipped: 0,
+            results: String::new(),
             window_start: Instant::now(),
             window_received: 0,
             window_latencies: Vec::new(),
@@ -159,10 +194,17 @@ impl Stats {
         self.window_start = Instant::now();
         self.window_received = 0;
         self.window_latencies.clear();
-        format!(
+        let mut line = format!(
             "sent {} recv {} dropped {} errors {} fps {:.1} p50 {} ms mosaic {}",
             self.sent, self.received, self.dropped, self.errors, fps, p50, mosaic
-        )
+        );
+        if self.skipped > 0 {
+            line.push_str(&format!(" skipped {}", self.skipped));
+        }
+        if !self.results.is_empty() {
+            line.push_str(&format!(" results {}", self.results));
+        }
+        line
     }
 }
 
@@ -214,6 +256,7 @@ mod tests {
         f.tick();
         assert_eq!(f.fps(), 2.0);
         let o = Overlay {
+            results: String::new(),
             fps: 2.0,
             latency: Some(Duration::from_micros(3100)),
             dropped: 4,

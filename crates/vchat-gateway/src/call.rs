@@ -165,8 +165,22 @@ impl StreamingService<Inbound> for CallService {
                         last_processed = Some(now);
                     }
                 }
-                let responses = flow.respond(req, id).map(Ok);
-                futures::future::ready(responses.boxed()).boxed()
+                let endpoint = req
+                    .header
+                    .as_ref()
+                    .and_then(|h| h.exec_endpoint.as_deref())
+                    .unwrap_or("/");
+                if flow.mode(endpoint) == StreamMode::Receive {
+                    let responses = flow.respond(req, id).map(Ok);
+                    return futures::future::ready(responses.boxed()).boxed();
+                }
+                // Processed inside the future, so that `buffered` runs up to
+                // `prefetch` requests of the stream at once.
+                async move {
+                    let resp = flow.process(req, id).await;
+                    futures::stream::once(futures::future::ready(Ok(resp))).boxed()
+                }
+                .boxed()
             })
             // Processes up to `prefetch` requests at once and answers in order; the
             // stream is not read further until one finishes, so nothing queues

@@ -73,6 +73,19 @@ struct Args {
     /// Requests in flight at most; the frame sent is always the newest one.
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
+    /// Endpoint to call (the request's exec_endpoint).
+    #[arg(long, default_value = "/")]
+    endpoint: String,
+    /// How the stream flows: `send-receive` (a frame in, a mosaic out), `receive`
+    /// (one request, then the frames a source executor on the server yields), `send`
+    /// (frames in; acknowledgements and extra outputs back, no frames).
+    #[arg(long, default_value = "send-receive", value_parser = ["send-receive", "receive", "send"])]
+    mode: String,
+    /// An extra input sent with every request, KEY=VALUE (a number, true/false, or
+    /// text); repeat for more. In the window, `]` raises and `[` lowers the first
+    /// numeric one by 10% while streaming.
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, vchat_core::Value)>,
     /// Exit when the server is unreachable or goes away, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
@@ -92,6 +105,23 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     Ok((h, w))
 }
 
+fn parse_param(s: &str) -> Result<(String, vchat_core::Value), String> {
+    use vchat_core::value::Kind;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    let kind = match (v.parse::<f64>(), v) {
+        (Ok(n), _) if n.is_finite() => Kind::NumberValue(n),
+        (_, "true") => Kind::BoolValue(true),
+        (_, "false") => Kind::BoolValue(false),
+        _ => Kind::StringValue(v.to_string()),
+    };
+    Ok((k.to_string(), vchat_core::Value { kind: Some(kind) }))
+}
+
 /// What the network side and the main thread share.
 pub(crate) struct Shared {
     pub capture: Capture,
@@ -106,6 +136,10 @@ pub(crate) struct Shared {
     pub status: Mutex<Option<String>>,
     /// Set to leave: ESC, q, closed window, Ctrl-C, SIGTERM.
     pub stop: CancellationToken,
+    /// `receive` mode: frames come from the server, none are captured or dropped.
+    pub receive: bool,
+    /// The extra inputs sent with each request; keys in the window change them.
+    pub params: tokio::sync::watch::Sender<std::collections::BTreeMap<String, vchat_core::Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,9 +151,45 @@ impl Shared {
         Overlay {
             fps: lock(&self.fps).fps(),
             latency: *lock(&self.latency),
-            dropped: self.capture.dropped(),
+            dropped: self.dropped(),
             status: lock(&self.status).clone(),
+            results: {
+                let params = self.params.borrow();
+                let mut parts: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", vchat_client::sink::value_text(v)))
+                    .collect();
+                let results = lock(&self.stats).results.clone();
+                if !results.is_empty() {
+                    parts.push(results);
+                }
+                parts.join("  ")
+            },
         }
+    }
+
+    /// Captured frames replaced by newer ones before they could be sent.
+    fn dropped(&self) -> u64 {
+        if self.receive {
+            0
+        } else {
+            self.capture.dropped()
+        }
+    }
+
+    /// `]` (up) or `[` (down): the first numeric parameter by 10%.
+    fn nudge(&self, up: bool) {
+        use vchat_core::value::Kind;
+        self.params.send_modify(|p| {
+            let first = p.iter_mut().find_map(|(k, v)| match &mut v.kind {
+                Some(Kind::NumberValue(n)) => Some((k, n)),
+                _ => None,
+            });
+            if let Some((k, n)) = first {
+                *n = if up { *n * 1.1 } else { *n / 1.1 };
+                eprintln!("vchat-client: {k} = {n:.3}");
+            }
+        });
     }
 }
 
@@ -143,7 +213,8 @@ fn main() -> ExitCode {
 
 fn open_source(args: &Args) -> anyhow::Result<Box<dyn FrameSource>> {
     let (h, w) = args.size;
-    if args.source == "test" {
+    // In receive mode the frames come from the server: no camera is opened.
+    if args.source == "test" || args.mode == "receive" {
         return Ok(Box::new(TestPattern::new(&args.user, h, w)));
     }
     #[cfg(feature = "opencv")]
@@ -241,6 +312,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         newest: Mutex::new(None),
         status: Mutex::new(None),
         stop: CancellationToken::new(),
+        receive: args.mode == "receive",
+        params: tokio::sync::watch::Sender::new(args.params.iter().cloned().collect()),
     });
     rt.spawn(stop_on_signals(shared.stop.clone()));
     // With a window too: the terminal it was started from shows the same numbers.
@@ -255,6 +328,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .duration
             .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0))),
         reconnect: !args.no_reconnect,
+        endpoint: args.endpoint.clone(),
+        receive: args.mode == "receive",
     };
     let task = rt.spawn(stream::run(shared.clone(), config));
 
@@ -286,7 +361,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.requests,
         summary.errors,
         stats.sent,
-        shared.capture.dropped()
+        shared.dropped()
     );
     Ok(())
 }
@@ -327,6 +402,7 @@ fn output_loop(
             for s in sinks.iter_mut() {
                 match s.poll(&overlay) {
                     Ok(Control::Continue) => {}
+                    Ok(Control::Key(k)) => shared.nudge(k == b']'),
                     Ok(Control::Close) => {
                         interactive = false;
                         shared.stop.cancel();
@@ -381,7 +457,7 @@ async fn print_status(shared: Arc<Shared>, user: String) {
         tick.tick().await;
         let line = {
             let mut stats = lock(&shared.stats);
-            stats.dropped = shared.capture.dropped();
+            stats.dropped = shared.dropped();
             stats.take_line()
         };
         match lock(&shared.status).as_deref() {

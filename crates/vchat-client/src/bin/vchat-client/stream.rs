@@ -35,6 +35,10 @@ pub struct Config {
     pub frames: Option<u64>,
     pub deadline: Option<Instant>,
     pub reconnect: bool,
+    /// The endpoint called.
+    pub endpoint: String,
+    /// `receive` mode: one request, then the server's frames.
+    pub receive: bool,
 }
 
 /// Why the frame stream ended.
@@ -79,7 +83,7 @@ pub async fn run(shared: Arc<Shared>, cfg: Config) -> anyhow::Result<PostSummary
         attempt.progress();
         let options = post_options(&shared, &cfg, &attempt, &failing);
         let post = client.post(
-            "/",
+            &cfg.endpoint,
             frames(shared.clone(), cfg.clone(), attempt.clone()),
             options,
         );
@@ -88,9 +92,11 @@ pub async fn run(shared: Arc<Shared>, cfg: Config) -> anyhow::Result<PostSummary
             _ = silence(&attempt) => None,
             _ = async {
                 shared.stop.cancelled().await;
-                tokio::time::sleep(LEAVE_GRACE).await;
+                tokio::time::sleep(if cfg.receive { Duration::ZERO } else { LEAVE_GRACE }).await;
             } => {
-                eprintln!("vchat-client: the server did not confirm the end of the stream; leaving anyway");
+                if !cfg.receive {
+                    eprintln!("vchat-client: the server did not confirm the end of the stream; leaving anyway");
+                }
                 return Ok(total);
             }
         };
@@ -207,11 +213,26 @@ fn post_options(
     PostOptions::new()
         .request_size(1)
         .prefetch(cfg.prefetch)
+        .live_parameters(shared.params.subscribe())
         .on_done({
             let shared = shared.clone();
             let on_any = on_any;
             move |resp| {
                 on_any();
+                let results = resp.results();
+                if !results.is_empty() {
+                    lock(&shared.stats).results = results
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", vchat_client::sink::value_text(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                }
+                if resp.is_skipped() {
+                    let mut stats = lock(&shared.stats);
+                    stats.skipped += 1;
+                    stats.record(resp.latency(), None, false);
+                    return;
+                }
                 let frame = resp
                     .docs()
                     .ok()
@@ -259,6 +280,34 @@ fn frames(
             if cfg.frames.is_some_and(|n| lock(&shared.stats).sent >= n) {
                 attempt.end(End::Done);
                 return None;
+            }
+            if cfg.receive {
+                // One request starts the server's stream; then keep the stream open
+                // until the user leaves.
+                if attempt.sent.load(Ordering::Relaxed) > 0 {
+                    let deadline = async {
+                        match cfg.deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = shared.stop.cancelled() => {}
+                        _ = deadline => {}
+                    }
+                    // The server's stream goes on until we leave: leave now.
+                    shared.stop.cancel();
+                    attempt.end(End::Done);
+                    return None;
+                }
+                let mut doc = Document::new();
+                doc.set_tag_str("user", cfg.user.clone());
+                if let Some(r) = &cfg.room {
+                    doc.set_tag_str("room", r.clone());
+                }
+                lock(&shared.stats).sent += 1;
+                attempt.sent.fetch_add(1, Ordering::Relaxed);
+                return Some((doc, ()));
             }
             let capture = &shared.capture;
             let mut wait = if capture.captured() == 0 {
