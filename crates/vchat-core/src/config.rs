@@ -20,6 +20,11 @@ pub const DEFAULT_PREFETCH: usize = 16;
 /// Default largest request message accepted, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default most `Call` streams open at once on one gateway.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default largest frame (a document's tensor or blob), in bytes: a 4K BGR frame.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 3840 * 2160 * 3;
+
 type SpannedMap = BTreeMap<String, Spanned<serde_json::Value>>;
 
 #[derive(Deserialize)]
@@ -55,6 +60,29 @@ pub struct FlowWith {
     /// status. Default [`DEFAULT_MAX_MESSAGE_BYTES`].
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// Most `Call` streams open at once; one more is refused with
+    /// RESOURCE_EXHAUSTED. Default [`DEFAULT_MAX_STREAMS`].
+    #[serde(default)]
+    pub max_streams: Option<usize>,
+    /// Largest frame (a document's tensor buffer or blob) in bytes; a request with
+    /// a larger one is answered with an ERROR status. Default
+    /// [`DEFAULT_MAX_FRAME_BYTES`].
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
+    /// PEM certificate chain: serve gRPC over TLS (with `ssl_keyfile`). A
+    /// relative path is relative to the Flow YAML.
+    #[serde(default)]
+    pub ssl_certfile: Option<PathBuf>,
+    /// PEM private key of `ssl_certfile`.
+    #[serde(default)]
+    pub ssl_keyfile: Option<PathBuf>,
+    /// Serve Prometheus metrics on `port_monitoring`.
+    #[serde(default)]
+    pub monitoring: Option<bool>,
+    /// Port of the metrics endpoint (`GET /metrics`); 0 or absent picks a free
+    /// port, printed at start.
+    #[serde(default)]
+    pub port_monitoring: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -327,7 +355,22 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             ),
         ));
     }
-    let with = parsed.with.unwrap_or_default();
+    let mut with = parsed.with.unwrap_or_default();
+    if with.ssl_certfile.is_some() != with.ssl_keyfile.is_some() {
+        return Err(ConfigError::new(
+            Origin::file(file),
+            "with.ssl_certfile and with.ssl_keyfile go together: give both, or neither",
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for p in [&mut with.ssl_certfile, &mut with.ssl_keyfile]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    }
     if let Some(p) = &with.protocol
         && !p.eq_ignore_ascii_case("grpc")
     {
