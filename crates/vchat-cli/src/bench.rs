@@ -16,8 +16,22 @@ use vchat_proto::prost::Message;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Gateway address: grpc://HOST:PORT (vchat or any Jina 3 gateway).
+    /// Gateway address: grpc://HOST:PORT or grpcs://HOST:PORT (vchat or any Jina
+    /// 3 gateway).
     addr: String,
+    /// CA certificate (PEM) for grpcs:// [default: the system's roots].
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// How frames travel: `raw` tensors or `jpeg` blobs (mosaics come back alike).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "jpeg"])]
+    encoding: String,
+    /// JPEG quality, 1 to 100 (with --encoding jpeg).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    quality: u8,
+    /// Frame content: `solid` (one colour per user) or `pattern` (the client's
+    /// test pattern, with detail, closer to a camera for JPEG sizes).
+    #[arg(long, default_value = "solid", value_parser = ["solid", "pattern"])]
+    frames: String,
     /// Simulated users, each with its own stream.
     #[arg(long, default_value_t = 3)]
     users: usize,
@@ -98,7 +112,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.users == 0 || !fps_ok || !duration_ok {
         bail!("--users must be positive, --fps 0 or more, --duration more than 0");
     }
-    let client = Client::new(&args.addr)?;
+    let client = Client::open(&args.addr, args.ca.as_deref())?;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup.max(0.0));
@@ -107,8 +121,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
     for u in 0..args.users {
         let name = format!("user{u}");
-        let frame = TestPattern::solid(user_color(&name), h, w).render(0);
-        let mut doc = Document::with_tensor(frame);
+        let frame = if args.frames == "pattern" {
+            TestPattern::new(&name, h, w).render(0)
+        } else {
+            TestPattern::solid(user_color(&name), h, w).render(0)
+        };
+        let mut doc = if args.encoding == "jpeg" {
+            let jpeg = vchat_core::jpeg::encode_bgr(frame.data(), h, w, args.quality)?;
+            let mut d = Document::new();
+            d.content = Some(vchat_core::Content::Blob(jpeg));
+            d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+            d
+        } else {
+            Document::with_tensor(frame)
+        };
         doc.set_tag_str("user", name.clone());
         if let Some(r) = &args.room {
             doc.set_tag_str("room", r.clone());
