@@ -121,6 +121,52 @@ fn ping_answers_zero_then_one() {
 }
 
 #[test]
+fn ping_fails_while_an_external_executor_is_down() {
+    let port = free_port();
+    let dir = scratch("ping-external");
+    let yml = dir.join("flow.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "jtype: Flow\nexecutors:\n  - name: frameAggregator\n    host: 127.0.0.1\n    port: {port}\n    external: true\n"
+        ),
+    )
+    .unwrap();
+    let flow = Flow::start(&yml, &[]);
+    let ping = || {
+        Command::new(bin("vchat"))
+            .args(["ping", flow.addr(), "--timeout", "5"])
+            .output()
+            .unwrap()
+    };
+    // The gateway answers, its executor does not: not ready, and why.
+    let down = ping();
+    assert_eq!(down.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        line.contains("frameAggregator") && line.lines().count() == 1,
+        "{line}"
+    );
+    // The executor comes up: ready.
+    let executor = Flow::executor(&repo_root().join("executor/config.yml"), port);
+    let mut ok = ping();
+    for _ in 0..50 {
+        if ok.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ok = ping();
+    }
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    drop(executor);
+    assert_eq!(ping().status.code(), Some(1));
+}
+
+#[test]
 fn client_says_when_the_server_is_not_there() {
     // Find a port nobody listens on: bind, read it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
