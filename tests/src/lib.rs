@@ -188,6 +188,13 @@ impl Flow {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Sends SIGINT without waiting for the exit.
+    pub fn signal_interrupt(&self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(ok.success(), "kill -INT {pid}");
+    }
+
     /// Sends SIGINT and waits for the exit.
     pub fn interrupt(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
