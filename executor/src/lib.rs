@@ -944,5 +944,14 @@ mod tests {
         let spec = vchat_core::config::load_executor(std::path::Path::new(path)).unwrap();
         assert_eq!(spec.jtype, JTYPE);
         assert_eq!(spec.with["idle_timeout_s"].0, 5);
+        // The shipped values are the defaults: the seed's behaviour.
+        let object: serde_json::Map<String, serde_json::Value> = spec
+            .with
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        let config: VideoChatConfig =
+            serde_json::from_value(serde_json::Value::Object(object)).unwrap();
+        assert_eq!(config, VideoChatConfig::default());
     }
 }
