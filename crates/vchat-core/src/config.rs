@@ -537,6 +537,28 @@ mod tests {
     }
 
     #[test]
+    fn tls_paths_are_relative_to_the_flow_and_go_together() {
+        let d = tmpdir("tls");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nwith:\n  ssl_certfile: certs/c.pem\n  ssl_keyfile: /abs/k.pem\n  max_streams: 8\n  max_frame_bytes: 100\n  monitoring: true\n  port_monitoring: 0\n",
+        );
+        let w = load_flow(&flow).unwrap().with;
+        assert_eq!(w.ssl_certfile, Some(d.join("certs/c.pem")));
+        assert_eq!(w.ssl_keyfile, Some(PathBuf::from("/abs/k.pem")));
+        assert_eq!((w.max_streams, w.max_frame_bytes), (Some(8), Some(100)));
+        assert_eq!((w.monitoring, w.port_monitoring), (Some(true), Some(0)));
+        let half = write(
+            &d,
+            "half.yml",
+            "jtype: Flow\nwith:\n  ssl_certfile: c.pem\n",
+        );
+        let err = load_flow(&half).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let d = tmpdir("unknown");
         let flow = write(
