@@ -27,7 +27,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(Err(e)) => {
-            println!("{}: not ready: {e}", args.addr);
+            // The gateway's own reason when it answered; the whole error otherwise.
+            let reason = match &e {
+                vchat_client::ClientError::NotReady { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            println!("{}: not ready: {reason}", args.addr);
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {

@@ -73,6 +73,15 @@ pub enum ClientError {
     /// The address is not `grpc://host:port`, `grpcs://host:port` or `host:port`.
     #[error("invalid address {0:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     Address(String),
+    /// The gateway answered `dry_run`, but its Flow is not ready (an external
+    /// executor does not answer).
+    #[error("{addr}: {reason}")]
+    NotReady {
+        /// The gateway address.
+        addr: String,
+        /// The gateway's reason.
+        reason: String,
+    },
     /// The TLS settings (a `--ca` file) cannot be used.
     #[error("TLS for {addr}: {message}")]
     Tls {
@@ -109,6 +118,7 @@ impl ClientError {
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
             ),
+            ClientError::NotReady { .. } => true,
             ClientError::Address(_) | ClientError::Tls { .. } => false,
         }
     }
@@ -367,7 +377,10 @@ impl Client {
             .map_err(|s| self.rpc_error(s))?
             .into_inner();
         if status.code == StatusCode::Error as i32 {
-            return Err(self.rpc_error(tonic::Status::unavailable(status.description)));
+            return Err(ClientError::NotReady {
+                addr: self.addr.clone(),
+                reason: status.description,
+            });
         }
         Ok(())
     }
