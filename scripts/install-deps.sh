@@ -2,7 +2,8 @@
 # Installs the system packages the build and the tests need on a fresh Debian
 # machine that has only Rust: OpenCV and libclang for the `opencv` crate (the
 # webcam client), Xvfb and xauth for the window tests. Does nothing when they are
-# all there already.
+# all there already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
+# are Rust crates: ring's C parts build with the compiler installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(libopencv-dev clang libclang-dev xvfb xauth)

@@ -121,6 +121,128 @@ fn ping_answers_zero_then_one() {
 }
 
 #[test]
+fn ping_fails_while_an_external_executor_is_down() {
+    let port = free_port();
+    let dir = scratch("ping-external");
+    let yml = dir.join("flow.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "jtype: Flow\nexecutors:\n  - name: frameAggregator\n    host: 127.0.0.1\n    port: {port}\n    external: true\n"
+        ),
+    )
+    .unwrap();
+    let flow = Flow::start(&yml, &[]);
+    let ping = || {
+        Command::new(bin("vchat"))
+            .args(["ping", flow.addr(), "--timeout", "5"])
+            .output()
+            .unwrap()
+    };
+    // The gateway answers, its executor does not: not ready, and why.
+    let down = ping();
+    assert_eq!(down.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        line.contains("frameAggregator") && line.lines().count() == 1,
+        "{line}"
+    );
+    // The executor comes up: ready.
+    let executor = Flow::executor(&repo_root().join("executor/config.yml"), port);
+    let mut ok = ping();
+    for _ in 0..50 {
+        if ok.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ok = ping();
+    }
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    drop(executor);
+    assert_eq!(ping().status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_shutdown_starts() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut flow = Flow::start_default(&[]);
+    let uri = flow.addr().replace("grpc://", "http://");
+    let channel = tonic::transport::Endpoint::from_shared(uri)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    flow.signal_interrupt();
+    let next = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .expect("an update once shutdown starts")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop(watch);
+    drop(health);
+    assert!(flow.interrupt().success());
+}
+
+#[test]
+fn a_jpeg_client_gets_jpeg_mosaics() {
+    let flow = Flow::start_default(&[]);
+    let dir = scratch("jpeg-client");
+    let snap = dir.join("bob.png");
+    let spawn = |user: &str, frames: &str, snapshot: Option<&std::path::Path>| {
+        let mut c = Command::new(bin("vchat-client"));
+        c.args([
+            flow.addr(),
+            user,
+            "--headless",
+            "--source",
+            "test",
+            "--encoding",
+            "jpeg",
+            "--quality",
+            "90",
+            "--frames",
+            frames,
+        ]);
+        if let Some(s) = snapshot {
+            c.arg("--snapshot").arg(s);
+        }
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let alice = spawn("alice", "150", None);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let bob = spawn("bob", "60", Some(&snap));
+    let bob = bob.wait_with_output().unwrap();
+    let alice = alice.wait_with_output().unwrap();
+    let out =
+        String::from_utf8_lossy(&bob.stdout).to_string() + &String::from_utf8_lossy(&bob.stderr);
+    assert!(bob.status.success(), "{out}");
+    assert!(alice.status.success());
+    assert!(out.contains("0 errors"), "{out}");
+    // The snapshot is the decoded JPEG mosaic of both users: 2 × 200 rows.
+    let png = decode_png(&snap);
+    assert_eq!((png.0, png.1), (400, 300), "{out}");
+}
+
+#[test]
 fn client_says_when_the_server_is_not_there() {
     // Find a port nobody listens on: bind, read it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

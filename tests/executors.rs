@@ -234,6 +234,36 @@ fn a_python_executor_without_jina_is_a_clear_error() {
     );
 }
 
+/// Kills a whole process group when dropped, also when the test fails.
+struct KillGroup(Option<u32>);
+
+impl KillGroup {
+    /// The group led by `pid`, checked while it runs: never the test's own group.
+    fn led_by(pid: u32) -> KillGroup {
+        let pgrp = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse()
+                    .ok()
+            });
+        KillGroup((pgrp == Some(pid) && pid > 1).then_some(pid))
+    }
+}
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vchat_executor_runs_in_a_jina_flow() {
     let executor = Flow::executor(&repo_root().join("executor/config.yml"), 0);
@@ -255,8 +285,12 @@ async fn a_vchat_executor_runs_in_a_jina_flow() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
+        // Its own process group: `jina flow` forks its gateway and executor
+        // runtimes, which outlive a kill of the parent alone.
+        .process_group(0)
         .spawn()
         .unwrap();
+    let _group = KillGroup::led_by(jina.id().expect("running"));
     let addr = format!("grpc://127.0.0.1:{port}");
     // Wait until the Jina gateway answers dry_run (importing Jina takes seconds).
     let client = vchat_client::Client::new(&addr).unwrap();

@@ -63,6 +63,7 @@ pub fn scratch(tag: &str) -> PathBuf {
 pub struct Flow {
     child: Child,
     addr: String,
+    metrics: Option<String>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -125,13 +126,18 @@ impl Flow {
         let (tx, rx) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
+            // The metrics line, when there is one, comes before the address.
+            let mut metrics = None;
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("vchat: metrics on ") {
+                    metrics = Some(url.trim().to_string());
+                }
                 if let Some(addr) = line.strip_prefix("vchat: listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send((addr.trim().to_string(), metrics.take()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
+        let (addr, metrics) = match rx.recv_timeout(PATIENCE) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -147,8 +153,14 @@ impl Flow {
         Flow {
             child,
             addr,
+            metrics,
             stderr,
         }
+    }
+
+    /// `http://127.0.0.1:PORT/metrics`, when the Flow serves metrics.
+    pub fn metrics_url(&self) -> &str {
+        self.metrics.as_deref().expect("the Flow serves metrics")
     }
 
     /// Starts the repository's own `flow.yml`.
@@ -174,6 +186,13 @@ impl Flow {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGINT without waiting for the exit.
+    pub fn signal_interrupt(&self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(ok.success(), "kill -INT {pid}");
     }
 
     /// Sends SIGINT and waits for the exit.
@@ -407,7 +426,11 @@ pub struct User {
 impl User {
     /// Opens a stream to `addr`.
     pub fn connect(addr: &str) -> User {
-        let client = Client::new(addr).unwrap();
+        User::with_client(Client::new(addr).unwrap())
+    }
+
+    /// Opens a stream with `client` (e.g. one for grpcs:// with a private CA).
+    pub fn with_client(client: Client) -> User {
         let (tx, rx) = mpsc::channel(4);
         let (resp_tx, responses) = mpsc::unbounded_channel();
         let err_tx = resp_tx.clone();
@@ -568,4 +591,115 @@ pub fn response_tensor(resp: &DataRequestProto) -> Tensor {
         }
         other => panic!("no docs in response: {other:?}"),
     }
+}
+
+/// A solid-colour H×W frame (BGR) tagged with `user`, sent as a JPEG blob.
+pub fn jpeg_frame(user: &str, color: [u8; 3], h: usize, w: usize) -> Document {
+    let data: Vec<u8> = std::iter::repeat_n(color, h * w).flatten().collect();
+    let mut doc = Document::new();
+    doc.content = Some(vchat_core::Content::Blob(
+        vchat_core::jpeg::encode_bgr(&data, h, w, 90).unwrap(),
+    ));
+    doc.mime_type = vchat_core::jpeg::MIME_JPEG.into();
+    doc.set_tag_str("user", user);
+    doc
+}
+
+/// The frame of a response document, a tensor or a decoded JPEG, and whether
+/// it came as JPEG.
+pub fn frame_of(doc: &Document) -> (Tensor, bool) {
+    let jpeg = vchat_core::jpeg::is_jpeg(doc);
+    let t = vchat_core::jpeg::frame_of(doc, 1 << 26)
+        .expect("a frame")
+        .expect("a valid frame");
+    (t, jpeg)
+}
+
+/// Whether every pixel of the `band`-row bands of `t` is within `tolerance` of
+/// the colour given for that band (for JPEG, which is lossy). The 4 rows next to
+/// each edge of a band are not checked: a decoder's chroma upsampling blends the
+/// rows on both sides of a boundary between two users.
+pub fn bands_close(t: &Tensor, band: usize, colors: &[[u8; 3]], tolerance: u8) -> bool {
+    const EDGE: usize = 4;
+    let row = t.shape()[1] * 3;
+    let chunks: Vec<&[u8]> = t.data().chunks(row * band).collect();
+    chunks.len() == colors.len()
+        && chunks.iter().zip(colors).all(|(c, want)| {
+            let inner = &c[EDGE.min(band / 4) * row..c.len() - EDGE.min(band / 4) * row];
+            inner
+                .chunks(3)
+                .all(|p| (0..3).all(|i| p[i].abs_diff(want[i]) <= tolerance))
+        })
+}
+
+/// `tags.participants` of a response document.
+pub fn participants(doc: &Document) -> Vec<String> {
+    use vchat_core::value::Kind;
+    match doc.tags.get("participants").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(l)) => l
+            .values
+            .iter()
+            .filter_map(|v| match v.kind.as_ref() {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("no tags.participants list: {other:?}"),
+    }
+}
+
+/// The body of `GET url` (plain HTTP, as the metrics endpoint serves).
+pub fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut sock = std::net::TcpStream::connect(host).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        sock,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels, as written) in Prometheus
+/// text, 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A private CA and a server certificate it signed for `localhost` and
+/// `127.0.0.1`, written to `dir`: `(ca.pem, server.pem, server.key)`.
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vchat test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }

@@ -11,13 +11,32 @@ use futures::StreamExt;
 use serde::Serialize;
 use vchat_client::source::{TestPattern, user_color};
 use vchat_client::{Client, PostOptions};
-use vchat_core::Document;
+use vchat_core::{Document, Tensor};
 use vchat_proto::prost::Message;
+
+/// Frames of the moving pattern rendered ahead and sent in turn.
+const PATTERN_FRAMES: u64 = 30;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Gateway address: grpc://HOST:PORT (vchat or any Jina 3 gateway).
+    /// Gateway address: grpc://HOST:PORT or grpcs://HOST:PORT (vchat or any Jina
+    /// 3 gateway).
     addr: String,
+    /// CA certificate (PEM) for grpcs:// [default: the system's roots].
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// How frames travel: `raw` tensors or `jpeg` blobs (mosaics come back alike).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "jpeg"])]
+    encoding: String,
+    /// JPEG quality, 1 to 100 (with --encoding jpeg).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    quality: u8,
+    /// Frame content: `solid` (one colour per user, never changing), `pattern`
+    /// (the client's test pattern: a colour with a moving bar), or `textured`
+    /// (gradients and noise that move every frame: JPEG sizes closer to a
+    /// camera's).
+    #[arg(long, default_value = "solid", value_parser = ["solid", "pattern", "textured"])]
+    frames: String,
     /// Simulated users, each with its own stream.
     #[arg(long, default_value_t = 3)]
     users: usize,
@@ -78,6 +97,26 @@ struct Shared {
     bytes_in: u64,
 }
 
+/// A frame with gradients and pseudo-random grain, shifted by `n`: content whose
+/// JPEG size is of the order of a webcam's, unlike flat test patterns.
+fn textured(color: [u8; 3], h: usize, w: usize, n: usize) -> Tensor {
+    let mut data = Vec::with_capacity(h * w * 3);
+    let mut seed = 0x9e37_79b9u32 ^ (n as u32).wrapping_mul(2_654_435_761);
+    for y in 0..h {
+        for x in 0..w {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let grain = (seed % 24) as usize;
+            let wave = ((x + 3 * n) * 96 / w.max(1) + (y * 64 / h.max(1))) % 96;
+            for c in color {
+                data.push(((c as usize * 2 / 3) + wave / 2 + grain).min(255) as u8);
+            }
+        }
+    }
+    Tensor::image(h, w, 3, bytes::Bytes::from(data)).expect("buffer matches shape")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -98,7 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.users == 0 || !fps_ok || !duration_ok {
         bail!("--users must be positive, --fps 0 or more, --duration more than 0");
     }
-    let client = Client::new(&args.addr)?;
+    let client = Client::open(&args.addr, args.ca.as_deref())?;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup.max(0.0));
@@ -107,19 +146,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
     for u in 0..args.users {
         let name = format!("user{u}");
-        let frame = TestPattern::solid(user_color(&name), h, w).render(0);
-        let mut doc = Document::with_tensor(frame);
-        doc.set_tag_str("user", name.clone());
-        if let Some(r) = &args.room {
-            doc.set_tag_str("room", r.clone());
+        // A moving pattern changes every frame, as a camera does (so no two
+        // room states are alike); a solid colour never does.
+        let renders: Vec<Tensor> = if args.frames == "pattern" {
+            let p = TestPattern::new(&name, h, w);
+            (0..PATTERN_FRAMES).map(|n| p.render(n)).collect()
+        } else if args.frames == "textured" {
+            let color = user_color(&name);
+            (0..PATTERN_FRAMES)
+                .map(|n| textured(color, h, w, n as usize))
+                .collect()
+        } else {
+            vec![TestPattern::solid(user_color(&name), h, w).render(0)]
+        };
+        let mut docs = Vec::with_capacity(renders.len());
+        for frame in renders {
+            let mut doc = if args.encoding == "jpeg" {
+                let jpeg = vchat_core::jpeg::encode_bgr(frame.data(), h, w, args.quality)?;
+                let mut d = Document::new();
+                d.content = Some(vchat_core::Content::Blob(jpeg));
+                d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+                d
+            } else {
+                Document::with_tensor(frame)
+            };
+            doc.set_tag_str("user", name.clone());
+            if let Some(r) = &args.room {
+                doc.set_tag_str("room", r.clone());
+            }
+            let bytes = doc.clone().into_proto().encoded_len() as u64 + 64;
+            docs.push((doc, bytes));
         }
-        let frame_bytes = doc.clone().into_proto().encoded_len() as u64 + 64;
+        let docs = Arc::new(docs);
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared_in = shared.clone();
         // Users start spread over one frame period, as independent cameras do.
         let offset = period.map_or(Duration::ZERO, |p| p * u as u32 / args.users as u32);
         let frames = futures::stream::unfold(start + offset, move |mut next| {
             let shared = shared_in.clone();
-            let doc = doc.clone();
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (doc, frame_bytes) = docs[n % docs.len()].clone();
             async move {
                 if let Some(p) = period {
                     tokio::time::sleep_until(next.into()).await;

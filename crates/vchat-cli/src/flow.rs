@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
-use vchat_core::config::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH, load_flow};
+use vchat_core::config::{
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
+    load_flow,
+};
 use vchat_gateway::{BuildOptions, CallLimits, CancellationToken, FlowRuntime, Gateway};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -32,6 +35,25 @@ pub struct FlowArgs {
     /// (overrides `with.max_message_bytes`; default 64 MiB).
     #[arg(long)]
     max_message_bytes: Option<usize>,
+    /// Most streams open at once; one more is refused with RESOURCE_EXHAUSTED
+    /// (overrides `with.max_streams`; default 256).
+    #[arg(long)]
+    max_streams: Option<usize>,
+    /// Largest frame (tensor or blob) in bytes; larger ones get an ERROR status
+    /// (overrides `with.max_frame_bytes`; default 3840*2160*3).
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// PEM certificate chain: serve over TLS, for grpcs:// clients (overrides
+    /// `with.ssl_certfile`; needs --ssl-keyfile).
+    #[arg(long, requires = "ssl_keyfile")]
+    ssl_certfile: Option<PathBuf>,
+    /// PEM private key of --ssl-certfile (overrides `with.ssl_keyfile`).
+    #[arg(long, requires = "ssl_certfile")]
+    ssl_keyfile: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:N/metrics (overrides
+    /// `with.port_monitoring` and turns `with.monitoring` on; 0 picks a free port).
+    #[arg(long)]
+    port_monitoring: Option<u16>,
     /// Python interpreter with Jina 3 installed, to run Python executors
     /// (executor YAMLs with `py_modules`).
     #[arg(long, env = "VCHAT_PYTHON", default_value = "python3")]
@@ -61,11 +83,50 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             .or(spec.with.max_message_bytes)
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         max_fps: spec.with.max_fps,
+        max_streams: args
+            .max_streams
+            .or(spec.with.max_streams)
+            .unwrap_or(DEFAULT_MAX_STREAMS)
+            .max(1),
+        max_frame_bytes: args
+            .max_frame_bytes
+            .or(spec.with.max_frame_bytes)
+            .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
     };
+    let tls = match (
+        args.ssl_certfile.or(spec.with.ssl_certfile.clone()),
+        args.ssl_keyfile.or(spec.with.ssl_keyfile.clone()),
+    ) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf, what: &str| {
+                std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+            };
+            Some((read(&cert, "certificate")?, read(&key, "private key")?))
+        }
+        _ => None,
+    };
+    let monitoring = args.port_monitoring.is_some() || spec.with.monitoring.unwrap_or(false);
+    let port_monitoring = args
+        .port_monitoring
+        .or(spec.with.port_monitoring)
+        .unwrap_or(0);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let local = listener.local_addr()?;
+    let mut gateway = Gateway::new(flow, limits);
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    if let Some((cert, key)) = tls {
+        gateway = gateway.tls(cert, key);
+    }
+    let mut metrics_addr = None;
+    if monitoring {
+        let m = tokio::net::TcpListener::bind((host.as_str(), port_monitoring))
+            .await
+            .with_context(|| format!("cannot listen on {host}:{port_monitoring} for metrics"))?;
+        metrics_addr = Some(m.local_addr()?);
+        gateway = gateway.monitoring(m);
+    }
     print_panel(
         &spec
             .executors
@@ -73,12 +134,14 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             .map(|e| e.name.as_str())
             .collect::<Vec<_>>(),
         local,
+        scheme,
+        metrics_addr,
         started,
     );
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let server = tokio::spawn(Gateway::new(flow, limits).serve(listener, shutdown.clone()));
+    let server = tokio::spawn(gateway.serve(listener, shutdown.clone()));
     shutdown.cancelled().await;
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Ok(()))) => {
@@ -98,12 +161,21 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
 }
 
 /// Jina-style endpoint panel, then one machine-readable line.
-fn print_panel(executors: &[&str], local: SocketAddr, started: Instant) {
-    let connect = if local.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
-    } else {
-        local
+fn print_panel(
+    executors: &[&str],
+    local: SocketAddr,
+    scheme: &str,
+    metrics: Option<SocketAddr>,
+    started: Instant,
+) {
+    let loopback = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+        } else {
+            a
+        }
     };
+    let connect = loopback(local);
     println!(
         "vchat {}: Flow is ready to serve ({:.0} ms)",
         vchat_gateway::VERSION,
@@ -111,14 +183,18 @@ fn print_panel(executors: &[&str], local: SocketAddr, started: Instant) {
     );
     println!("  Protocol   GRPC");
     println!("  Executors  {}", executors.join(" -> "));
-    println!("  Local      grpc://{connect}");
+    println!("  Local      {scheme}://{connect}");
     if local.ip().is_unspecified() {
         println!(
-            "  Network    grpc://<this machine's address>:{}",
+            "  Network    {scheme}://<this machine's address>:{}",
             local.port()
         );
     }
-    println!("vchat: listening on grpc://{connect}");
+    if let Some(m) = metrics {
+        println!("  Metrics    http://{}/metrics", loopback(m));
+        println!("vchat: metrics on http://{}/metrics", loopback(m));
+    }
+    println!("vchat: listening on {scheme}://{connect}");
 }
 
 pub(crate) async fn wait_for_signal(shutdown: CancellationToken) {

@@ -8,15 +8,18 @@ use vchat_client::Client;
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
-    /// Gateway address: grpc://HOST:PORT.
+    /// Gateway address: grpc://HOST:PORT, or grpcs://HOST:PORT for TLS.
     addr: String,
+    /// CA certificate (PEM) for grpcs:// [default: the system's roots].
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
 }
 
 pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.addr)?;
+    let client = Client::open(&args.addr, args.ca.as_deref())?;
     let wait = Duration::from_secs_f64(args.timeout.max(0.0));
     match tokio::time::timeout(wait, client.dry_run()).await {
         Ok(Ok(())) => {
@@ -24,7 +27,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(Err(e)) => {
-            println!("{}: not ready: {e}", args.addr);
+            // The gateway's own reason when it answered; the whole error otherwise.
+            let reason = match &e {
+                vchat_client::ClientError::NotReady { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            println!("{}: not ready: {reason}", args.addr);
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {

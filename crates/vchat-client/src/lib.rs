@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vchat_core::{DocumentArray, Value, new_id};
 use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
 use vchat_proto::jina::jina_gateway_dry_run_rpc_client::JinaGatewayDryRunRpcClient;
@@ -70,9 +70,26 @@ pub const DEFAULT_PREFETCH: usize = 16;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The address is not `grpc://host:port` or `host:port`.
-    #[error("invalid address {0:?}: expected grpc://HOST:PORT")]
+    /// The address is not `grpc://host:port`, `grpcs://host:port` or `host:port`.
+    #[error("invalid address {0:?}: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     Address(String),
+    /// The gateway answered `dry_run`, but its Flow is not ready (an external
+    /// executor does not answer).
+    #[error("{addr}: {reason}")]
+    NotReady {
+        /// The gateway address.
+        addr: String,
+        /// The gateway's reason.
+        reason: String,
+    },
+    /// The TLS settings (a `--ca` file) cannot be used.
+    #[error("TLS for {addr}: {message}")]
+    Tls {
+        /// The gateway address.
+        addr: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The connection failed or broke.
     #[error("cannot reach {addr}: {source}")]
     Connect {
@@ -101,7 +118,8 @@ impl ClientError {
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
             ),
-            ClientError::Address(_) => false,
+            ClientError::NotReady { .. } => true,
+            ClientError::Address(_) | ClientError::Tls { .. } => false,
         }
     }
 }
@@ -305,9 +323,13 @@ pub struct Client {
     channel: Channel,
 }
 
-/// `grpc://host:port` or `host:port` to an `http://` URI for tonic.
+/// `grpc://host:port` or `host:port` to an `http://` URI for tonic,
+/// `grpcs://host:port` to an `https://` one.
 fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
-    let rest = addr.strip_prefix("grpc://").unwrap_or(addr);
+    let (scheme, rest) = match addr.strip_prefix("grpcs://") {
+        Some(rest) => ("https", rest),
+        None => ("http", addr.strip_prefix("grpc://").unwrap_or(addr)),
+    };
     if rest.contains("://") || rest.is_empty() {
         return Err(ClientError::Address(addr.to_string()));
     }
@@ -317,15 +339,61 @@ fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(ClientError::Address(addr.to_string()));
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 impl Client {
-    /// A client for `addr` (`grpc://host:port`). Connects lazily, on first use.
+    /// A client for `addr` (`grpc://host:port`, or `grpcs://host:port` for TLS
+    /// checked against the system's root certificates). Connects lazily, on
+    /// first use.
     pub fn new(addr: &str) -> Result<Self, ClientError> {
+        Self::connect(addr, None)
+    }
+
+    /// A client for `grpcs://host:port` whose certificate is signed by the CA in
+    /// `ca_pem` (a private CA, or a self-signed certificate), instead of the
+    /// system's roots.
+    pub fn with_ca(addr: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        if !addr.starts_with("grpcs://") {
+            return Err(ClientError::Tls {
+                addr: addr.to_string(),
+                message: "a CA certificate is for grpcs:// addresses".into(),
+            });
+        }
+        Self::connect(addr, Some(ca_pem))
+    }
+
+    /// [`new`](Self::new), or [`with_ca`](Self::with_ca) with the PEM file `ca`
+    /// when one is given (the command lines' `--ca FILE`).
+    pub fn open(addr: &str, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        match ca {
+            None => Self::new(addr),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| ClientError::Tls {
+                    addr: addr.to_string(),
+                    message: format!("cannot read the CA certificate {}: {e}", path.display()),
+                })?;
+                Self::with_ca(addr, &pem)
+            }
+        }
+    }
+
+    fn connect(addr: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
         let uri = endpoint_uri(addr)?;
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|_| ClientError::Address(addr.to_string()))?
+        let tls = uri.starts_with("https://");
+        let mut endpoint =
+            Endpoint::from_shared(uri).map_err(|_| ClientError::Address(addr.to_string()))?;
+        if tls {
+            let config = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(config).map_err(|e| ClientError::Tls {
+                addr: addr.to_string(),
+                message: format!("{e:?}"),
+            })?;
+        }
+        let channel = endpoint
             .tcp_nodelay(true)
             // Frames are hundreds of KiB: default 64 KiB HTTP/2 windows would stall
             // every message on window updates.
@@ -360,7 +428,10 @@ impl Client {
             .map_err(|s| self.rpc_error(s))?
             .into_inner();
         if status.code == StatusCode::Error as i32 {
-            return Err(self.rpc_error(tonic::Status::unavailable(status.description)));
+            return Err(ClientError::NotReady {
+                addr: self.addr.clone(),
+                reason: status.description,
+            });
         }
         Ok(())
     }
@@ -525,6 +596,11 @@ mod tests {
             "http://127.0.0.1:80"
         );
         assert_eq!(endpoint_uri("localhost:1").unwrap(), "http://localhost:1");
+        assert_eq!(
+            endpoint_uri("grpcs://example.org:443").unwrap(),
+            "https://example.org:443"
+        );
+        assert!(Client::with_ca("grpc://x:1", b"").is_err());
         assert!(endpoint_uri("http://x:1").is_err());
         assert!(endpoint_uri("grpc://x").is_err());
         assert!(endpoint_uri("grpc://x:port").is_err());

@@ -20,6 +20,11 @@ pub const DEFAULT_PREFETCH: usize = 16;
 /// Default largest request message accepted, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default most `Call` streams open at once on one gateway.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Default largest frame (a document's tensor or blob), in bytes: a 4K BGR frame.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 3840 * 2160 * 3;
+
 type SpannedMap = BTreeMap<String, Spanned<serde_json::Value>>;
 
 #[derive(Deserialize)]
@@ -55,6 +60,29 @@ pub struct FlowWith {
     /// status. Default [`DEFAULT_MAX_MESSAGE_BYTES`].
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// Most `Call` streams open at once; one more is refused with
+    /// RESOURCE_EXHAUSTED. Default [`DEFAULT_MAX_STREAMS`].
+    #[serde(default)]
+    pub max_streams: Option<usize>,
+    /// Largest frame (a document's tensor buffer or blob) in bytes; a request with
+    /// a larger one is answered with an ERROR status. Default
+    /// [`DEFAULT_MAX_FRAME_BYTES`].
+    #[serde(default)]
+    pub max_frame_bytes: Option<usize>,
+    /// PEM certificate chain: serve gRPC over TLS (with `ssl_keyfile`). A
+    /// relative path is relative to the Flow YAML.
+    #[serde(default)]
+    pub ssl_certfile: Option<PathBuf>,
+    /// PEM private key of `ssl_certfile`.
+    #[serde(default)]
+    pub ssl_keyfile: Option<PathBuf>,
+    /// Serve Prometheus metrics on `port_monitoring`.
+    #[serde(default)]
+    pub monitoring: Option<bool>,
+    /// Port of the metrics endpoint (`GET /metrics`); 0 or absent picks a free
+    /// port, printed at start.
+    #[serde(default)]
+    pub port_monitoring: Option<u16>,
     /// At most this many responses with frames per second on one stream in
     /// `send-receive` mode; requests over it are answered as skipped.
     #[serde(default)]
@@ -353,7 +381,22 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             ),
         ));
     }
-    let with = parsed.with.unwrap_or_default();
+    let mut with = parsed.with.unwrap_or_default();
+    if with.ssl_certfile.is_some() != with.ssl_keyfile.is_some() {
+        return Err(ConfigError::new(
+            Origin::file(file),
+            "with.ssl_certfile and with.ssl_keyfile go together: give both, or neither",
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for p in [&mut with.ssl_certfile, &mut with.ssl_keyfile]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    }
     if let Some(p) = &with.protocol
         && !p.eq_ignore_ascii_case("grpc")
     {
@@ -518,6 +561,28 @@ mod tests {
         let (v, o) = &ex.with["idle_timeout_s"];
         assert_eq!(v, &serde_json::json!(9));
         assert_eq!((o.file.as_path(), o.line), (flow.as_path(), 8));
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_flow_and_go_together() {
+        let d = tmpdir("tls");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nwith:\n  ssl_certfile: certs/c.pem\n  ssl_keyfile: /abs/k.pem\n  max_streams: 8\n  max_frame_bytes: 100\n  monitoring: true\n  port_monitoring: 0\n",
+        );
+        let w = load_flow(&flow).unwrap().with;
+        assert_eq!(w.ssl_certfile, Some(d.join("certs/c.pem")));
+        assert_eq!(w.ssl_keyfile, Some(PathBuf::from("/abs/k.pem")));
+        assert_eq!((w.max_streams, w.max_frame_bytes), (Some(8), Some(100)));
+        assert_eq!((w.monitoring, w.port_monitoring), (Some(true), Some(0)));
+        let half = write(
+            &d,
+            "half.yml",
+            "jtype: Flow\nwith:\n  ssl_certfile: c.pem\n",
+        );
+        let err = load_flow(&half).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
     }
 
     #[test]

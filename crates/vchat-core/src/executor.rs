@@ -100,6 +100,19 @@ pub trait Executor: Send + Sync + 'static {
     /// Called once when a client stream ends (closed, cancelled or broken), after
     /// its last request was processed.
     async fn stream_closed(&self, _stream: StreamId) {}
+
+    /// Whether the executor answers, for the gateway's `dry_run` (`vchat ping`):
+    /// in-process executors are ready once built; one in another process checks
+    /// that it still answers. The error says why not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Users present per room, for the gateway's metrics; executors without rooms
+    /// (and executors in other processes) report none.
+    fn users_per_room(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
 }
 
 /// Parameter key carrying the client stream's id to an executor in another process

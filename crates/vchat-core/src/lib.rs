@@ -8,12 +8,15 @@
 //! - [`config`]: Flow and executor YAML with Jina's keys; errors name file, line and
 //!   key.
 //!
+//! - [`jpeg`]: JPEG frames (`blob` + `image/jpeg`) from and to BGR pixels.
+//!
 //! This crate has no feature flags and runs no server.
 
 pub mod config;
 mod document;
 mod error;
 mod executor;
+pub mod jpeg;
 mod registry;
 mod tensor;
 
@@ -27,4 +30,4 @@ pub use registry::Registry;
 pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
-pub use prost_types::{Struct, Value, value};
+pub use prost_types::{ListValue, Struct, Value, value};

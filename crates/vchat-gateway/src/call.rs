@@ -11,16 +11,25 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
-use vchat_core::config::StreamMode;
+use vchat_core::config::{
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
+    StreamMode,
+};
 use vchat_core::{Error, StreamId};
 use vchat_proto::DataRequestProto;
+use vchat_proto::docarray::{document_proto, nd_array_proto};
+use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
+use vchat_proto::jina::status_proto::StatusCode;
 
 use crate::codec::{CallCodec, Inbound};
-use crate::flow::{FlowRuntime, error_response, skipped_response};
+use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
+use crate::metrics::Metrics;
 
 type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
 
@@ -43,6 +52,42 @@ pub struct CallLimits {
     /// At most this many processed requests per second on one stream in
     /// `send-receive` mode; the others are answered as skipped.
     pub max_fps: Option<f64>,
+    /// At most this many `Call` streams are open at once; one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// A document whose tensor or blob is over this many bytes is answered with an
+    /// ERROR status.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            prefetch: DEFAULT_PREFETCH,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_fps: None,
+        }
+    }
+}
+
+/// The first document of `req` whose frame is over `limit` bytes: its size.
+fn oversized_frame(req: &DataRequestProto, limit: usize) -> Option<usize> {
+    let Some(Documents::Docs(da)) = req.data.as_ref()?.documents.as_ref() else {
+        return None;
+    };
+    da.docs.iter().find_map(|d| {
+        let size = match d.content.as_ref()? {
+            document_proto::Content::Blob(b) => b.len(),
+            document_proto::Content::Tensor(t) => match t.content.as_ref()? {
+                nd_array_proto::Content::Dense(dense) => dense.buffer.len(),
+                _ => 0,
+            },
+            document_proto::Content::Text(t) => t.len(),
+        };
+        (size > limit).then_some(size)
+    })
 }
 
 /// The `jina.JinaRPC` service.
@@ -52,16 +97,25 @@ pub struct CallService {
     limits: CallLimits,
     shutdown: CancellationToken,
     next_stream: Arc<AtomicU64>,
+    streams: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl CallService {
     /// Serves `flow`; once `shutdown` is cancelled, every stream stops reading new
     /// requests, answers those in flight and ends.
-    pub fn new(flow: Arc<FlowRuntime>, limits: CallLimits, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        flow: Arc<FlowRuntime>,
+        limits: CallLimits,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         CallService {
             flow,
+            streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
             limits,
             shutdown,
+            metrics,
             // Random start: stream ids also reach executors in other processes,
             // which may serve several gateways.
             next_stream: Arc::new(AtomicU64::new(random_base())),
@@ -81,10 +135,13 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<DataRequestProto, Status>
 struct StreamGuard {
     flow: Arc<FlowRuntime>,
     id: StreamId,
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.metrics.stream_delta(-1);
         let flow = self.flow.clone();
         let id = self.id;
         tracing::debug!(stream = id.0, "Stream ended");
@@ -119,9 +176,22 @@ impl StreamingService<Inbound> for CallService {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&p| p > 0)
             .map_or(self.limits.prefetch, |p| p.min(self.limits.prefetch));
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            self.metrics.stream_rejected();
+            let max = self.limits.max_streams;
+            tracing::warn!(max_streams = max, "Stream refused: too many streams");
+            return Box::pin(async move {
+                Err(Status::resource_exhausted(format!(
+                    "too many streams: this gateway serves at most {max} at once (max_streams)"
+                )))
+            });
+        };
+        self.metrics.stream_delta(1);
         let id = StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed));
         let flow = self.flow.clone();
         let limit = self.limits.max_message_bytes;
+        let frame_limit = self.limits.max_frame_bytes;
+        let metrics = self.metrics.clone();
         let inbound = request
             .into_inner()
             .take_until(self.shutdown.clone().cancelled_owned());
@@ -129,6 +199,8 @@ impl StreamingService<Inbound> for CallService {
         let guard = StreamGuard {
             flow: flow.clone(),
             id,
+            metrics: metrics.clone(),
+            _permit: permit,
         };
         let min_gap = self
             .limits
@@ -139,38 +211,49 @@ impl StreamingService<Inbound> for CallService {
         let responses = inbound
             .map(move |item| {
                 let flow = flow.clone();
+                let metrics = metrics.clone();
+                let started = Instant::now();
                 let req = match item {
                     Ok(Inbound::Request(req)) => req,
                     Ok(Inbound::Oversized { header, size }) => {
+                        let endpoint = header.exec_endpoint.clone().unwrap_or_else(|| "/".into());
                         let e = Error::BadRequest(format!(
                             "message of {size} bytes is over the limit of {limit} bytes"
                         ));
-                        return one(Ok(error_response(header, &e)));
+                        let resp = error_response(header, &e);
+                        metrics.request(&endpoint, started.elapsed(), true, size, resp.encoded_len());
+                        return one(Ok(resp));
                     }
                     Err(status) => return one(Err(status)),
                 };
-                // max_fps: a request that comes too soon after the last processed one
-                // of this stream is answered as skipped, unprocessed.
-                if let Some(gap) = min_gap {
-                    let endpoint = req
-                        .header
-                        .as_ref()
-                        .and_then(|h| h.exec_endpoint.as_deref())
-                        .unwrap_or("/");
-                    if flow.mode(endpoint) == StreamMode::SendReceive {
-                        let now = Instant::now();
-                        if last_processed.is_some_and(|t| now.duration_since(t) < gap) {
-                            return one(Ok(skipped_response(req.header.unwrap_or_default())));
-                        }
-                        last_processed = Some(now);
-                    }
-                }
                 let endpoint = req
                     .header
                     .as_ref()
-                    .and_then(|h| h.exec_endpoint.as_deref())
-                    .unwrap_or("/");
-                if flow.mode(endpoint) == StreamMode::Receive {
+                    .and_then(|h| h.exec_endpoint.clone())
+                    .unwrap_or_else(|| "/".to_string());
+                let size_in = req.encoded_len();
+                if let Some(size) = oversized_frame(&req, frame_limit) {
+                    let e = Error::BadRequest(format!(
+                        "a frame of {size} bytes is over the limit of {frame_limit} bytes (max_frame_bytes)"
+                    ));
+                    let resp = error_response(req.header.unwrap_or_default(), &e);
+                    metrics.request(&endpoint, started.elapsed(), true, size_in, resp.encoded_len());
+                    return one(Ok(resp));
+                }
+                let mode = flow.mode(&endpoint);
+                // max_fps: a request that comes too soon after the last processed one
+                // of this stream is answered as skipped, unprocessed.
+                if let Some(gap) = min_gap
+                    && mode == StreamMode::SendReceive
+                {
+                    let now = Instant::now();
+                    if last_processed.is_some_and(|t| now.duration_since(t) < gap) {
+                        metrics.frame_skipped();
+                        return one(Ok(skipped_response(req.header.unwrap_or_default())));
+                    }
+                    last_processed = Some(now);
+                }
+                if mode == StreamMode::Receive {
                     let responses = flow.respond(req, id).map(Ok);
                     return futures::future::ready(responses.boxed()).boxed();
                 }
@@ -178,6 +261,19 @@ impl StreamingService<Inbound> for CallService {
                 // `prefetch` requests of the stream at once.
                 async move {
                     let resp = flow.process(req, id).await;
+                    let failed = resp
+                        .header
+                        .as_ref()
+                        .and_then(|h| h.status.as_ref())
+                        .is_some_and(|s| s.code == StatusCode::Error as i32);
+                    let skipped = resp
+                        .parameters
+                        .as_ref()
+                        .is_some_and(|p| p.fields.contains_key(SKIPPED_PARAMETER));
+                    if skipped {
+                        metrics.frame_skipped();
+                    }
+                    metrics.request(&endpoint, started.elapsed(), failed, size_in, resp.encoded_len());
                     futures::stream::once(futures::future::ready(Ok(resp))).boxed()
                 }
                 .boxed()

@@ -89,6 +89,23 @@ impl Node {
         self.replicas.len()
     }
 
+    /// Users present per room over every replica (see
+    /// [`Executor::users_per_room`]).
+    pub fn users_per_room(&self) -> Vec<(String, usize)> {
+        self.replicas
+            .iter()
+            .flat_map(|r| r.users_per_room())
+            .collect()
+    }
+
+    /// Whether every replica answers (see [`Executor::ready`]).
+    pub async fn ready(&self) -> Result<(), String> {
+        for r in &self.replicas {
+            r.ready().await?;
+        }
+        Ok(())
+    }
+
     /// The replica that serves `docs`.
     fn pick(&self, docs: &DocumentArray) -> &Arc<dyn Executor> {
         let n = self.replicas.len();

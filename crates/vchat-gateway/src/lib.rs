@@ -13,12 +13,17 @@
 //! - [`codec::CallCodec`] decodes requests without copying frame pixels and turns
 //!   an oversized request into an ERROR response rather than a broken stream.
 //!
+//! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
+//!   served on their own port by [`Gateway::monitoring`].
+//! - TLS ([`Gateway::tls`]) through tonic's `tls-ring` feature.
+//!
 //! This crate has no feature flags.
 
 mod call;
 pub mod codec;
 mod executor_server;
 pub mod flow;
+pub mod metrics;
 mod python;
 mod remote;
 mod server;

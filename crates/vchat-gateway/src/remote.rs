@@ -21,6 +21,9 @@ use crate::server::{CONNECTION_WINDOW, STREAM_WINDOW};
 /// Default per-call timeout when the Flow sets no `timeout_send`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long `dry_run` waits for an external executor's `_status`.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Settings of one external executor replica.
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
@@ -169,6 +172,27 @@ impl Executor for RemoteExecutor {
             None => DocumentArray::new(),
         };
         Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let mut info = JinaInfoRpcClient::new(self.channel.clone());
+        match tokio::time::timeout(READY_TIMEOUT, info.status(())).await {
+            Ok(Ok(_)) => Ok(()),
+            // It answered, it just has no `_status`: it is up.
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            Ok(Err(s)) => Err(format!(
+                "executor `{}` at {} does not answer: {}",
+                self.name,
+                self.addr,
+                s.message()
+            )),
+            Err(_) => Err(format!(
+                "executor `{}` at {} does not answer within {} s",
+                self.name,
+                self.addr,
+                READY_TIMEOUT.as_secs()
+            )),
+        }
     }
 
     async fn stream_closed(&self, stream: StreamId) {

@@ -12,10 +12,12 @@ use vchat_proto::jina::jina_gateway_dry_run_rpc_server::{
     JinaGatewayDryRunRpc, JinaGatewayDryRunRpcServer,
 };
 use vchat_proto::jina::jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer};
+use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
 use vchat_proto::{JinaInfoProto, StatusProto};
 
 use crate::call::{CallLimits, CallService, JinaRpcServer};
 use crate::flow::FlowRuntime;
+use crate::metrics::{Metrics, serve_metrics};
 
 /// Errors of the gateway crate.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum GatewayError {
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// HTTP/2 flow-control window of one stream, in bytes.
@@ -42,12 +47,29 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 struct Info {
     executors: Vec<String>,
+    flow: Arc<FlowRuntime>,
 }
 
 #[tonic::async_trait]
 impl JinaGatewayDryRunRpc for Info {
+    /// SUCCESS when every executor answers: in-process ones are ready once the
+    /// Flow is built; external ones must answer `_status`. Otherwise ERROR, with
+    /// the first executor that does not answer.
     async fn dry_run(&self, _: Request<()>) -> Result<Response<StatusProto>, Status> {
-        // In-process executors are ready once the Flow is built.
+        let checks = self.flow.nodes().iter().map(|n| n.ready());
+        for result in futures::future::join_all(checks).await {
+            if let Err(reason) = result {
+                return Ok(Response::new(StatusProto {
+                    code: StatusCode::Error as i32,
+                    description: reason.clone(),
+                    exception: Some(ExceptionProto {
+                        name: "ExecutorUnavailable".into(),
+                        args: vec![reason],
+                        ..Default::default()
+                    }),
+                }));
+            }
+        }
         Ok(Response::new(StatusProto::default()))
     }
 }
@@ -70,6 +92,9 @@ impl JinaInfoRpc for Info {
 pub struct Gateway {
     flow: Arc<FlowRuntime>,
     limits: CallLimits,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    monitoring: Option<TcpListener>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -78,7 +103,28 @@ impl Gateway {
         Gateway {
             flow: Arc::new(flow),
             limits,
+            tls: None,
+            monitoring: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Serves gRPC over TLS with this PEM certificate chain and private key;
+    /// plaintext clients are then refused.
+    pub fn tls(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.tls = Some((cert_pem, key_pem));
+        self
+    }
+
+    /// Serves the Prometheus metrics (`GET /metrics`) on `listener`.
+    pub fn monitoring(mut self, listener: TcpListener) -> Self {
+        self.monitoring = Some(listener);
+        self
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Serves on `listener` until `shutdown` is cancelled; then stops accepting,
@@ -100,8 +146,22 @@ impl Gateway {
                 .iter()
                 .map(|n| n.name().to_string())
                 .collect(),
+            flow: self.flow.clone(),
         });
-        let call = CallService::new(self.flow.clone(), self.limits, shutdown.clone());
+        let call = CallService::new(
+            self.flow.clone(),
+            self.limits,
+            shutdown.clone(),
+            self.metrics.clone(),
+        );
+        if let Some(listener) = self.monitoring {
+            tokio::spawn(serve_metrics(
+                listener,
+                self.metrics.clone(),
+                self.flow.clone(),
+                shutdown.clone(),
+            ));
+        }
         let signal = {
             let shutdown = shutdown.clone();
             let health = health.clone();
@@ -114,7 +174,14 @@ impl Gateway {
                 tracing::info!("Shutting down: finishing requests in flight");
             }
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = self.tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| GatewayError::Tls(format!("{e:?}")))?;
+        }
+        builder
             .tcp_nodelay(true)
             // A raw frame is hundreds of KiB and a mosaic several MiB: HTTP/2's
             // default 64 KiB windows would stall every message on window updates.

@@ -34,7 +34,8 @@ use vchat_core::Tensor;
         vchat-client grpc://127.0.0.1:12345 carol --headless --source test --frames 300"
 )]
 struct Args {
-    /// Gateway address, as `vchat flow` prints it: grpc://HOST:PORT.
+    /// Gateway address, as `vchat flow` prints it: grpc://HOST:PORT, or
+    /// grpcs://HOST:PORT for a Flow served over TLS.
     addr: String,
     /// Your name in the chat (sent as tags.user).
     user: String,
@@ -89,6 +90,17 @@ struct Args {
     /// Exit when the server is unreachable or goes away, instead of retrying.
     #[arg(long)]
     no_reconnect: bool,
+    /// CA certificate (PEM) that signed the server's, for grpcs:// with a private
+    /// CA or a self-signed certificate [default: the system's roots].
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// How frames travel: `raw` (uint8 tensors) or `jpeg` (blobs with mime_type
+    /// image/jpeg; the mosaics come back as JPEG too).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "jpeg"])]
+    encoding: String,
+    /// JPEG quality, 1 to 100 (with --encoding jpeg).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    quality: u8,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -291,7 +303,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     {
         // Fail on a bad address before opening anything (a channel needs the runtime).
         let _rt = rt.enter();
-        vchat_client::Client::new(&args.addr)?;
+        vchat_client::Client::open(&args.addr, args.ca.as_deref())?;
     }
     let source = open_source(&args)?;
     let source_fps = source.native_fps();
@@ -330,6 +342,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         reconnect: !args.no_reconnect,
         endpoint: args.endpoint.clone(),
         receive: args.mode == "receive",
+        ca: args.ca.clone(),
+        jpeg_quality: (args.encoding == "jpeg").then_some(args.quality),
     };
     let task = rt.spawn(stream::run(shared.clone(), config));
 

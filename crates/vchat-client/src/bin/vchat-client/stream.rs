@@ -39,7 +39,14 @@ pub struct Config {
     pub endpoint: String,
     /// `receive` mode: one request, then the server's frames.
     pub receive: bool,
+    /// PEM CA certificate for grpcs:// (else the system roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// JPEG quality when frames travel as JPEG; `None`: raw tensors.
+    pub jpeg_quality: Option<u8>,
 }
+
+/// Largest mosaic decoded from a JPEG response, in pixels.
+const MAX_MOSAIC_PIXELS: usize = 8192 * 8192;
 
 /// Why the frame stream ended.
 #[derive(Debug, Clone)]
@@ -78,7 +85,7 @@ pub async fn run(shared: Arc<Shared>, cfg: Config) -> anyhow::Result<PostSummary
     let failing = Arc::new(AtomicBool::new(false));
     loop {
         // A fresh channel each time: the old connection may be dead without knowing.
-        let client = Client::new(&cfg.addr)?;
+        let client = Client::open(&cfg.addr, cfg.ca.as_deref())?;
         let attempt = Arc::new(Attempt::default());
         attempt.progress();
         let options = post_options(&shared, &cfg, &attempt, &failing);
@@ -233,10 +240,11 @@ fn post_options(
                     stats.record(resp.latency(), None, false);
                     return;
                 }
-                let frame = resp
-                    .docs()
-                    .ok()
-                    .and_then(|d| d.first().and_then(|d| d.tensor()).cloned());
+                let frame = resp.docs().ok().and_then(|d| {
+                    d.first()
+                        .and_then(|d| vchat_core::jpeg::frame_of(d, MAX_MOSAIC_PIXELS))
+                        .and_then(Result::ok)
+                });
                 lock(&shared.stats).record(
                     resp.latency(),
                     frame.as_ref().map(|f| f.shape()),
@@ -352,7 +360,24 @@ fn frames(
                     return None;
                 }
             };
-            let mut doc = Document::with_tensor(frame);
+            let mut doc = match cfg.jpeg_quality {
+                None => Document::with_tensor(frame),
+                Some(q) => {
+                    let (h, w) = (frame.shape()[0], frame.shape()[1]);
+                    match vchat_core::jpeg::encode_bgr(frame.data(), h, w, q) {
+                        Ok(jpeg) => {
+                            let mut d = Document::new();
+                            d.content = Some(vchat_core::Content::Blob(jpeg));
+                            d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+                            d
+                        }
+                        Err(e) => {
+                            attempt.end(End::Failed(format!("cannot encode a frame: {e}")));
+                            return None;
+                        }
+                    }
+                }
+            };
             doc.set_tag_str("user", cfg.user.clone());
             if let Some(r) = &cfg.room {
                 doc.set_tag_str("room", r.clone());

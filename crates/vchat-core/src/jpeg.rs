@@ -1,0 +1,132 @@
+//! JPEG frames: what a compact client sends as a `blob` with `mime_type`
+//! `image/jpeg`, converted from and to the BGR uint8 H×W×3 pixels of a raw frame.
+//!
+//! Pure Rust (zune-jpeg to decode, jpeg-encoder with SIMD to encode), so that
+//! neither the executor nor the server needs a C codec library.
+
+use bytes::Bytes;
+
+use crate::{Content, Document, Error, Tensor};
+
+/// The MIME type of a JPEG frame.
+pub const MIME_JPEG: &str = "image/jpeg";
+/// Default JPEG quality (1 to 100).
+pub const DEFAULT_QUALITY: u8 = 80;
+
+/// Encodes BGR `h`×`w`×3 pixels as a JPEG of `quality` (clamped to 1..=100).
+pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Bytes, Error> {
+    if pixels.len() != h * w * 3 {
+        return Err(Error::BadRequest(format!(
+            "{} bytes are not a {h}x{w}x3 frame",
+            pixels.len()
+        )));
+    }
+    let (Ok(h16), Ok(w16)) = (u16::try_from(h), u16::try_from(w)) else {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} frame is too large for JPEG (65535 at most)"
+        )));
+    };
+    let mut out = Vec::with_capacity(h * w / 4 + 1024);
+    let encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    encoder
+        .encode(pixels, w16, h16, jpeg_encoder::ColorType::Bgr)
+        .map_err(|e| Error::BadRequest(format!("cannot encode JPEG: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a JPEG into BGR pixels: `(pixels, height, width)`. `max_pixels`
+/// bounds the declared size before any pixel is decoded, so a tiny file cannot
+/// ask for a huge buffer.
+pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize), Error> {
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let side = max_pixels.clamp(1, 65535);
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::BGR)
+        .set_max_width(side)
+        .set_max_height(side);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(data, options);
+    decoder
+        .decode_headers()
+        .map_err(|e| Error::BadRequest(format!("not a valid JPEG: {e}")))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| Error::BadRequest("not a valid JPEG: no dimensions".into()))?;
+    if w * h > max_pixels {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
+        )));
+    }
+    let pixels = decoder
+        .decode()
+        .map_err(|e| Error::BadRequest(format!("not a valid JPEG: {e}")))?;
+    if pixels.len() != h * w * 3 {
+        return Err(Error::BadRequest(format!(
+            "JPEG decoded to {} bytes, expected {h}x{w}x3",
+            pixels.len()
+        )));
+    }
+    Ok((Bytes::from(pixels), h, w))
+}
+
+/// The frame a document carries, as a BGR tensor: its tensor, or its JPEG blob
+/// decoded. `None` when it has neither.
+pub fn frame_of(doc: &Document, max_pixels: usize) -> Option<Result<Tensor, Error>> {
+    match &doc.content {
+        Some(Content::Tensor(t)) => Some(Ok(t.clone())),
+        Some(Content::Blob(b)) if is_jpeg(doc) => {
+            Some(decode_bgr(b, max_pixels).and_then(|(px, h, w)| Tensor::image(h, w, 3, px)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `doc` holds a JPEG blob (its MIME type says so).
+pub fn is_jpeg(doc: &Document) -> bool {
+    matches!(doc.content, Some(Content::Blob(_))) && doc.mime_type.eq_ignore_ascii_case(MIME_JPEG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_colours_close() {
+        let (h, w) = (16, 24);
+        let mut px = Vec::with_capacity(h * w * 3);
+        for y in 0..h {
+            for _ in 0..w {
+                // BGR: top half blue, bottom half red.
+                px.extend_from_slice(if y < h / 2 {
+                    &[200, 30, 20]
+                } else {
+                    &[20, 40, 210]
+                });
+            }
+        }
+        let jpeg = encode_bgr(&px, h, w, 90).unwrap();
+        assert!(jpeg.len() < px.len());
+        let (out, oh, ow) = decode_bgr(&jpeg, 1 << 20).unwrap();
+        assert_eq!((oh, ow), (h, w));
+        let top = &out[(2 * w + 3) * 3..][..3];
+        let bottom = &out[((h - 2) * w + 3) * 3..][..3];
+        for (got, want) in [(top, [200u8, 30, 20]), (bottom, [20, 40, 210])] {
+            for c in 0..3 {
+                assert!(got[c].abs_diff(want[c]) < 20, "{got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_garbage_are_errors() {
+        let jpeg = encode_bgr(&[0u8; 10 * 10 * 3], 10, 10, 50).unwrap();
+        assert!(
+            decode_bgr(&jpeg, 99)
+                .unwrap_err()
+                .to_string()
+                .contains("limit")
+        );
+        assert!(decode_bgr(b"not a jpeg", 1 << 20).is_err());
+        assert!(encode_bgr(&[0u8; 5], 1, 2, 50).is_err());
+    }
+}
