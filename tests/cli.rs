@@ -6,15 +6,6 @@ use std::process::{Command, Stdio};
 use vchat_client::source::user_color;
 use vchat_e2e::*;
 
-fn decode_png(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = dec.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    (info.height as usize, info.width as usize, buf)
-}
-
 /// Share of the pixels of rows `rows` that are `bgr` (the PNG is RGB).
 fn share_of(png: &(usize, usize, Vec<u8>), rows: std::ops::Range<usize>, bgr: [u8; 3]) -> f64 {
     let (_, w, data) = png;

@@ -9,13 +9,6 @@ use vchat_e2e::*;
 const ALICE: [u8; 3] = [255, 0, 0];
 const BOB: [u8; 3] = [0, 255, 0];
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn shape_of(r: &vchat_client::Response) -> Vec<usize> {
     r.docs().unwrap()[0].tensor().unwrap().shape().to_vec()
 }
@@ -43,7 +36,7 @@ async fn until_rows(
 async fn videochat_runs_as_its_own_service() {
     let executor = Flow::executor(&repo_root().join("executor/config.yml"), 0);
     let dir = scratch("remote");
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         &format!(
@@ -72,7 +65,7 @@ async fn videochat_runs_as_its_own_service() {
 async fn an_external_executor_that_goes_away_and_comes_back() {
     let port = free_port();
     let dir = scratch("restart");
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         &format!(
@@ -177,13 +170,13 @@ class VideoChatExecutor(Executor):
 async fn the_seeds_python_executor_runs_in_a_vchat_flow() {
     // The seed's own files: executor.py, executor/config.yml with py_modules, flow.yml.
     let dir = scratch("seed");
-    write(&dir, "executor/executor.py", SEED_EXECUTOR);
-    write(
+    write_file(&dir, "executor/executor.py", SEED_EXECUTOR);
+    write_file(
         &dir,
         "executor/config.yml",
         "jtype: VideoChatExecutor\npy_modules:\n  - executor.py\n",
     );
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         "jtype: Flow\nexecutors:\n  - uses: executor/config.yml\n    name: frameAggregator\n",
@@ -208,13 +201,13 @@ async fn the_seeds_python_executor_runs_in_a_vchat_flow() {
 #[test]
 fn a_python_executor_without_jina_is_a_clear_error() {
     let dir = scratch("nojina");
-    write(&dir, "executor/executor.py", SEED_EXECUTOR);
-    write(
+    write_file(&dir, "executor/executor.py", SEED_EXECUTOR);
+    write_file(
         &dir,
         "executor/config.yml",
         "jtype: VideoChatExecutor\npy_modules:\n  - executor.py\n",
     );
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         "jtype: Flow\nexecutors:\n  - uses: executor/config.yml\n",
@@ -269,7 +262,7 @@ async fn a_vchat_executor_runs_in_a_jina_flow() {
     let executor = Flow::executor(&repo_root().join("executor/config.yml"), 0);
     let dir = scratch("jinaflow");
     let port = free_port();
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         &format!(
@@ -321,7 +314,7 @@ async fn a_vchat_executor_runs_in_a_jina_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_stick_to_one_replica() {
     let dir = scratch("replicas");
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         "jtype: Flow\nexecutors:\n  - uses: VideoChatExecutor\n    name: frameAggregator\n    replicas: 2\n",

@@ -14,12 +14,6 @@ fn example(name: &str) -> std::path::PathBuf {
     repo_root().join("examples/streams").join(name)
 }
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn with_params(
     mut req: DataRequestProto,
     endpoint: &str,
@@ -182,8 +176,8 @@ async fn skip_frames_bounds_latency_where_queueing_would_not() {
             "jtype: Flow\nexecutors:\n  - uses: Slow\n    name: slow\n    skip_frames: {skip}\n    uses_with:\n      delay_ms: 100\n"
         )
     };
-    let with_skip = Flow::start(&write(&dir, "skip.yml", &slow(true)), &[]);
-    let without = Flow::start(&write(&dir, "queue.yml", &slow(false)), &[]);
+    let with_skip = Flow::start(&write_file(&dir, "skip.yml", &slow(true)), &[]);
+    let without = Flow::start(&write_file(&dir, "queue.yml", &slow(false)), &[]);
     // 30 frames at 50 fps into an executor that takes 100 ms each.
     let skipping = burst(with_skip.addr(), 30, Duration::from_millis(20)).await;
     let queueing = burst(without.addr(), 30, Duration::from_millis(20)).await;
@@ -229,7 +223,7 @@ async fn skip_frames_bounds_latency_where_queueing_would_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_fps_caps_the_frames_a_client_receives() {
     let dir = scratch("maxfps");
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         "jtype: Flow\nwith:\n  max_fps: 10\nexecutors:\n  - uses: Passthrough\n",
@@ -250,13 +244,8 @@ async fn max_fps_caps_the_frames_a_client_receives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_change_mid_stream_and_results_come_back() {
-    let flow = Flow::start(
-        &repo_root().join("examples/streams/max_fps.yml"),
-        &["--max-message-bytes", "10000000"],
-    );
-    drop(flow);
     let dir = scratch("params");
-    let flow_yml = write(
+    let flow_yml = write_file(
         &dir,
         "flow.yml",
         "jtype: Flow\nexecutors:\n  - uses: Grayscale\n    name: gray\n  - uses: FrameStats\n    name: stats\n",

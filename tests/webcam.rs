@@ -35,15 +35,6 @@ fn windowed(addr: &str, user: &str, display: &str, extra: &[&str]) -> Command {
     c
 }
 
-fn decode_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = dec.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    (info.height as usize, info.width as usize, buf)
-}
-
 fn near(p: &[u8], q: [u8; 3]) -> bool {
     p.iter().zip(q).all(|(a, b)| a.abs_diff(b) <= 45)
 }

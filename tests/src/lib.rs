@@ -393,6 +393,24 @@ impl Drop for Xvfb {
     }
 }
 
+/// Decodes a PNG file: (height, width, RGB pixels).
+pub fn decode_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.height as usize, info.width as usize, buf)
+}
+
+/// Writes `text` to `dir/name` (creating folders) and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// A solid-colour H×W×3 frame (BGR) tagged with `user`.
 pub fn frame(user: &str, color: [u8; 3], h: usize, w: usize) -> Document {
     let data: Vec<u8> = std::iter::repeat_n(color, h * w).flatten().collect();
