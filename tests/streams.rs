@@ -337,3 +337,43 @@ async fn a_send_stream_gets_acknowledgements_and_extra_outputs() {
             .contains_key("user")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_file_plays_annotated_to_a_receive_stream() {
+    let dir = scratch("y4m");
+    // Three 64x48 4:2:0 frames, grey levels 60, 120, 180.
+    let mut clip = b"YUV4MPEG2 W64 H48 F30:1 Ip A1:1 C420jpeg\n".to_vec();
+    for level in [60u8, 120, 180] {
+        clip.extend_from_slice(b"FRAME\n");
+        clip.extend(std::iter::repeat_n(level, 64 * 48));
+        clip.extend(std::iter::repeat_n(128u8, 2 * 32 * 24));
+    }
+    let clip_path = dir.join("clip.y4m");
+    std::fs::write(&clip_path, clip).unwrap();
+    let flow_yml = write_file(
+        &dir,
+        "flow.yml",
+        &format!(
+            "jtype: Flow\nwith:\n  endpoints:\n    /play: receive\nexecutors:\n  - uses: VideoFileSource\n    uses_with:\n      path: {}\n  - uses: Annotate\n    uses_with:\n      text: hi\n      scale: 1\n",
+            clip_path.display()
+        ),
+    );
+    let flow = Flow::start(&flow_yml, &[]);
+    let mut raw = RawStream::connect(flow.addr()).await;
+    let first = raw
+        .send(with_params(request("play", vec![]), "/play", &[]))
+        .await;
+    let mut frames = vec![response_tensor(&first)];
+    for _ in 0..2 {
+        frames.push(response_tensor(&raw.next().await.unwrap().unwrap()));
+    }
+    // The whole clip, once (no loop): once we stop sending, the stream ends with
+    // no fourth frame.
+    assert_eq!(raw.close().await.unwrap(), None);
+    for (t, level) in frames.iter().zip([60u8, 120, 180]) {
+        assert_eq!(t.shape(), [48, 64, 3]);
+        // The bottom-right pixel is the clip's; the text is drawn top-left.
+        assert_eq!(&t.data()[t.data().len() - 3..], &[level, level, level]);
+        assert!(t.data()[..64 * 3 * 12].contains(&255), "no text drawn");
+    }
+}

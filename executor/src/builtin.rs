@@ -610,3 +610,419 @@ mod tests {
         assert!(Grayscale::new(GrayscaleConfig { mix: 2.0 }, "g").is_err());
     }
 }
+
+/// Draws `text` on `frame` at (`x`, `y`), 8×8 glyphs scaled by `scale`, white with
+/// a dark shadow so that it reads on any background. Characters outside ASCII
+/// are drawn as `?`.
+pub fn draw_text(
+    frame: &Tensor,
+    h: usize,
+    w: usize,
+    x: usize,
+    y: usize,
+    scale: usize,
+    text: &str,
+) -> Tensor {
+    use font8x8::UnicodeFonts;
+    let mut data = frame.data().to_vec();
+    let scale = scale.max(1);
+    let mut put = |px: usize, py: usize, c: u8| {
+        if px < w && py < h {
+            let i = (py * w + px) * 3;
+            data[i..i + 3].copy_from_slice(&[c, c, c]);
+        }
+    };
+    for (shadow, color) in [(1, 0u8), (0, 255u8)] {
+        for (n, ch) in text.chars().enumerate() {
+            let glyph = font8x8::BASIC_FONTS
+                .get(ch)
+                .or_else(|| font8x8::BASIC_FONTS.get('?'))
+                .unwrap_or([0; 8]);
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..8 {
+                    if bits & (1 << col) == 0 {
+                        continue;
+                    }
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let px = x + (n * 8 + col) * scale + dx + shadow;
+                            let py = y + row * scale + dy + shadow;
+                            put(px, py, color);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Tensor::image(h, w, 3, Bytes::from(data)).expect("same shape")
+}
+
+/// `with:` of Annotate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    /// Text drawn in the top-left corner; the request parameter `text` overrides
+    /// it. `{user}` is replaced by the frame's `tags.user`.
+    #[serde(default)]
+    pub text: String,
+    /// Also draw the stream's frames per second.
+    #[serde(default = "yes")]
+    pub fps: bool,
+    /// Glyph size: 8 pixels times `scale`.
+    #[serde(default = "two")]
+    pub scale: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn two() -> usize {
+    2
+}
+
+/// Writes text and the stream's frame rate on each frame; reports `fps` as an
+/// extra output.
+pub struct Annotate {
+    name: String,
+    config: AnnotateConfig,
+    streams: Mutex<HashMap<StreamId, (u64, Instant)>>,
+}
+
+impl Annotate {
+    /// Builds it.
+    pub fn new(c: AnnotateConfig, name: &str) -> Result<Self, String> {
+        if c.scale == 0 || c.scale > 16 {
+            return Err(format!("with.scale must be 1 to 16, got {}", c.scale));
+        }
+        Ok(Annotate {
+            name: name.into(),
+            config: c,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl Executor for Annotate {
+    async fn process(
+        &self,
+        docs: &mut DocumentArray,
+        ctx: &RequestContext<'_>,
+    ) -> Result<(), Error> {
+        let template = match ctx.parameters.get("text").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(t)) => t.clone(),
+            Some(_) => return Err(reject(&self.name, "parameter text must be a string")),
+            None => self.config.text.clone(),
+        };
+        let fps = {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let e = streams.entry(ctx.stream).or_insert((0, Instant::now()));
+            e.0 += 1;
+            let secs = e.1.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                (e.0 - 1) as f64 / secs
+            } else {
+                0.0
+            }
+        };
+        let scale = self.config.scale;
+        for doc in docs.iter_mut() {
+            let Some(frame) = doc.tensor() else { continue };
+            let (h, w) = frame.frame_dims().map_err(|m| reject(&self.name, m))?;
+            let text = template.replace("{user}", doc.tag_str("user").unwrap_or(""));
+            let mut out = draw_text(frame, h, w, 4, 4, scale, &text);
+            if self.config.fps {
+                out = draw_text(
+                    &out,
+                    h,
+                    w,
+                    4,
+                    4 + 10 * scale,
+                    scale,
+                    &format!("{fps:.1} fps"),
+                );
+            }
+            doc.set_tensor(out);
+        }
+        ctx.set_result("fps", number_value((fps * 10.0).round() / 10.0));
+        Ok(())
+    }
+
+    async fn stream_closed(&self, stream: StreamId) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+    }
+}
+
+/// `with:` of VideoFileSource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoFileConfig {
+    /// A YUV4MPEG2 (`.y4m`) file, 4:2:0 or 4:4:4 (e.g. `ffmpeg -i in.mp4 -pix_fmt
+    /// yuv420p out.y4m`). A relative path is relative to the working directory.
+    pub path: std::path::PathBuf,
+    /// Frames per second yielded; default: the file's own rate.
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Start over at the end of the file instead of ending the stream.
+    #[serde(default, rename = "loop")]
+    pub looped: bool,
+}
+
+/// A source: the frames of a video file, as BGR, for `receive` streams.
+pub struct VideoFileSource {
+    video: std::sync::Arc<Y4m>,
+    fps: f64,
+    looped: bool,
+}
+
+/// A decoded YUV4MPEG2 file.
+pub struct Y4m {
+    /// Frame height.
+    pub height: usize,
+    /// Frame width.
+    pub width: usize,
+    /// The file's frame rate.
+    pub fps: f64,
+    /// Each frame, BGR.
+    pub frames: Vec<Bytes>,
+}
+
+impl Y4m {
+    /// Reads and converts every frame of a `.y4m` file (small clips: the whole file
+    /// is held as BGR).
+    pub fn read(path: &std::path::Path) -> Result<Y4m, String> {
+        let raw =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bad = |m: &str| format!("{}: not a usable YUV4MPEG2 file: {m}", path.display());
+        let nl = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no header"))?;
+        let header = std::str::from_utf8(&raw[..nl]).map_err(|_| bad("header is not text"))?;
+        let mut parts = header.split(' ');
+        if parts.next() != Some("YUV4MPEG2") {
+            return Err(bad("missing YUV4MPEG2 signature"));
+        }
+        let (mut w, mut h, mut fps, mut chroma) = (0usize, 0usize, 30.0, "420".to_string());
+        for p in parts {
+            let (k, v) = p.split_at(1.min(p.len()));
+            match k {
+                "W" => w = v.parse().map_err(|_| bad("bad width"))?,
+                "H" => h = v.parse().map_err(|_| bad("bad height"))?,
+                "F" => {
+                    let (n, d) = v.split_once(':').ok_or_else(|| bad("bad frame rate"))?;
+                    let (n, d): (f64, f64) = (
+                        n.parse().map_err(|_| bad("bad frame rate"))?,
+                        d.parse().map_err(|_| bad("bad frame rate"))?,
+                    );
+                    if d > 0.0 && n > 0.0 {
+                        fps = n / d;
+                    }
+                }
+                "C" => chroma = v.to_string(),
+                _ => {}
+            }
+        }
+        if w == 0 || h == 0 || w > 7680 || h > 4320 {
+            return Err(bad("width and height missing or out of range"));
+        }
+        let (cw, ch) = if chroma.starts_with("420") {
+            (w.div_ceil(2), h.div_ceil(2))
+        } else if chroma.starts_with("444") {
+            (w, h)
+        } else {
+            return Err(bad(&format!(
+                "colour space C{chroma} (only 4:2:0 and 4:4:4)"
+            )));
+        };
+        let plane = w * h;
+        let frame_len = plane + 2 * cw * ch;
+        let mut frames = Vec::new();
+        let mut at = nl + 1;
+        while at < raw.len() {
+            let line_end = raw[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .ok_or_else(|| bad("truncated frame header"))?;
+            if !raw[at..].starts_with(b"FRAME") {
+                return Err(bad("frame header is not FRAME"));
+            }
+            let start = at + line_end + 1;
+            let data = raw
+                .get(start..start + frame_len)
+                .ok_or_else(|| bad("truncated frame"))?;
+            let (y, rest) = data.split_at(plane);
+            let (u, v) = rest.split_at(cw * ch);
+            let mut bgr = Vec::with_capacity(plane * 3);
+            for row in 0..h {
+                for col in 0..w {
+                    let ci = if cw == w {
+                        row * w + col
+                    } else {
+                        (row / 2) * cw + col / 2
+                    };
+                    let (yy, uu, vv) = (
+                        f32::from(y[row * w + col]),
+                        f32::from(u[ci]) - 128.0,
+                        f32::from(v[ci]) - 128.0,
+                    );
+                    let c = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+                    bgr.extend_from_slice(&[
+                        c(yy + 1.772 * uu),
+                        c(yy - 0.344_136 * uu - 0.714_136 * vv),
+                        c(yy + 1.402 * vv),
+                    ]);
+                }
+            }
+            frames.push(Bytes::from(bgr));
+            at = start + frame_len;
+        }
+        if frames.is_empty() {
+            return Err(bad("no frames"));
+        }
+        Ok(Y4m {
+            height: h,
+            width: w,
+            fps,
+            frames,
+        })
+    }
+}
+
+impl VideoFileSource {
+    /// Builds it, reading the file now so that a bad file fails at start.
+    pub fn new(c: VideoFileConfig, _: &str) -> Result<Self, String> {
+        let video = Y4m::read(&c.path).map_err(|e| format!("with.path: {e}"))?;
+        let fps = c.fps.unwrap_or(video.fps);
+        if !(fps > 0.0 && fps <= 1000.0) {
+            return Err(format!(
+                "with.fps must be above 0 and at most 1000, got {fps}"
+            ));
+        }
+        Ok(VideoFileSource {
+            video: std::sync::Arc::new(video),
+            fps,
+            looped: c.looped,
+        })
+    }
+
+    fn frame(&self, n: usize) -> Tensor {
+        let v = &self.video;
+        Tensor::image(v.height, v.width, 3, v.frames[n % v.frames.len()].clone()).expect("sized")
+    }
+}
+
+#[async_trait]
+impl Executor for VideoFileSource {
+    async fn process(&self, docs: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
+        for doc in docs.iter_mut() {
+            doc.set_tensor(self.frame(0));
+        }
+        Ok(())
+    }
+
+    fn source(&self, ctx: SourceContext) -> Option<SourceStream> {
+        let video = self.video.clone();
+        let count = video.frames.len() as u64;
+        let looped = self.looped;
+        let period = Duration::from_secs_f64(1.0 / self.fps);
+        let start = tokio::time::Instant::now();
+        let template = ctx.docs.first().cloned().unwrap_or_default();
+        let stream = futures::stream::unfold(0u64, move |n| {
+            let video = video.clone();
+            let template = template.clone();
+            async move {
+                if !looped && n >= count {
+                    return None;
+                }
+                tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+                let data = video.frames[(n % count) as usize].clone();
+                let mut doc = template;
+                doc.id = vchat_core::new_id();
+                doc.set_tensor(Tensor::image(video.height, video.width, 3, data).expect("sized"));
+                doc.set_tag("frame", number_value(n as f64));
+                Some((Ok(DocumentArray(vec![doc])), n + 1))
+            }
+        });
+        Some(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use futures::StreamExt;
+
+    /// A 4:2:0 clip of `n` frames, 4×2, every pixel one grey level per frame.
+    pub(crate) fn y4m_bytes(n: usize) -> Vec<u8> {
+        let mut out = b"YUV4MPEG2 W4 H2 F25:1 Ip A1:1 C420jpeg\n".to_vec();
+        for i in 0..n {
+            out.extend_from_slice(b"FRAME\n");
+            out.extend(std::iter::repeat_n(50 + i as u8 * 40, 8));
+            out.extend(std::iter::repeat_n(128u8, 4));
+        }
+        out
+    }
+
+    #[test]
+    fn annotate_draws_white_text() {
+        let t = Tensor::image(20, 40, 3, Bytes::from(vec![0u8; 20 * 40 * 3])).unwrap();
+        let out = draw_text(&t, 20, 40, 0, 0, 1, "A");
+        assert!(out.data().contains(&255));
+        assert_eq!(out.shape(), t.shape());
+        // Off-frame text is clipped, not a panic.
+        draw_text(&t, 20, 40, 39, 19, 4, "long text");
+    }
+
+    #[tokio::test]
+    async fn y4m_frames_come_out_as_bgr_at_the_files_rate() {
+        let path = std::env::temp_dir().join(format!("vchat-{}.y4m", vchat_core::new_id()));
+        std::fs::write(&path, y4m_bytes(3)).unwrap();
+        let src = VideoFileSource::new(
+            VideoFileConfig {
+                path: path.clone(),
+                fps: Some(500.0),
+                looped: false,
+            },
+            "v",
+        )
+        .unwrap();
+        assert_eq!(src.video.fps, 25.0);
+        let ctx = SourceContext {
+            endpoint: "/".into(),
+            parameters: Default::default(),
+            docs: DocumentArray::new(),
+        };
+        let frames: Vec<_> = src.source(ctx).unwrap().collect().await;
+        assert_eq!(frames.len(), 3);
+        let f = frames[1].as_ref().unwrap()[0].tensor().unwrap().clone();
+        assert_eq!(f.shape(), &[2, 4, 3]);
+        assert_eq!(&f.data()[..3], &[90, 90, 90]);
+        let err = VideoFileSource::new(
+            VideoFileConfig {
+                path: "/nonexistent.y4m".into(),
+                fps: None,
+                looped: false,
+            },
+            "v",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::write(&path, b"YUV4MPEG2 W4 H2 C422\nFRAME\n").unwrap();
+        let err = VideoFileSource::new(
+            VideoFileConfig {
+                path,
+                fps: None,
+                looped: false,
+            },
+            "v",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("4:2:0"), "{err}");
+    }
+}

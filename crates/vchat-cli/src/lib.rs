@@ -34,7 +34,9 @@ pub fn builtin_registry() -> Registry {
     r.register("Resize", Resize::new);
     r.register("Slow", Slow::new);
     r.register("FrameStats", FrameStats::new);
+    r.register("Annotate", Annotate::new);
     r.register("TestPatternSource", TestPatternSource::new);
+    r.register("VideoFileSource", VideoFileSource::new);
     r
 }
 
