@@ -8,8 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-3} FPS=${FPS:-30} RUNS=${RUNS:-3} SECS=${SECS:-20}
-# Only the vchat package: a workspace build links the webcam client's OpenCV into
-# `vchat` too (feature unification), which costs start-up time and memory.
+# Only the vchat package: the server is what is measured.
 cargo build --release -q -p vchat-cli
 BIN=target/release
 OUT=target/bench

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vchat_client::cv::{VideoSource, write_test_video};
 use vchat_client::source::FrameSource;
+use vchat_client_app::cv::{VideoSource, write_test_video};
 use vchat_e2e::*;
 
 /// Distinct BGR colours that survive MJPG compression.

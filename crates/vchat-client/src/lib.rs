@@ -30,16 +30,11 @@
 //! hands the newest frame over through a [`latest::Latest`] slot, and
 //! [`sink::MosaicSink`]s for what comes back.
 //!
-//! # Features
-//!
-//! - `opencv` (default): the `cv` module: webcam and video-file capture, the
-//!   window, recording. Needs OpenCV 4 and libclang to build (Debian:
-//!   libopencv-dev clang libclang-dev). Without it the binary is headless, with
-//!   the synthetic test pattern only.
+//! This crate has no feature flags and no OpenCV: the webcam, the window and
+//! recording are in the `vchat-client-app` package, which builds the
+//! `vchat-client` binary.
 
 pub mod capture;
-#[cfg(feature = "opencv")]
-pub mod cv;
 pub mod display;
 pub mod latest;
 pub mod sink;

@@ -13,8 +13,8 @@ use opencv::prelude::*;
 use opencv::{highgui, imgproc, videoio};
 use vchat_core::Tensor;
 
-use crate::sink::{Control, MosaicSink, Overlay};
-use crate::source::FrameSource;
+use vchat_client::sink::{Control, MosaicSink, Overlay};
+use vchat_client::source::FrameSource;
 
 /// Only errors from OpenCV itself are shown; its warnings (a camera index that
 /// does not exist, codec probing) would repeat what our own messages say.

@@ -224,68 +224,43 @@ fn main() -> ExitCode {
 }
 
 fn open_source(args: &Args) -> anyhow::Result<Box<dyn FrameSource>> {
+    use vchat_client_app::cv::{SourceSpec, VideoSource};
     let (h, w) = args.size;
     // In receive mode the frames come from the server: no camera is opened.
     if args.source == "test" || args.mode == "receive" {
         return Ok(Box::new(TestPattern::new(&args.user, h, w)));
     }
-    #[cfg(feature = "opencv")]
-    {
-        use vchat_client::cv::{SourceSpec, VideoSource};
-        vchat_client::cv::quiet_logs();
-        match SourceSpec::parse(&args.source) {
-            SourceSpec::Test => Ok(Box::new(TestPattern::new(&args.user, h, w))),
-            SourceSpec::Camera(i) => Ok(Box::new(
-                VideoSource::camera(i, h, w).map_err(anyhow::Error::msg)?,
-            )),
-            SourceSpec::File(path) => Ok(Box::new(
-                VideoSource::file(&path, args.looping, h, w).map_err(anyhow::Error::msg)?,
-            )),
-        }
+    vchat_client_app::cv::quiet_logs();
+    match SourceSpec::parse(&args.source) {
+        SourceSpec::Test => Ok(Box::new(TestPattern::new(&args.user, h, w))),
+        SourceSpec::Camera(i) => Ok(Box::new(
+            VideoSource::camera(i, h, w).map_err(anyhow::Error::msg)?,
+        )),
+        SourceSpec::File(path) => Ok(Box::new(
+            VideoSource::file(&path, args.looping, h, w).map_err(anyhow::Error::msg)?,
+        )),
     }
-    #[cfg(not(feature = "opencv"))]
-    bail!(
-        "--source {}: this vchat-client was built without OpenCV (the `opencv` feature); \
-         only --source test is available",
-        args.source
-    )
 }
 
 fn open_sinks(args: &Args, fps: f64) -> anyhow::Result<Vec<Box<dyn MosaicSink>>> {
-    #[allow(unused_mut)]
     let mut sinks: Vec<Box<dyn MosaicSink>> = Vec::new();
     if !args.headless {
         // Checked before anything touches highgui: OpenCV aborts without a display.
         vchat_client::display::check_display().map_err(anyhow::Error::msg)?;
-        #[cfg(feature = "opencv")]
-        {
-            let title = match &args.room {
-                Some(r) => format!("vchat: {} in {r}", args.user),
-                None => format!("vchat: {}", args.user),
-            };
-            let (h, w) = args.size;
-            sinks.push(Box::new(
-                vchat_client::cv::Window::open(&title, h, w).map_err(anyhow::Error::msg)?,
-            ));
-        }
-        #[cfg(not(feature = "opencv"))]
-        bail!(
-            "this vchat-client was built without OpenCV (the `opencv` feature), so it has no window; \
-             run with --headless"
-        );
+        let title = match &args.room {
+            Some(r) => format!("vchat: {} in {r}", args.user),
+            None => format!("vchat: {}", args.user),
+        };
+        let (h, w) = args.size;
+        sinks.push(Box::new(
+            vchat_client_app::cv::Window::open(&title, h, w).map_err(anyhow::Error::msg)?,
+        ));
     }
     if let Some(path) = &args.record {
-        #[cfg(feature = "opencv")]
         sinks.push(Box::new(
-            vchat_client::cv::Recorder::new(path, fps).map_err(anyhow::Error::msg)?,
+            vchat_client_app::cv::Recorder::new(path, fps).map_err(anyhow::Error::msg)?,
         ));
-        #[cfg(not(feature = "opencv"))]
-        bail!(
-            "--record {}: this vchat-client was built without OpenCV (the `opencv` feature)",
-            path.display()
-        );
     }
-    let _ = fps;
     Ok(sinks)
 }
 
