@@ -42,6 +42,35 @@ fn number_param(ctx: &RequestContext<'_>, key: &str) -> Option<Result<f64, Strin
     })
 }
 
+/// Frames seen and frames per second, per client stream.
+#[derive(Default)]
+struct StreamRate(Mutex<HashMap<StreamId, (u64, Instant)>>);
+
+impl StreamRate {
+    /// Counts a frame of `stream`: (frames so far, frames per second since its first).
+    fn tick(&self, stream: StreamId) -> (u64, f64) {
+        let mut streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, since) = streams.entry(stream).or_insert((0, Instant::now()));
+        *n += 1;
+        let secs = since.elapsed().as_secs_f64();
+        (
+            *n,
+            if secs > 0.0 {
+                (*n - 1) as f64 / secs
+            } else {
+                0.0
+            },
+        )
+    }
+
+    fn forget(&self, stream: StreamId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+    }
+}
+
 /// `with:` of Passthrough: none.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,16 +268,7 @@ impl Resize {
 
 /// `frame` resized to `nh`×`nw` (nearest neighbour).
 pub fn resize(frame: &Tensor, h: usize, w: usize, nh: usize, nw: usize) -> Tensor {
-    let src = frame.data();
-    let xs: Vec<usize> = (0..nw).map(|x| x * w / nw * 3).collect();
-    let mut out = Vec::with_capacity(nh * nw * 3);
-    for y in 0..nh {
-        let row = &src[(y * h / nh) * w * 3..][..w * 3];
-        for &sx in &xs {
-            out.extend_from_slice(&row[sx..sx + 3]);
-        }
-    }
-    Tensor::image(nh, nw, 3, Bytes::from(out)).expect("sized")
+    Tensor::image(nh, nw, 3, crate::mosaic::resize(frame.data(), h, w, nh, nw)).expect("sized")
 }
 
 #[async_trait]
@@ -341,7 +361,7 @@ fn default_threshold() -> f64 {
 pub struct FrameStats {
     name: String,
     threshold: f64,
-    streams: Mutex<HashMap<StreamId, (u64, Instant)>>,
+    rate: StreamRate,
 }
 
 impl FrameStats {
@@ -350,7 +370,7 @@ impl FrameStats {
         Ok(FrameStats {
             name: name.into(),
             threshold: c.threshold,
-            streams: Mutex::new(HashMap::new()),
+            rate: StreamRate::default(),
         })
     }
 }
@@ -374,20 +394,7 @@ impl Executor for FrameStats {
         let data = frame.data();
         let mean =
             data.iter().map(|&b| u64::from(b)).sum::<u64>() as f64 / data.len().max(1) as f64;
-        let (frames, fps) = {
-            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = streams.entry(ctx.stream).or_insert((0, Instant::now()));
-            entry.0 += 1;
-            let secs = entry.1.elapsed().as_secs_f64();
-            (
-                entry.0,
-                if secs > 0.0 {
-                    (entry.0 - 1) as f64 / secs
-                } else {
-                    0.0
-                },
-            )
-        };
+        let (frames, fps) = self.rate.tick(ctx.stream);
         ctx.set_result("mean", number_value((mean * 10.0).round() / 10.0));
         ctx.set_result(
             "bright",
@@ -401,11 +408,39 @@ impl Executor for FrameStats {
     }
 
     async fn stream_closed(&self, stream: StreamId) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&stream);
+        self.rate.forget(stream);
     }
+}
+
+/// The stream of a source executor: frame `n` (made by `frame`) is due at start +
+/// n / fps, deadlines from the start rather than from the previous frame, so
+/// lateness never accumulates; each is the request's first document (its tags)
+/// with a fresh id, the frame, and `tags.frame = n`. Ends after `limit` frames.
+fn paced_source(
+    ctx: &SourceContext,
+    fps: f64,
+    limit: Option<u64>,
+    frame: impl Fn(u64) -> Tensor + Send + Sync + 'static,
+) -> SourceStream {
+    let period = Duration::from_secs_f64(1.0 / fps);
+    let start = tokio::time::Instant::now();
+    let template = ctx.docs.first().cloned().unwrap_or_default();
+    let frame = std::sync::Arc::new(frame);
+    Box::pin(futures::stream::unfold(0u64, move |n| {
+        let template = template.clone();
+        let frame = frame.clone();
+        async move {
+            if limit.is_some_and(|l| n >= l) {
+                return None;
+            }
+            tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+            let mut doc = template;
+            doc.id = vchat_core::new_id();
+            doc.set_tensor(frame(n));
+            doc.set_tag("frame", number_value(n as f64));
+            Some((Ok(DocumentArray(vec![doc])), n + 1))
+        }
+    }))
 }
 
 /// `with:` of TestPatternSource.
@@ -501,31 +536,14 @@ impl Executor for TestPatternSource {
     }
 
     fn source(&self, ctx: SourceContext) -> Option<SourceStream> {
-        let c = self.config.clone();
+        let (h, w) = (self.config.height, self.config.width);
         let limit = match ctx.parameters.get("frames").and_then(|v| v.kind.as_ref()) {
             Some(Kind::NumberValue(n)) if *n >= 0.0 => Some(*n as u64),
-            _ => c.frames,
+            _ => self.config.frames,
         };
-        let period = Duration::from_secs_f64(1.0 / c.fps);
-        let start = tokio::time::Instant::now();
-        let template = ctx.docs.first().cloned().unwrap_or_default();
-        let stream = futures::stream::unfold(0u64, move |n| {
-            let template = template.clone();
-            let c = c.clone();
-            async move {
-                if limit.is_some_and(|l| n >= l) {
-                    return None;
-                }
-                // Deadlines from the start, not from the previous frame: no drift.
-                tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
-                let mut doc = template;
-                doc.id = vchat_core::new_id();
-                doc.set_tensor(test_pattern(c.height, c.width, n));
-                doc.set_tag("frame", number_value(n as f64));
-                Some((Ok(DocumentArray(vec![doc])), n + 1))
-            }
-        });
-        Some(Box::pin(stream))
+        Some(paced_source(&ctx, self.config.fps, limit, move |n| {
+            test_pattern(h, w, n)
+        }))
     }
 }
 
@@ -685,7 +703,7 @@ fn two() -> usize {
 pub struct Annotate {
     name: String,
     config: AnnotateConfig,
-    streams: Mutex<HashMap<StreamId, (u64, Instant)>>,
+    rate: StreamRate,
 }
 
 impl Annotate {
@@ -697,7 +715,7 @@ impl Annotate {
         Ok(Annotate {
             name: name.into(),
             config: c,
-            streams: Mutex::new(HashMap::new()),
+            rate: StreamRate::default(),
         })
     }
 }
@@ -714,17 +732,7 @@ impl Executor for Annotate {
             Some(_) => return Err(reject(&self.name, "parameter text must be a string")),
             None => self.config.text.clone(),
         };
-        let fps = {
-            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            let e = streams.entry(ctx.stream).or_insert((0, Instant::now()));
-            e.0 += 1;
-            let secs = e.1.elapsed().as_secs_f64();
-            if secs > 0.0 {
-                (e.0 - 1) as f64 / secs
-            } else {
-                0.0
-            }
-        };
+        let (_, fps) = self.rate.tick(ctx.stream);
         let scale = self.config.scale;
         for doc in docs.iter_mut() {
             let Some(frame) = doc.tensor() else { continue };
@@ -749,10 +757,7 @@ impl Executor for Annotate {
     }
 
     async fn stream_closed(&self, stream: StreamId) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&stream);
+        self.rate.forget(stream);
     }
 }
 
@@ -926,28 +931,11 @@ impl Executor for VideoFileSource {
 
     fn source(&self, ctx: SourceContext) -> Option<SourceStream> {
         let video = self.video.clone();
-        let count = video.frames.len() as u64;
-        let looped = self.looped;
-        let period = Duration::from_secs_f64(1.0 / self.fps);
-        let start = tokio::time::Instant::now();
-        let template = ctx.docs.first().cloned().unwrap_or_default();
-        let stream = futures::stream::unfold(0u64, move |n| {
-            let video = video.clone();
-            let template = template.clone();
-            async move {
-                if !looped && n >= count {
-                    return None;
-                }
-                tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
-                let data = video.frames[(n % count) as usize].clone();
-                let mut doc = template;
-                doc.id = vchat_core::new_id();
-                doc.set_tensor(Tensor::image(video.height, video.width, 3, data).expect("sized"));
-                doc.set_tag("frame", number_value(n as f64));
-                Some((Ok(DocumentArray(vec![doc])), n + 1))
-            }
-        });
-        Some(Box::pin(stream))
+        let limit = (!self.looped).then_some(video.frames.len() as u64);
+        Some(paced_source(&ctx, self.fps, limit, move |n| {
+            let data = video.frames[(n % video.frames.len() as u64) as usize].clone();
+            Tensor::image(video.height, video.width, 3, data).expect("sized")
+        }))
     }
 }
 

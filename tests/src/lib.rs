@@ -403,6 +403,23 @@ pub fn decode_png(path: &Path) -> (usize, usize, Vec<u8>) {
     (info.height as usize, info.width as usize, buf)
 }
 
+/// Share of the pixels in rows `rows` of a decoded RGB PNG (see [`decode_png`])
+/// within `tolerance` of `bgr` in every channel.
+pub fn share_of(
+    png: &(usize, usize, Vec<u8>),
+    rows: std::ops::Range<usize>,
+    bgr: [u8; 3],
+    tolerance: u8,
+) -> f64 {
+    let (_, w, data) = png;
+    let rgb = [bgr[2], bgr[1], bgr[0]];
+    let px: Vec<&[u8]> = data[rows.start * w * 3..rows.end * w * 3]
+        .chunks(3)
+        .collect();
+    let close = |p: &[u8]| p.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= tolerance);
+    px.iter().filter(|p| close(p)).count() as f64 / px.len() as f64
+}
+
 /// Writes `text` to `dir/name` (creating folders) and returns the path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
