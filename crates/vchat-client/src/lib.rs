@@ -61,6 +61,11 @@ pub const DEFAULT_REQUEST_SIZE: usize = 100;
 /// Default requests in flight on one stream.
 pub const DEFAULT_PREFETCH: usize = 16;
 
+/// Largest HTTP/2 frame this client accepts, in bytes. A mosaic is several MiB:
+/// with the default 16 KiB frames a server writes it in hundreds of pieces, each a
+/// system call and a wake-up of this side.
+pub const MAX_FRAME: u32 = (1 << 24) - 1;
+
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -394,6 +399,7 @@ impl Client {
             // every message on window updates.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20)
+            .max_frame_size(MAX_FRAME)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Client {

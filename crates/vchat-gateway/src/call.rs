@@ -1,7 +1,9 @@
 //! `jina.JinaRPC/Call`: the bidirectional stream every client talks to.
 //!
 //! Written by hand rather than generated so that it can use [`CallCodec`], which
-//! answers an oversized request with an ERROR response and keeps the stream open.
+//! answers an oversized request with an ERROR response and keeps the stream open,
+//! and send responses through [`GrpcBody`](crate::wire::GrpcBody), which does not
+//! copy their pixels.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,8 +16,10 @@ use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tonic::codec::Codec;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::metadata::MetadataMap;
+use tonic::server::{NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use vchat_core::config::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
@@ -30,6 +34,7 @@ use vchat_proto::jina::status_proto::StatusCode;
 use crate::codec::{CallCodec, Inbound};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
 use crate::metrics::Metrics;
+use crate::wire::{GrpcBody, grpc_response};
 
 type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
 
@@ -330,12 +335,35 @@ where
         }
         let limit = service.limits.max_message_bytes;
         Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            if let Some(enc) = parts.headers.get("grpc-encoding")
+                && enc.as_bytes() != b"identity"
+            {
+                let enc = String::from_utf8_lossy(enc.as_bytes()).into_owned();
+                return Ok(Status::unimplemented(format!(
+                    "requests compressed with {enc:?} are not supported: send them uncompressed"
+                ))
+                .into_http());
+            }
             // tonic's own limit ends the stream; keep it well above ours so that an
             // oversized request normally gets an ERROR response instead.
             let hard = limit.saturating_mul(2).max(limit.saturating_add(16 << 20));
-            let mut grpc = Grpc::new(CallCodec::new(limit))
-                .apply_max_message_size_config(Some(hard), Some(usize::MAX));
-            Ok(grpc.streaming(service, req).await)
+            let inbound =
+                Streaming::new_request(CallCodec::new(limit).decoder(), body, None, Some(hard));
+            let request = Request::from_parts(
+                MetadataMap::from_headers(parts.headers),
+                parts.extensions,
+                inbound,
+            );
+            let mut service = service;
+            match StreamingService::call(&mut service, request).await {
+                // Responses go out through `GrpcBody`, which shares their pixels
+                // with the socket writes instead of copying them (see `wire`).
+                Ok(resp) => Ok(grpc_response(tonic::body::Body::new(GrpcBody::new(
+                    resp.into_inner(),
+                )))),
+                Err(status) => Ok(status.into_http()),
+            }
         })
     }
 }

@@ -28,6 +28,7 @@ mod python;
 mod remote;
 mod server;
 mod skip;
+pub mod wire;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
