@@ -21,12 +21,20 @@
 //! jtype: VideoChatExecutor
 //! with:
 //!   idle_timeout_s: 5
-//!   max_users: 16
+//!   max_users: 64
 //!   layout: grid        # vertical (default) | horizontal | grid
 //!   canvas: 480x640     # grid only: the mosaic's fixed size, HxW
 //!   highlight_self: true
 //!   jpeg_quality: 80
+//!   mosaic_fps: 30      # compose a room's mosaic at most 30 times a second
 //! ```
+//!
+//! With `mosaic_fps`, a room's mosaic is composed (and JPEG-encoded) at most that
+//! many times a second, and every response in between shares the latest one: the
+//! work per second no longer grows with users × frame rate, which is what lets
+//! one grid hold a hundred users. A response may then lag its own frame by up to
+//! one period; `tags.participants` always lists the users of the mosaic sent.
+//! In the grid layout JPEG frames are decoded straight to their tile's size.
 
 pub mod builtin;
 mod mosaic;
@@ -56,7 +64,7 @@ pub const DEFAULT_IDLE_TIMEOUT_S: f64 = 5.0;
 /// The room of frames that carry no `tags.room`.
 pub const DEFAULT_ROOM: &str = "";
 /// Default most users in one room.
-pub const DEFAULT_MAX_USERS: usize = 16;
+pub const DEFAULT_MAX_USERS: usize = 64;
 /// Default canvas of the grid layout, `HxW`.
 pub const DEFAULT_CANVAS: &str = "480x640";
 /// Default quality of JPEG mosaics.
@@ -111,6 +119,11 @@ pub struct VideoChatConfig {
     /// ERROR status. JPEGs are checked before decoding.
     #[serde(default = "default_max_frame_pixels")]
     pub max_frame_pixels: usize,
+    /// At most this many mosaics composed per room per second, shared by every
+    /// response in between; 0 (the default) composes one for every new frame.
+    /// Not with `highlight_self`, whose mosaics differ per user.
+    #[serde(default)]
+    pub mosaic_fps: f64,
 }
 
 fn default_idle_timeout_s() -> f64 {
@@ -139,6 +152,7 @@ impl Default for VideoChatConfig {
             highlight_self: false,
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             max_frame_pixels: DEFAULT_MAX_FRAME_PIXELS,
+            mosaic_fps: 0.0,
         }
     }
 }
@@ -167,6 +181,8 @@ struct Slot {
 #[derive(Default)]
 struct Cached {
     version: u64,
+    /// The users of the mosaic, in order.
+    participants: Vec<String>,
     raw: Option<(Bytes, usize, usize)>,
     jpeg: Option<Bytes>,
 }
@@ -180,6 +196,8 @@ struct Room {
     /// Bumped on every change of the room's frames or users.
     version: u64,
     cache: Cached,
+    /// When a request last set out to compose this room's mosaic (`mosaic_fps`).
+    composed_at: Option<Instant>,
 }
 
 /// The response encoding of one request.
@@ -210,6 +228,8 @@ pub struct VideoChatExecutor {
     highlight_self: bool,
     quality: u8,
     max_frame_pixels: usize,
+    /// `1 / mosaic_fps`, when set and `highlight_self` is not.
+    mosaic_period: Option<Duration>,
     rooms: Mutex<HashMap<String, Room>>,
 }
 
@@ -240,6 +260,12 @@ impl VideoChatExecutor {
         if config.max_frame_pixels == 0 {
             return Err("with.max_frame_pixels must be at least 1".into());
         }
+        if !(config.mosaic_fps.is_finite() && config.mosaic_fps >= 0.0) {
+            return Err(format!(
+                "with.mosaic_fps must be 0 (off) or a positive rate, got {}",
+                config.mosaic_fps
+            ));
+        }
         Ok(VideoChatExecutor {
             name: name.to_string(),
             idle_timeout: Duration::from_secs_f64(config.idle_timeout_s),
@@ -249,6 +275,8 @@ impl VideoChatExecutor {
             highlight_self: config.highlight_self,
             quality: config.jpeg_quality,
             max_frame_pixels: config.max_frame_pixels,
+            mosaic_period: (config.mosaic_fps > 0.0 && !config.highlight_self)
+                .then(|| Duration::from_secs_f64(1.0 / config.mosaic_fps)),
             rooms: Mutex::new(HashMap::new()),
         })
     }
@@ -356,7 +384,27 @@ impl VideoChatExecutor {
         if changed {
             room.version += 1;
         }
-        let shared = room.cache.version == room.version;
+        let current = room.cache.version == room.version;
+        // mosaic_fps: within one period of the last composition, the latest
+        // mosaic serves, whatever changed since.
+        let recent = self.mosaic_period.is_some_and(|p| {
+            room.cache.raw.is_some() && room.composed_at.is_some_and(|t| now - t < p)
+        });
+        if recent && !current {
+            return Ok(Snapshot {
+                version: room.cache.version,
+                participants: room.cache.participants.clone(),
+                me: 0,
+                tiles: Vec::new(),
+                raw: room.cache.raw.clone(),
+                jpeg: room.cache.jpeg.clone(),
+            });
+        }
+        if self.mosaic_period.is_some() && !current {
+            // This request composes; the others use the previous mosaic meanwhile.
+            room.composed_at = Some(now);
+        }
+        let shared = current;
         Ok(Snapshot {
             version: room.version,
             participants: room.slots.iter().map(|s| s.user.clone()).collect(),
@@ -371,24 +419,58 @@ impl VideoChatExecutor {
         })
     }
 
-    /// Keeps a composed or encoded mosaic of `version` for others asking for it.
+    /// The frame of `doc`: a grid decodes a JPEG straight to about its tile's
+    /// size in `room`, the other layouts decode it whole.
+    fn frame_of(
+        &self,
+        doc: &vchat_core::Document,
+        room: &str,
+        user: &str,
+    ) -> Option<Result<Tensor, Error>> {
+        let Some(Content::Blob(blob)) = &doc.content else {
+            return jpeg::frame_of(doc, self.max_frame_pixels);
+        };
+        if self.layout != Layout::Grid || !jpeg::is_jpeg(doc) {
+            return jpeg::frame_of(doc, self.max_frame_pixels);
+        }
+        let users = self.lock().get(room).map_or(1, |r| {
+            r.slots.len() + usize::from(!r.slots.iter().any(|s| s.user == user))
+        });
+        let (rows, cols) = grid_shape(users);
+        let cell = (self.canvas.0 / rows, self.canvas.1 / cols);
+        Some(
+            jpeg::decode_bgr_to_fit(blob, self.max_frame_pixels, cell)
+                .and_then(|(px, h, w)| Tensor::image(h, w, 3, px)),
+        )
+    }
+
+    /// Keeps a composed or encoded mosaic of `version` for others asking for it:
+    /// while it is the room's state, or with `mosaic_fps` while no newer one is
+    /// kept.
     fn remember(
         &self,
         room: &str,
-        version: u64,
+        snap: &Snapshot,
         raw: &(Bytes, usize, usize),
         jpeg: Option<&Bytes>,
     ) {
+        let version = snap.version;
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(room) else {
             return;
         };
-        if room.version != version {
+        let latest = if self.mosaic_period.is_some() {
+            version >= room.cache.version
+        } else {
+            version == room.version
+        };
+        if !latest {
             return;
         }
-        if room.cache.version != version {
+        if room.cache.version != version || room.cache.raw.is_none() {
             room.cache = Cached {
                 version,
+                participants: snap.participants.clone(),
                 ..Cached::default()
             };
         }
@@ -509,7 +591,7 @@ impl Executor for VideoChatExecutor {
                     )));
                 }
             }
-            let frame = match jpeg::frame_of(doc, self.max_frame_pixels) {
+            let frame = match self.frame_of(doc, &room, &user) {
                 Some(Ok(t)) => t,
                 Some(Err(e)) => return Err(self.reject(e.to_string())),
                 None => {
@@ -546,7 +628,7 @@ impl Executor for VideoChatExecutor {
             match output {
                 Encoding::Raw => {
                     if shared {
-                        self.remember(&room, snap.version, &mosaic, None);
+                        self.remember(&room, &snap, &mosaic, None);
                     }
                     let (data, h, w) = mosaic;
                     let t = Tensor::image(h, w, 3, data)
@@ -561,7 +643,7 @@ impl Executor for VideoChatExecutor {
                             .map_err(|e| self.reject(e.to_string()))?,
                     };
                     if shared {
-                        self.remember(&room, snap.version, &mosaic, Some(&j));
+                        self.remember(&room, &snap, &mosaic, Some(&j));
                     }
                     doc.content = Some(Content::Blob(j));
                     doc.mime_type = MIME_JPEG.to_string();
@@ -865,6 +947,77 @@ mod tests {
         };
         let (x, y) = (blob(&b1), blob(&b2));
         assert_eq!(x.as_ptr(), y.as_ptr(), "the cached encoding is shared");
+    }
+
+    #[tokio::test]
+    async fn mosaic_fps_shares_one_composition_per_period() {
+        let ex = with(VideoChatConfig {
+            mosaic_fps: 2.0,
+            ..Default::default()
+        });
+        send(&ex, &mut frame("alice", 2, 2, 10), 1).await.unwrap();
+        let mut first = frame("bob", 2, 2, 20);
+        send(&ex, &mut first, 2).await.unwrap();
+        assert_eq!(bands(&first, 2), vec![10, 20]);
+        // Within the period: the mosaic composed for bob's frame serves, though
+        // alice and carol sent newer frames; participants match that mosaic.
+        let mut again = frame("alice", 2, 2, 11);
+        send(&ex, &mut again, 1).await.unwrap();
+        let mut carol = frame("carol", 2, 2, 30);
+        send(&ex, &mut carol, 3).await.unwrap();
+        for docs in [&again, &carol] {
+            assert_eq!(bands(docs, 2), vec![10, 20]);
+            assert_eq!(participants(docs), ["alice", "bob"]);
+            let (a, b) = (docs[0].tensor().unwrap(), first[0].tensor().unwrap());
+            assert_eq!(
+                a.data().as_ptr(),
+                b.data().as_ptr(),
+                "shared, not recomposed"
+            );
+        }
+        // After the period the next frame composes the room as it is now.
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        let mut later = frame("bob", 2, 2, 21);
+        send(&ex, &mut later, 2).await.unwrap();
+        assert_eq!(bands(&later, 2), vec![11, 21, 30]);
+        assert_eq!(participants(&later), ["alice", "bob", "carol"]);
+        let err = VideoChatExecutor::new(
+            VideoChatConfig {
+                mosaic_fps: -1.0,
+                ..Default::default()
+            },
+            "agg",
+        );
+        assert!(err.is_err_and(|e| e.contains("mosaic_fps")));
+    }
+
+    #[tokio::test]
+    async fn grid_decodes_jpeg_frames_to_their_tile() {
+        let ex = with(VideoChatConfig {
+            layout: Layout::Grid,
+            canvas: "48x64".into(),
+            ..Default::default()
+        });
+        send(&ex, &mut jpeg_frame("alice", 200, 300, 200), 1)
+            .await
+            .unwrap();
+        let mut bob = frame("bob", 20, 30, 50);
+        bob[0].set_tag_str(ACCEPT_TAG, "raw");
+        send(&ex, &mut bob, 2).await.unwrap();
+        let rooms = ex.lock();
+        let alice = &rooms[DEFAULT_ROOM].slots[0];
+        assert_eq!(
+            (alice.height, alice.width),
+            (50, 75),
+            "decoded at 1/4: the smallest scale that covers her 48x64 tile"
+        );
+        drop(rooms);
+        let t = bob[0].tensor().unwrap();
+        assert_eq!(t.shape(), [48, 64, 3]);
+        // Alice's tile (left) is her grey, bob's (right) his.
+        let px = |y: usize, x: usize| t.data()[(y * 64 + x) * 3];
+        assert!(px(24, 16).abs_diff(200) < 10, "{}", px(24, 16));
+        assert_eq!(px(24, 48), 50);
     }
 
     #[tokio::test]

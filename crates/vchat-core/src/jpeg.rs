@@ -69,6 +69,49 @@ pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize
     Ok((Bytes::from(pixels), h, w))
 }
 
+/// Decodes a JPEG into BGR pixels at least `fit` (height, width) in one axis,
+/// shrunk while decoding (by 1/2, 1/4 or 1/8, in the inverse DCT) when it is
+/// at least twice as large: a thumbnail for a grid tile costs a fraction of a
+/// full decode. Otherwise, or for JPEGs that are not colour, as [`decode_bgr`].
+pub fn decode_bgr_to_fit(
+    data: &[u8],
+    max_pixels: usize,
+    (fit_h, fit_w): (usize, usize),
+) -> Result<(Bytes, usize, usize), Error> {
+    let bad = |e: jpeg_decoder::Error| Error::BadRequest(format!("not a valid JPEG: {e}"));
+    let mut decoder = jpeg_decoder::Decoder::new(data);
+    decoder.read_info().map_err(bad)?;
+    let Some(info) = decoder.info() else {
+        return decode_bgr(data, max_pixels);
+    };
+    let (h, w) = (usize::from(info.height), usize::from(info.width));
+    if w * h > max_pixels {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
+        )));
+    }
+    let small = fit_h.max(1) * 2 <= h && fit_w.max(1) * 2 <= w;
+    if !small || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
+        return decode_bgr(data, max_pixels);
+    }
+    // Both fit within u16: they are at most half the JPEG's own size.
+    let (sw, sh) = decoder
+        .scale(fit_w.max(1) as u16, fit_h.max(1) as u16)
+        .map_err(bad)?;
+    let (sh, sw) = (usize::from(sh), usize::from(sw));
+    let mut pixels = decoder.decode().map_err(bad)?;
+    if pixels.len() != sh * sw * 3 {
+        return Err(Error::BadRequest(format!(
+            "JPEG decoded to {} bytes, expected {sh}x{sw}x3",
+            pixels.len()
+        )));
+    }
+    for px in pixels.chunks_exact_mut(3) {
+        px.swap(0, 2);
+    }
+    Ok((Bytes::from(pixels), sh, sw))
+}
+
 /// The frame a document carries, as a BGR tensor: its tensor, or its JPEG blob
 /// decoded. `None` when it has neither.
 pub fn frame_of(doc: &Document, max_pixels: usize) -> Option<Result<Tensor, Error>> {
@@ -115,6 +158,31 @@ mod tests {
                 assert!(got[c].abs_diff(want[c]) < 20, "{got:?} vs {want:?}");
             }
         }
+    }
+
+    #[test]
+    fn decoding_to_fit_shrinks_and_keeps_colours() {
+        let (h, w) = (200, 300);
+        let px: Vec<u8> = (0..h * w).flat_map(|_| [200u8, 30, 20]).collect();
+        let jpeg = encode_bgr(&px, h, w, 90).unwrap();
+        let (out, oh, ow) = decode_bgr_to_fit(&jpeg, 1 << 20, (48, 64)).unwrap();
+        assert_eq!(
+            (oh, ow),
+            (50, 75),
+            "1/4 is the smallest scale that still fits"
+        );
+        for got in out.chunks(3) {
+            for (g, want) in got.iter().zip([200u8, 30, 20]) {
+                assert!(g.abs_diff(want) < 20, "{got:?} is BGR (200, 30, 20)");
+            }
+        }
+        let (_, fh, fw) = decode_bgr_to_fit(&jpeg, 1 << 20, (150, 100)).unwrap();
+        assert_eq!((fh, fw), (h, w), "less than half: decoded at full size");
+        assert!(
+            decode_bgr_to_fit(&jpeg, 100, (10, 10)).is_err(),
+            "pixel limit"
+        );
+        assert!(decode_bgr_to_fit(b"garbage", 1 << 20, (10, 10)).is_err());
     }
 
     #[test]
