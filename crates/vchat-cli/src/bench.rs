@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
-use vchat_client::source::{TestPattern, user_color};
+use vchat_client::source::{TestPattern, textured, user_color};
 use vchat_client::{Client, PostOptions};
 use vchat_core::{Document, Tensor};
 use vchat_proto::prost::Message;
@@ -43,9 +43,13 @@ pub struct BenchArgs {
     /// Frames per second per user; 0 sends as fast as answers come (within --window).
     #[arg(long, default_value_t = 30.0)]
     fps: f64,
-    /// Seconds to run.
+    /// Seconds to measure, after the warm-up (with --count: the most to wait).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Frames each user sends after the warm-up; the run ends once they are all
+    /// answered (or after --duration). Without it, users send for --duration.
+    #[arg(long)]
+    count: Option<u64>,
     /// Seconds of load before measuring starts (joins, warm-up).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -95,26 +99,7 @@ struct Shared {
     skipped: u64,
     bytes_out: u64,
     bytes_in: u64,
-}
-
-/// A frame with gradients and pseudo-random grain, shifted by `n`: content whose
-/// JPEG size is of the order of a webcam's, unlike flat test patterns.
-fn textured(color: [u8; 3], h: usize, w: usize, n: usize) -> Tensor {
-    let mut data = Vec::with_capacity(h * w * 3);
-    let mut seed = 0x9e37_79b9u32 ^ (n as u32).wrapping_mul(2_654_435_761);
-    for y in 0..h {
-        for x in 0..w {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            let grain = (seed % 24) as usize;
-            let wave = ((x + 3 * n) * 96 / w.max(1) + (y * 64 / h.max(1))) % 96;
-            for c in color {
-                data.push(((c as usize * 2 / 3) + wave / 2 + grain).min(255) as u8);
-            }
-        }
-    }
-    Tensor::image(h, w, 3, bytes::Bytes::from(data)).expect("buffer matches shape")
+    last_answer: Option<Instant>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -123,6 +108,43 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
+}
+
+/// The frames one simulated user sends in turn, each with its size on the wire.
+fn prepare(args: &BenchArgs, u: usize, h: usize, w: usize) -> anyhow::Result<Vec<(Document, u64)>> {
+    let name = format!("user{u}");
+    // A moving pattern changes every frame, as a camera does (so no two
+    // room states are alike); a solid colour never does.
+    let renders: Vec<Tensor> = if args.frames == "pattern" {
+        let p = TestPattern::new(&name, h, w);
+        (0..PATTERN_FRAMES).map(|n| p.render(n)).collect()
+    } else if args.frames == "textured" {
+        let color = user_color(&name);
+        (0..PATTERN_FRAMES)
+            .map(|n| textured(color, h, w, n as usize))
+            .collect()
+    } else {
+        vec![TestPattern::solid(user_color(&name), h, w).render(0)]
+    };
+    let mut docs = Vec::with_capacity(renders.len());
+    for frame in renders {
+        let mut doc = if args.encoding == "jpeg" {
+            let jpeg = vchat_core::jpeg::encode_bgr(frame.data(), h, w, args.quality)?;
+            let mut d = Document::new();
+            d.content = Some(vchat_core::Content::Blob(jpeg));
+            d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+            d
+        } else {
+            Document::with_tensor(frame)
+        };
+        doc.set_tag_str("user", name.clone());
+        if let Some(r) = &args.room {
+            doc.set_tag_str("room", r.clone());
+        }
+        let bytes = doc.clone().into_proto().encoded_len() as u64 + 64;
+        docs.push((doc, bytes));
+    }
+    Ok(docs)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -138,6 +160,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         bail!("--users must be positive, --fps 0 or more, --duration more than 0");
     }
     let client = Client::open(&args.addr, args.ca.as_deref())?;
+    // Every frame is rendered (and encoded) before the clock starts, so that
+    // preparing them takes nothing from the load.
+    if !args.json {
+        eprintln!("  preparing the frames of {} users...", args.users);
+    }
+    let prepared = (0..args.users)
+        .map(|u| prepare(&args, u, h, w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup.max(0.0));
@@ -145,68 +175,39 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let period = (args.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / args.fps));
     let mut tasks = Vec::new();
     for u in 0..args.users {
-        let name = format!("user{u}");
-        // A moving pattern changes every frame, as a camera does (so no two
-        // room states are alike); a solid colour never does.
-        let renders: Vec<Tensor> = if args.frames == "pattern" {
-            let p = TestPattern::new(&name, h, w);
-            (0..PATTERN_FRAMES).map(|n| p.render(n)).collect()
-        } else if args.frames == "textured" {
-            let color = user_color(&name);
-            (0..PATTERN_FRAMES)
-                .map(|n| textured(color, h, w, n as usize))
-                .collect()
-        } else {
-            vec![TestPattern::solid(user_color(&name), h, w).render(0)]
-        };
-        let mut docs = Vec::with_capacity(renders.len());
-        for frame in renders {
-            let mut doc = if args.encoding == "jpeg" {
-                let jpeg = vchat_core::jpeg::encode_bgr(frame.data(), h, w, args.quality)?;
-                let mut d = Document::new();
-                d.content = Some(vchat_core::Content::Blob(jpeg));
-                d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
-                d
-            } else {
-                Document::with_tensor(frame)
-            };
-            doc.set_tag_str("user", name.clone());
-            if let Some(r) = &args.room {
-                doc.set_tag_str("room", r.clone());
-            }
-            let bytes = doc.clone().into_proto().encoded_len() as u64 + 64;
-            docs.push((doc, bytes));
-        }
-        let docs = Arc::new(docs);
+        let docs = Arc::new(prepared[u].clone());
         let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared_in = shared.clone();
         // Users start spread over one frame period, as independent cameras do.
         let offset = period.map_or(Duration::ZERO, |p| p * u as u32 / args.users as u32);
-        let frames = futures::stream::unfold(start + offset, move |mut next| {
-            let shared = shared_in.clone();
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (doc, frame_bytes) = docs[n % docs.len()].clone();
-            async move {
-                if let Some(p) = period {
-                    tokio::time::sleep_until(next.into()).await;
-                    let behind = ((Instant::now() - next).as_nanos() / p.as_nanos()) as u32;
-                    next += p * (behind + 1);
-                    if Instant::now() >= measure_from {
-                        shared.lock().unwrap().skipped += u64::from(behind);
+        let count = args.count;
+        let frames =
+            futures::stream::unfold((start + offset, 0u64), move |(mut next, mut measured)| {
+                let shared = shared_in.clone();
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (doc, frame_bytes) = docs[n % docs.len()].clone();
+                async move {
+                    if let Some(p) = period {
+                        tokio::time::sleep_until(next.into()).await;
+                        let behind = ((Instant::now() - next).as_nanos() / p.as_nanos()) as u32;
+                        next += p * (behind + 1);
+                        if Instant::now() >= measure_from {
+                            shared.lock().unwrap().skipped += u64::from(behind);
+                        }
                     }
+                    let now = Instant::now();
+                    if now >= end || count.is_some_and(|c| measured >= c) {
+                        return None;
+                    }
+                    if now >= measure_from {
+                        measured += 1;
+                        let mut s = shared.lock().unwrap();
+                        s.sent += 1;
+                        s.bytes_out += frame_bytes;
+                    }
+                    Some((doc, (next, measured)))
                 }
-                let now = Instant::now();
-                if now >= end {
-                    return None;
-                }
-                if now >= measure_from {
-                    let mut s = shared.lock().unwrap();
-                    s.sent += 1;
-                    s.bytes_out += frame_bytes;
-                }
-                Some((doc, next))
-            }
-        });
+            });
         let shared_out = shared.clone();
         let options = PostOptions::new()
             .request_size(1)
@@ -220,6 +221,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
                 let mut s = shared_out.lock().unwrap();
                 s.answered += 1;
+                s.last_answer = Some(Instant::now());
                 if resp.is_error() {
                     s.errors += 1;
                 }
@@ -231,16 +233,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             client.post("/", frames.boxed(), options).await
         }));
     }
+    // A progress bar on stderr (never with --json, whose stdout is for machines):
+    // elapsed time of the whole run, or frames sent of --count.
     let progress = (!args.json).then(|| {
         let shared = shared.clone();
+        let total = args.warmup.max(0.0) + args.duration;
+        let frames = args.count.map(|c| c * args.users as u64);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 let s = shared.lock().unwrap();
                 let t = start.elapsed().as_secs_f64();
+                let done = match frames {
+                    Some(f) => s.sent as f64 / f.max(1) as f64,
+                    None => t / total,
+                };
+                let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
                 eprint!(
-                    "\r  {t:5.1} s  sent {}  answered {}  errors {}   ",
-                    s.sent, s.answered, s.errors
+                    "\r  [{}{}] {:3.0}%  {t:5.1} s  sent {}  answered {}  errors {}   ",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    done.clamp(0.0, 1.0) * 100.0,
+                    s.sent,
+                    s.answered,
+                    s.errors
                 );
             }
         })
@@ -268,7 +284,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut s = shared.lock().unwrap();
     s.latencies.sort_unstable();
-    let seconds = args.duration;
+    // With --count the run is as long as its last answer.
+    let seconds = match (args.count, s.last_answer) {
+        (Some(_), Some(t)) => (t - measure_from).as_secs_f64().max(1e-3),
+        _ => args.duration,
+    };
     let report = Report {
         users: args.users,
         fps: args.fps,

@@ -135,6 +135,26 @@ pub fn user_color(name: &str) -> [u8; 3] {
     [to(b), to(g), to(r)]
 }
 
+/// A frame with gradients and pseudo-random grain, shifted by `n`: content whose
+/// JPEG size is of the order of a webcam's, unlike flat test patterns.
+pub fn textured(color: [u8; 3], h: usize, w: usize, n: usize) -> Tensor {
+    let mut data = Vec::with_capacity(h * w * 3);
+    let mut seed = 0x9e37_79b9u32 ^ (n as u32).wrapping_mul(2_654_435_761);
+    for y in 0..h {
+        for x in 0..w {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let grain = (seed % 24) as usize;
+            let wave = ((x + 3 * n) * 96 / w.max(1) + (y * 64 / h.max(1))) % 96;
+            for c in color {
+                data.push(((c as usize * 2 / 3) + wave / 2 + grain).min(255) as u8);
+            }
+        }
+    }
+    Tensor::image(h, w, 3, Bytes::from(data)).expect("buffer matches shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
