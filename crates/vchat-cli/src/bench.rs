@@ -31,11 +31,12 @@ pub struct BenchArgs {
     /// JPEG quality, 1 to 100 (with --encoding jpeg).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
-    /// Frame content: `solid` (one colour per user, never changing), `pattern`
-    /// (the client's test pattern: a colour with a moving bar), or `textured`
-    /// (gradients and noise that move every frame: JPEG sizes closer to a
-    /// camera's).
-    #[arg(long, default_value = "solid", value_parser = ["solid", "pattern", "textured"])]
+    /// Frame content: `pattern` (the client's test pattern: a colour with a
+    /// moving bar, so every frame differs, as a camera's do), `solid` (one colour
+    /// per user, never changing: a server may answer a repeated room state from a
+    /// cache), or `textured` (gradients and noise that move every frame: JPEG
+    /// sizes closer to a camera's).
+    #[arg(long, default_value = "pattern", value_parser = ["solid", "pattern", "textured"])]
     frames: String,
     /// Simulated users, each with its own stream.
     #[arg(long, default_value_t = 3)]
