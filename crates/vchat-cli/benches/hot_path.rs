@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use divan::{Bencher, black_box};
 use vchat_client::source::{textured, user_color};
+use vchat_core::wire::encode_grpc_message;
 use vchat_core::{Document, DocumentArray, RequestContext, StreamId, Tensor, jpeg};
 use vchat_executor::{VideoChatConfig, VideoChatExecutor, compose_grid, stack_vertically};
-use vchat_gateway::wire::encode_grpc_message;
 use vchat_proto::jina::data_request_proto::DataContentProto;
 use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::prost::Message;

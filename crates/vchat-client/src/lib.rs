@@ -46,12 +46,16 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
+use tonic::Status;
+use tonic::client::GrpcService;
+use tonic::codegen::http;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use vchat_core::wire::{GrpcBody, GrpcMessages};
 use vchat_core::{DocumentArray, Value, new_id};
 use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
 use vchat_proto::jina::jina_gateway_dry_run_rpc_client::JinaGatewayDryRunRpcClient;
-use vchat_proto::jina::jina_rpc_client::JinaRpcClient;
 use vchat_proto::jina::status_proto::StatusCode;
+use vchat_proto::prost::Message;
 use vchat_proto::{DataRequestProto, HeaderProto};
 
 pub use vchat_core::{Document, Tensor};
@@ -60,11 +64,6 @@ pub use vchat_core::{Document, Tensor};
 pub const DEFAULT_REQUEST_SIZE: usize = 100;
 /// Default requests in flight on one stream.
 pub const DEFAULT_PREFETCH: usize = 16;
-
-/// Largest HTTP/2 frame this client accepts, in bytes. A mosaic is several MiB:
-/// with the default 16 KiB frames a server writes it in hundreds of pieces, each a
-/// system call and a wake-up of this side.
-pub const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
@@ -395,11 +394,9 @@ impl Client {
         }
         let channel = endpoint
             .tcp_nodelay(true)
-            // Frames are hundreds of KiB: default 64 KiB HTTP/2 windows would stall
-            // every message on window updates.
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
-            .max_frame_size(MAX_FRAME)
+            .initial_stream_window_size(vchat_core::STREAM_WINDOW)
+            .initial_connection_window_size(vchat_core::CONNECTION_WINDOW)
+            .max_frame_size(vchat_core::MAX_FRAME)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Client {
@@ -418,6 +415,65 @@ impl Client {
             addr: self.addr.clone(),
             status: Box::new(status),
         }
+    }
+
+    /// Opens `jina.JinaRPC/Call` sending `requests`, with `prefetch` as the
+    /// `__prefetch__` metadata Jina's client sends: the responses, decoded.
+    ///
+    /// Written on the HTTP/2 channel directly rather than through tonic's codec,
+    /// so that no frame is copied on the way: requests go out as chunks sharing
+    /// their pixels, and a response that arrives in one HTTP/2 frame is decoded
+    /// in place (see [`vchat_core::wire`]).
+    async fn open_call<S>(
+        &self,
+        prefetch: usize,
+        requests: S,
+    ) -> Result<impl Stream<Item = Result<DataRequestProto, Status>> + Send + use<S>, Status>
+    where
+        S: Stream<Item = DataRequestProto> + Send + 'static,
+    {
+        let transport = |e: tonic::transport::Error| Status::from_error(e.into());
+        let mut channel = self.channel.clone();
+        futures::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
+            .await
+            .map_err(transport)?;
+        let body = GrpcBody::request(Box::pin(requests.map(Ok::<_, Status>)));
+        let mut request = http::Request::new(tonic::body::Body::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("/jina.JinaRPC/Call");
+        let headers = request.headers_mut();
+        headers.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("te", http::HeaderValue::from_static("trailers"));
+        headers.insert("__prefetch__", http::HeaderValue::from(prefetch));
+        headers.insert(
+            "__results_in_order__",
+            http::HeaderValue::from_static("true"),
+        );
+        let response = GrpcService::call(&mut channel, request)
+            .await
+            .map_err(transport)?;
+        let (parts, body) = response.into_parts();
+        // A refused stream ends at once, its status in the headers.
+        if let Some(status) = Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status);
+        }
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!(
+                "HTTP status {} instead of a gRPC stream",
+                parts.status
+            )));
+        }
+        Ok(GrpcMessages::new(body, usize::MAX).map(|message| {
+            message.and_then(|bytes| {
+                DataRequestProto::decode(bytes)
+                    .map_err(|e| Status::internal(format!("undecodable response: {e}")))
+            })
+        }))
     }
 
     /// Asks the gateway whether its Flow is ready (`dry_run`).
@@ -472,12 +528,16 @@ impl Client {
         let live = options.live.take();
         let chunks = Box::pin(inputs.chunks(options.request_size));
         let inputs_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Told once when the inputs end (a permit is kept if nobody waits yet).
+        let inputs_end = Arc::new(tokio::sync::Notify::new());
         let (permits, ids, done) = (in_flight.clone(), sent_at.clone(), inputs_done.clone());
+        let end = inputs_end.clone();
         let outbound = futures::stream::unfold(chunks, move |mut chunks| {
             let (in_flight, sent_at) = (&permits, &ids);
             let in_flight = in_flight.clone();
             let sent_at = sent_at.clone();
             let done = done.clone();
+            let end = end.clone();
             let endpoint = endpoint.clone();
             let fixed = fixed.clone();
             let live = live.clone();
@@ -488,6 +548,7 @@ impl Client {
                 let permit = in_flight.acquire().await.ok()?;
                 let Some(docs) = chunks.next().await else {
                     done.store(true, std::sync::atomic::Ordering::Release);
+                    end.notify_one();
                     return None;
                 };
                 // Read now, as the request leaves: the newest extra inputs.
@@ -518,42 +579,36 @@ impl Client {
                 Some((req, chunks))
             }
         });
-        let mut request = tonic::Request::new(outbound);
-        request.metadata_mut().insert(
-            "__prefetch__",
-            options
-                .prefetch
-                .to_string()
-                .parse()
-                .expect("a number is valid metadata"),
-        );
-        request.metadata_mut().insert(
-            "__results_in_order__",
-            "true".parse().expect("valid metadata"),
-        );
-        let mut rpc = JinaRpcClient::new(self.channel.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let mut responses = rpc
-            .call(request)
+        let mut responses = self
+            .open_call(options.prefetch, outbound)
             .await
-            .map_err(|s| self.rpc_error(s))?
-            .into_inner();
+            .map_err(|s| self.rpc_error(s))?;
         let mut summary = PostSummary::default();
+        let all_answered = || {
+            inputs_done.load(std::sync::atomic::Ordering::Acquire)
+                && sent_at.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        };
         loop {
-            let proto = match responses.message().await {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
+            // Once the inputs have ended and every request is answered the post is
+            // done, whether or not the server ends the stream: Jina's gateway keeps
+            // a stream open after its client finished sending.
+            let next = tokio::select! {
+                m = responses.next() => m,
+                _ = inputs_end.notified() => {
+                    if all_answered() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let proto = match next {
+                Some(Ok(p)) => p,
+                None => break,
                 // Jina's gateway ends a stream whose client finished sending with an
                 // error status ("Cancelling all calls") even when every request was
                 // answered: nothing was lost, so that is a normal end.
-                Err(_)
-                    if inputs_done.load(std::sync::atomic::Ordering::Acquire)
-                        && sent_at.lock().unwrap_or_else(|e| e.into_inner()).is_empty() =>
-                {
-                    break;
-                }
-                Err(s) => return Err(self.rpc_error(s)),
+                Some(Err(_)) if all_answered() => break,
+                Some(Err(s)) => return Err(self.rpc_error(s)),
             };
             in_flight.add_permits(1);
             let id = proto
@@ -580,6 +635,9 @@ impl Client {
             }
             if let Some(f) = options.on_always.as_mut() {
                 f(&resp);
+            }
+            if all_answered() {
+                break;
             }
         }
         Ok(summary)

@@ -19,6 +19,7 @@ mod executor;
 pub mod jpeg;
 mod registry;
 mod tensor;
+pub mod wire;
 
 pub use document::{Content, Document, DocumentArray, new_id, number_value, string_value};
 pub use error::{ConfigError, Error, Origin};
@@ -31,3 +32,14 @@ pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
 pub use prost_types::{ListValue, Struct, Value, value};
+
+/// HTTP/2 flow-control window of one stream, in bytes, on every vchat link. A raw
+/// frame is hundreds of KiB and a mosaic several MiB: the default 64 KiB windows
+/// would stall every message on window updates.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of one connection, in bytes.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame a vchat peer accepts, in bytes. With the default 16 KiB a
+/// several-MiB mosaic is written in hundreds of pieces, each a system call and a
+/// wake-up of the reader; in 1 MiB frames, in a few.
+pub const MAX_FRAME: u32 = 1 << 20;

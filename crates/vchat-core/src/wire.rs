@@ -1,12 +1,17 @@
-//! Responses of `Call` on the wire without copying their pixels.
+//! gRPC messages on the wire without copying their pixels, both ways.
 //!
-//! tonic encodes each response into one contiguous buffer: for a mosaic that is a
-//! copy of every pixel, several MiB per response with many users. Here a response
-//! is encoded as a list of chunks instead: the protobuf framing is written into
-//! small buffers, and every large `bytes` field (a tensor's buffer, a JPEG blob)
-//! becomes a chunk of its own that shares the executor's memory. HTTP/2 then
-//! writes those chunks to the socket with vectored writes, so the pixels are
-//! copied once, by the kernel.
+//! tonic encodes each message into one contiguous buffer, and gathers each
+//! received one into another: for a mosaic that is two copies of every pixel,
+//! several MiB per response with many users. Here:
+//!
+//! - a message is encoded as a list of chunks ([`encode_grpc_message`]): the
+//!   protobuf framing is written into small buffers, and every large `bytes` field
+//!   (a tensor's buffer, a JPEG blob) becomes a chunk of its own that shares the
+//!   sender's memory; HTTP/2 writes the chunks with vectored writes, so the
+//!   pixels are copied once, by the kernel ([`GrpcBody`]);
+//! - a received message that arrived within one HTTP/2 DATA frame (all of them up
+//!   to 1 MiB with [`MAX_FRAME`](crate::MAX_FRAME)) is a slice of that frame, and
+//!   decoding it shares that slice too ([`MessageReader`], [`GrpcMessages`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -14,10 +19,10 @@ use std::task::{Context, Poll};
 
 use bytes::buf::UninitSlice;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::Stream;
-use prost::Message;
+use futures_core::Stream;
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use vchat_proto::prost::Message;
 
 /// `bytes` fields at least this long are shared, not copied; shorter ones are
 /// cheaper to copy than to send as a chunk of their own.
@@ -100,22 +105,33 @@ pub fn encode_grpc_message<M: Message>(msg: &M) -> Result<Vec<Bytes>, Status> {
     Ok(buf.into_chunks())
 }
 
-/// The body of a gRPC response stream: each message as its chunks, then the
-/// trailers (`grpc-status` 0 at the end, or the status of the first error, which
-/// ends the stream as tonic does).
+/// The body of a gRPC message stream: each message as its chunks. A response
+/// body ([`GrpcBody::response`]) then ends with trailers (`grpc-status` 0, or
+/// the status of the first error, which ends the stream as tonic does); a
+/// request body ([`GrpcBody::request`]) just ends.
 pub struct GrpcBody<S> {
     messages: S,
     pending: VecDeque<Bytes>,
+    trailers: bool,
     done: bool,
 }
 
 impl<S> GrpcBody<S> {
-    /// A body for `messages`.
-    pub fn new(messages: S) -> Self {
+    /// The body of a response stream of `messages`.
+    pub fn response(messages: S) -> Self {
         GrpcBody {
             messages,
             pending: VecDeque::new(),
+            trailers: true,
             done: false,
+        }
+    }
+
+    /// The body of a request stream of `messages`: an error ends it early.
+    pub fn request(messages: S) -> Self {
+        GrpcBody {
+            trailers: false,
+            ..GrpcBody::response(messages)
         }
     }
 }
@@ -148,18 +164,22 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
-            let end = match futures::ready!(Pin::new(&mut this.messages).poll_next(cx)) {
-                Some(Ok(msg)) => match encode_grpc_message(&msg) {
+            let end = match Pin::new(&mut this.messages).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(msg))) => match encode_grpc_message(&msg) {
                     Ok(chunks) => {
                         this.pending.extend(chunks);
                         continue;
                     }
                     Err(status) => status,
                 },
-                Some(Err(status)) => status,
-                None => Status::ok(""),
+                Poll::Ready(Some(Err(status))) => status,
+                Poll::Ready(None) => Status::ok(""),
             };
             this.done = true;
+            if !this.trailers {
+                return Poll::Ready(None);
+            }
             return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers(&end)))));
         }
     }
@@ -179,6 +199,185 @@ pub fn grpc_response<B>(body: B) -> http::Response<B> {
     resp
 }
 
+/// Splits the DATA of a gRPC stream, as it arrives, into messages: a message
+/// within one piece of DATA is a slice of it; one spread over several is
+/// gathered into a buffer of exactly its size.
+#[derive(Debug)]
+pub struct MessageReader {
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    max: usize,
+}
+
+impl MessageReader {
+    /// A reader that refuses messages over `max` bytes.
+    pub fn new(max: usize) -> Self {
+        MessageReader {
+            chunks: VecDeque::new(),
+            buffered: 0,
+            max,
+        }
+    }
+
+    /// Adds the next piece of DATA.
+    pub fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.buffered += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// Whether part of a message is waiting for the rest.
+    pub fn has_partial(&self) -> bool {
+        self.buffered > 0
+    }
+
+    /// The next whole message, if it has arrived. Errors: a compressed message,
+    /// or one over the limit (known from its prefix, before it arrives).
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.buffered < 5 {
+            return Ok(None);
+        }
+        let mut head = [0u8; 5];
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = (5 - filled).min(chunk.len());
+            head[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == 5 {
+                break;
+            }
+        }
+        if head[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed gRPC messages are not supported: send them uncompressed",
+            ));
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > self.max {
+            return Err(Status::out_of_range(format!(
+                "a message of {len} bytes is over the limit of {} bytes",
+                self.max
+            )));
+        }
+        if self.buffered < 5 + len {
+            return Ok(None);
+        }
+        self.take(5);
+        Ok(Some(self.take(len)))
+    }
+
+    /// The next `len` buffered bytes (there are at least that many).
+    fn take(&mut self, len: usize) -> Bytes {
+        self.buffered -= len;
+        match self.chunks.front_mut() {
+            None => return Bytes::new(),
+            Some(front) if front.len() >= len => {
+                let out = front.split_to(len);
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                return out;
+            }
+            Some(_) => {}
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let n = (len - out.len()).min(front.len());
+            out.extend_from_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// The messages of a gRPC body, each as one [`Bytes`] (see [`MessageReader`]).
+/// A response's trailers with an error status end it with that error; a body
+/// that ends inside a message ends with INTERNAL.
+pub struct GrpcMessages<B> {
+    body: B,
+    reader: MessageReader,
+    done: bool,
+}
+
+impl<B> GrpcMessages<B> {
+    /// The messages of `body`, each at most `max` bytes.
+    pub fn new(body: B, max: usize) -> Self {
+        GrpcMessages {
+            body,
+            reader: MessageReader::new(max),
+            done: false,
+        }
+    }
+}
+
+impl<B> Stream for GrpcMessages<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.reader.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if this.reader.has_partial() {
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "the stream ended inside a message",
+                        ))));
+                    }
+                    return Poll::Ready(None);
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => this.reader.push(data),
+                Err(frame) => {
+                    this.done = true;
+                    let status = frame
+                        .trailers_ref()
+                        .and_then(Status::from_header_map)
+                        .filter(|s| s.code() != tonic::Code::Ok);
+                    if let Some(status) = status {
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    if this.reader.has_partial() {
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "the stream ended inside a message",
+                        ))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +388,7 @@ mod tests {
     };
     use vchat_proto::jina::data_request_proto::DataContentProto;
     use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
+    use vchat_proto::prost::Message;
 
     fn with_tensor(buffer: Bytes) -> DataRequestProto {
         let tensor = NdArrayProto {
@@ -226,6 +426,65 @@ mod tests {
         let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
         assert_eq!(len, wire.len() - 5);
         assert_eq!(DataRequestProto::decode(&wire[5..]).unwrap(), msg);
+    }
+
+    #[test]
+    fn messages_within_one_piece_are_shared_and_split_ones_gathered() {
+        let a = with_tensor(Bytes::from(vec![1u8; 20_000]));
+        let b = with_tensor(Bytes::from(vec![2u8; 9_000]));
+        let wire: Vec<u8> = [&a, &b]
+            .iter()
+            .flat_map(|m| encode_grpc_message(*m).unwrap())
+            .flat_map(|c| c.to_vec())
+            .collect();
+        // All at once: each message is a slice of the one piece.
+        let whole = Bytes::from(wire.clone());
+        let mut r = MessageReader::new(1 << 20);
+        r.push(whole.clone());
+        let first = r.next_message().unwrap().unwrap();
+        assert_eq!(first.as_ptr(), whole[5..].as_ptr(), "a slice, not a copy");
+        assert_eq!(DataRequestProto::decode(first).unwrap(), a);
+        assert_eq!(
+            DataRequestProto::decode(r.next_message().unwrap().unwrap()).unwrap(),
+            b
+        );
+        assert!(r.next_message().unwrap().is_none() && !r.has_partial());
+        // In pieces of 7 bytes: the same messages, gathered.
+        let mut r = MessageReader::new(1 << 20);
+        let mut got = Vec::new();
+        for piece in wire.chunks(7) {
+            r.push(Bytes::copy_from_slice(piece));
+            while let Some(m) = r.next_message().unwrap() {
+                got.push(DataRequestProto::decode(m).unwrap());
+            }
+        }
+        assert_eq!(got, [a, b]);
+        assert!(!r.has_partial());
+    }
+
+    #[test]
+    fn oversized_and_compressed_messages_are_errors() {
+        let mut r = MessageReader::new(100);
+        r.push(Bytes::from_static(&[0, 0, 0, 1, 0]));
+        let e = r.next_message().unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::OutOfRange,
+            "known from the prefix alone"
+        );
+        let mut r = MessageReader::new(100);
+        r.push(Bytes::from_static(&[1, 0, 0, 0, 1, 9]));
+        assert_eq!(
+            r.next_message().unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+        let mut r = MessageReader::new(100);
+        r.push(Bytes::from_static(&[0, 0, 0, 0, 0]));
+        assert_eq!(
+            r.next_message().unwrap().unwrap().len(),
+            0,
+            "an empty message"
+        );
     }
 
     #[test]

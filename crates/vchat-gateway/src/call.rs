@@ -1,9 +1,9 @@
 //! `jina.JinaRPC/Call`: the bidirectional stream every client talks to.
 //!
-//! Written by hand rather than generated so that it can use [`CallCodec`], which
-//! answers an oversized request with an ERROR response and keeps the stream open,
-//! and send responses through [`GrpcBody`](crate::wire::GrpcBody), which does not
-//! copy their pixels.
+//! Written by hand rather than generated so that an oversized request gets an
+//! ERROR response and the stream stays open ([`decode_request`]), and so that
+//! requests and responses travel through [`vchat_core::wire`], which does not copy
+//! their pixels.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +16,10 @@ use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::codec::Codec;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::metadata::MetadataMap;
-use tonic::server::{NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
 use vchat_core::config::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
     StreamMode,
@@ -31,10 +30,10 @@ use vchat_proto::docarray::{document_proto, nd_array_proto};
 use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::status_proto::StatusCode;
 
-use crate::codec::{CallCodec, Inbound};
+use crate::codec::{Inbound, decode_request};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
 use crate::metrics::Metrics;
-use crate::wire::{GrpcBody, grpc_response};
+use vchat_core::wire::{GrpcBody, GrpcMessages, grpc_response};
 
 type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
 
@@ -168,12 +167,15 @@ impl Stream for Guarded {
     }
 }
 
-impl StreamingService<Inbound> for CallService {
-    type Response = DataRequestProto;
-    type ResponseStream = ResponseStream;
-    type Future = BoxFuture<Response<ResponseStream>, Status>;
+/// The requests of one `Call` stream, decoded.
+pub type Inbounds = futures::stream::BoxStream<'static, Result<Inbound, Status>>;
 
-    fn call(&mut self, request: Request<Streaming<Inbound>>) -> Self::Future {
+impl CallService {
+    /// Serves one `Call` stream: its responses, or the status that refuses it.
+    pub fn call(
+        &mut self,
+        request: Request<Inbounds>,
+    ) -> BoxFuture<Response<ResponseStream>, Status> {
         let prefetch = request
             .metadata()
             .get(PREFETCH_METADATA)
@@ -315,7 +317,7 @@ impl NamedService for JinaRpcServer {
 
 impl<B> tower_service::Service<http::Request<B>> for JinaRpcServer
 where
-    B: Body + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -348,18 +350,19 @@ where
             // tonic's own limit ends the stream; keep it well above ours so that an
             // oversized request normally gets an ERROR response instead.
             let hard = limit.saturating_mul(2).max(limit.saturating_add(16 << 20));
-            let inbound =
-                Streaming::new_request(CallCodec::new(limit).decoder(), body, None, Some(hard));
+            let inbound = GrpcMessages::new(Box::pin(body), hard)
+                .map(move |message| message.and_then(|bytes| decode_request(bytes, limit)))
+                .boxed();
             let request = Request::from_parts(
                 MetadataMap::from_headers(parts.headers),
                 parts.extensions,
                 inbound,
             );
             let mut service = service;
-            match StreamingService::call(&mut service, request).await {
+            match service.call(request).await {
                 // Responses go out through `GrpcBody`, which shares their pixels
                 // with the socket writes instead of copying them (see `wire`).
-                Ok(resp) => Ok(grpc_response(tonic::body::Body::new(GrpcBody::new(
+                Ok(resp) => Ok(grpc_response(tonic::body::Body::new(GrpcBody::response(
                     resp.into_inner(),
                 )))),
                 Err(status) => Ok(status.into_http()),

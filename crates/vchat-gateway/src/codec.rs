@@ -1,11 +1,9 @@
-//! The codec of `jina.JinaRPC/Call`: prost encoding out; in, a decoder that answers
-//! an oversized request with an error for that request instead of ending the stream.
+//! Requests of `jina.JinaRPC/Call` decoded from their message bytes: an oversized
+//! request becomes an error for that request instead of ending the stream.
 
-use bytes::Buf;
+use bytes::Bytes;
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::ProstEncoder;
 use vchat_proto::{DataRequestProto, HeaderProto};
 
 /// One message read from a client stream.
@@ -30,65 +28,53 @@ struct HeaderOnly {
     header: Option<HeaderProto>,
 }
 
-/// Codec for `Call` with a soft size limit (see [`Inbound::Oversized`]).
-#[derive(Debug, Clone)]
-pub struct CallCodec {
-    limit: usize,
-}
-
-impl CallCodec {
-    /// Requests over `limit` bytes become [`Inbound::Oversized`].
-    pub fn new(limit: usize) -> Self {
-        CallCodec { limit }
+/// Decodes one `Call` request from its message bytes. The pixels of its frames
+/// stay slices of `bytes` (every protobuf `bytes` field is a [`Bytes`]). A
+/// request over `limit` bytes becomes [`Inbound::Oversized`], so that it gets an
+/// ERROR response and the stream goes on.
+pub fn decode_request(bytes: Bytes, limit: usize) -> Result<Inbound, Status> {
+    let size = bytes.len();
+    let undecodable =
+        |e: prost::DecodeError| Status::invalid_argument(format!("undecodable request: {e}"));
+    if size > limit {
+        let header = HeaderOnly::decode(bytes)
+            .map_err(undecodable)?
+            .header
+            .unwrap_or_default();
+        return Ok(Inbound::Oversized { header, size });
     }
-}
-
-impl Codec for CallCodec {
-    type Encode = DataRequestProto;
-    type Decode = Inbound;
-    type Encoder = ProstEncoder<DataRequestProto>;
-    type Decoder = CallDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        CallDecoder { limit: self.limit }
-    }
-}
-
-/// Decoder half of [`CallCodec`].
-#[derive(Debug)]
-pub struct CallDecoder {
-    limit: usize,
-}
-
-impl Decoder for CallDecoder {
-    type Item = Inbound;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Inbound>, Status> {
-        let size = buf.remaining();
-        if size > self.limit {
-            let header = HeaderOnly::decode(buf)
-                .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?
-                .header
-                .unwrap_or_default();
-            return Ok(Some(Inbound::Oversized { header, size }));
-        }
-        // Taking the message as one `Bytes` makes every `bytes` field (frame pixels)
-        // a slice of it: no copy.
-        let bytes = buf.copy_to_bytes(size);
-        DataRequestProto::decode(bytes)
-            .map(|r| Some(Inbound::Request(r)))
-            .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))
-    }
+    DataRequestProto::decode(bytes)
+        .map(Inbound::Request)
+        .map_err(undecodable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_requests_keep_their_header() {
+        let req = DataRequestProto {
+            header: Some(HeaderProto {
+                request_id: "big".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = Bytes::from(req.encode_to_vec());
+        match decode_request(bytes.clone(), 2).unwrap() {
+            Inbound::Oversized { header, size } => {
+                assert_eq!((header.request_id.as_str(), size), ("big", bytes.len()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode_request(bytes, 1 << 20).unwrap(),
+            Inbound::Request(_)
+        ));
+        let e = decode_request(Bytes::from_static(&[0xff, 0xff]), 100).unwrap_err();
+        assert!(e.message().contains("undecodable request"), "{e}");
+    }
 
     #[test]
     fn header_only_skips_the_rest() {

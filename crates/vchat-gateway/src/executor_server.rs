@@ -19,7 +19,7 @@ use vchat_proto::jina::jina_single_data_request_rpc_server::{
 use vchat_proto::{DataRequestProto, EndpointsProto, JinaInfoProto};
 
 use crate::flow::FlowRuntime;
-use crate::server::{CONNECTION_WINDOW, GatewayError, STREAM_WINDOW, VERSION};
+use crate::server::{CONNECTION_WINDOW, GatewayError, MAX_FRAME, STREAM_WINDOW, VERSION};
 
 /// Requests from a caller that does not say which client stream they belong to
 /// (a Jina gateway) all count as this one stream.
@@ -119,6 +119,7 @@ pub async fn serve_executor(
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

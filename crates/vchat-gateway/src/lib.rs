@@ -10,7 +10,7 @@
 //!   are described in [`flow`].
 //! - [`serve_executor`] is `vchat executor`: `process_single_data`,
 //!   `endpoint_discovery`, `_status` and health for one executor.
-//! - [`codec::CallCodec`] decodes requests without copying frame pixels and turns
+//! - [`codec::decode_request`] decodes requests without copying frame pixels and turns
 //!   an oversized request into an ERROR response rather than a broken stream.
 //!
 //! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
@@ -28,7 +28,6 @@ mod python;
 mod remote;
 mod server;
 mod skip;
-pub mod wire;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
@@ -38,6 +37,6 @@ pub use flow::{
 };
 pub use python::PythonExecutor;
 pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel};
-pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, STREAM_WINDOW, VERSION};
+pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, MAX_FRAME, STREAM_WINDOW, VERSION};
 pub use skip::SkipFrames;
 pub use tokio_util::sync::CancellationToken;

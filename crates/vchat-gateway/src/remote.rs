@@ -16,7 +16,7 @@ use vchat_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataReques
 use vchat_proto::jina::status_proto::StatusCode;
 use vchat_proto::{DataRequestProto, HeaderProto};
 
-use crate::server::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::server::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Default per-call timeout when the Flow sets no `timeout_send`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +51,7 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .connect_timeout(Duration::from_secs(2));
     Ok(endpoint.connect_lazy())
 }

@@ -37,10 +37,7 @@ pub enum GatewayError {
     Tls(String),
 }
 
-/// HTTP/2 flow-control window of one stream, in bytes.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-/// HTTP/2 flow-control window of one connection, in bytes.
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Version reported by `_status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -187,6 +184,7 @@ impl Gateway {
             // default 64 KiB windows would stall every message on window updates.
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .add_service(health_service)
             .add_service(JinaRpcServer::new(call))
             .add_service(JinaGatewayDryRunRpcServer::from_arc(info.clone()))
