@@ -56,7 +56,7 @@
     sent: 0, frames: 0, errors: 0, rateLimited: 0, skipped: 0, acks: 0,
     inFlight: 0, fps: 0, latencyMs: null, maxFps: null, reconnects: 0,
     lastMosaic: null, // {width, height, participants, seq, bytes}
-    lastError: null, message: '', hello: null, closes: [],
+    lastError: null, message: '', notices: [], hello: null, closes: [],
     join, leave,
     // The newest mosaic JPEG, base64, or null.
     lastMosaicBase64() {
@@ -73,6 +73,10 @@
 
   function say(text, isError) {
     vchat.message = text || '';
+    if (text) {
+      vchat.notices.push(text);
+      if (vchat.notices.length > 50) vchat.notices.shift();
+    }
     ui.message.textContent = vchat.message;
     ui.message.classList.toggle('shown', !!text);
     ui.message.classList.toggle('error', !!isError);
@@ -94,6 +98,7 @@
 
   function setState(s) {
     vchat.state = s;
+    document.body.classList.toggle('streaming', s === 'streaming');
     ui.join.disabled = joined;
     ui.leave.disabled = !joined;
     ui.user.disabled = ui.room.disabled = joined;
@@ -181,6 +186,7 @@
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const sock = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
     sock.binaryType = 'arraybuffer';
+    let opened = false;
     ws = sock;
     sendSeq = 0;
     vchat.inFlight = 0;
@@ -189,6 +195,7 @@
     setState(attempt ? 'reconnecting' : 'connecting');
     sock.onopen = () => {
       if (ws !== sock) return;
+      opened = true;
       attempt = 0;
       say('');
       setState('streaming');
@@ -205,7 +212,7 @@
       attempt += 1;
       vchat.reconnects += 1;
       const why = ev.code === 1001 ? 'The server is shutting down'
-        : ev.code === 1006 && vchat.frames === 0 && vchat.sent === 0 ? 'Cannot reach the server'
+        : !opened ? 'Cannot reach the server'
         : `Lost the server (${ev.code}${ev.reason ? ': ' + ev.reason : ''})`;
       say(`${why}; reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt}).`, true);
       setState('reconnecting');
