@@ -478,7 +478,7 @@ async fn the_websocket_rate_limits_each_connection() {
     let dir = scratch("browser-rate");
     let yml = web_flow(&dir, "  websocket_max_fps: 2\n");
     let flow = Flow::start(&yml, &[]);
-    let mut fay = connect(&ws_url(&flow.web_url().to_string(), "user=fay")).await;
+    let mut fay = connect(&ws_url(flow.web_url(), "user=fay")).await;
     assert_eq!(fay.status().await["max_fps"], 2.0);
     // Ten frames at once: a burst of one second's worth (2) is processed, the
     // rest answered rate_limited; one reply each, in order.
