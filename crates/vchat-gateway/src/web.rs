@@ -99,6 +99,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_AFTER: Duration = Duration::from_secs(15);
 /// ...and the connection is dropped after this long.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+/// A browser that takes longer than this to take one message (a frozen tab, a
+/// dead network) is disconnected, rather than holding its connection forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest user or room name, in bytes.
 const MAX_NAME_BYTES: usize = 128;
 
@@ -497,8 +500,13 @@ impl Web {
             tokio::select! {
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
                     for m in out {
-                        if sink.send(m).await.is_err() {
-                            return;
+                        match tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                tracing::info!(stream = id.0, "WebSocket not reading; closing");
+                                return;
+                            }
                         }
                     }
                 }
@@ -561,8 +569,11 @@ impl Web {
                         tracing::info!(stream = id.0, "WebSocket silent too long; closing");
                         return;
                     }
-                    if quiet >= PING_AFTER && sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return;
+                    if quiet >= PING_AFTER {
+                        let ping = sink.send(Message::Ping(Bytes::new()));
+                        if !matches!(tokio::time::timeout(SEND_TIMEOUT, ping).await, Ok(Ok(()))) {
+                            return;
+                        }
                     }
                 }
             }
