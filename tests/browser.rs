@@ -20,13 +20,15 @@ use vchat_e2e::*;
 /// shared two-core machine.
 const BROWSER_PATIENCE: Duration = Duration::from_secs(90);
 
-/// A chat Flow with the browser side and `extra` lines in its `with:`.
+/// A chat Flow with the browser side and `extra` lines in its `with:`. Its idle
+/// timeout is far longer than any test: a user leaves only because their
+/// stream ended, which is what the tests check.
 fn web_flow(dir: &Path, extra: &str) -> std::path::PathBuf {
     write_file(
         dir,
         "flow.yml",
         &format!(
-            "jtype: Flow\nwith:\n  protocol: [grpc, websocket]\n  port_http: 0\n{extra}executors:\n  - uses: {}\n    name: frameAggregator\n",
+            "jtype: Flow\nwith:\n  protocol: [grpc, websocket]\n  port_http: 0\n{extra}executors:\n  - uses: {}\n    name: frameAggregator\n    uses_with:\n      idle_timeout_s: 600\n",
             repo_root().join("executor/config.yml").display()
         ),
     )
@@ -81,11 +83,8 @@ async fn connect(url: &str) -> WsClient<Plain> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
     let dir = scratch("browser");
-    // The example Flow, on free ports.
-    let mut flow = Flow::start(
-        &repo_root().join("examples/flows/browser.yml"),
-        &["--http-port", "0"],
-    );
+    let yml = web_flow(&dir, "");
+    let mut flow = Flow::start(&yml, &[]);
     let web = flow.web_url().to_string();
     assert!(web.starts_with("http://127.0.0.1:"), "{web}");
     let chromium = Chromium::launch(&dir);
@@ -173,8 +172,8 @@ async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
         "carl's colour covers {in_ann_tile} of ann's tile"
     );
 
-    // bob closes his tab: he leaves at once (well before the 5 s idle
-    // timeout matters), and the others' mosaics shrink to two.
+    // bob closes his tab: his stream ends, he leaves (the idle timeout is
+    // 10 minutes), and the others' mosaics shrink to two.
     bob.close().await;
     let s = ann
         .wait_for(
@@ -247,11 +246,7 @@ async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
     // The server comes back where it was: the page streams again by itself.
     let frames = s["frames"].as_u64().unwrap();
     let web_port = web.rsplit(':').next().unwrap().to_string();
-    let _again = Flow::start_on_port(
-        &repo_root().join("examples/flows/browser.yml"),
-        flow.port(),
-        &["--http-port", &web_port],
-    );
+    let _again = Flow::start_on_port(&yml, flow.port(), &["--http-port", &web_port]);
     let s = ann
         .wait_for(
             "streaming again",
@@ -267,7 +262,11 @@ async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_whose_camera_is_denied_says_so_and_sends_nothing() {
     let dir = scratch("browser-denied");
-    let flow = Flow::start_default(&["--http-port", "0"]);
+    // The example Flow, on free ports.
+    let flow = Flow::start(
+        &repo_root().join("examples/flows/browser.yml"),
+        &["--http-port", "0"],
+    );
     let chromium = Chromium::launch_denying_camera(&dir);
     let cdp = chromium.connect().await;
     let dora = Page::open(
@@ -629,4 +628,29 @@ async fn a_tls_flow_serves_the_web_client_over_https_and_wss() {
     let plain = format!("ws://{host}/ws?user=eve");
     assert!(tokio_tungstenite::connect_async(plain).await.is_err());
     hal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_pinged() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = scratch("browser-ping");
+    let flow = Flow::start(&web_flow(&dir, ""), &[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(flow.web_url(), "user=ida"))
+        .await
+        .unwrap();
+    // The hello, then nothing from this side: after 15 s the server checks the
+    // peer is still there (the client library answers with a pong).
+    let started = std::time::Instant::now();
+    let pinged = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(m) = ws.next().await {
+            if let Message::Ping(_) = m.unwrap() {
+                return started.elapsed();
+            }
+        }
+        panic!("the connection ended without a ping");
+    })
+    .await
+    .expect("a ping within 40 s");
+    assert!(pinged >= Duration::from_secs(14), "pinged after {pinged:?}");
 }
