@@ -654,3 +654,73 @@ async fn a_silent_connection_is_pinged() {
     .expect("a ping within 40 s");
     assert!(pinged >= Duration::from_secs(14), "pinged after {pinged:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_streams_over_https_and_wss_with_the_flows_certificate() {
+    let dir = scratch("browser-https");
+    test_certificates(&dir);
+    let yml = web_flow(
+        &dir,
+        "  ssl_certfile: server.pem\n  ssl_keyfile: server.key\n",
+    );
+    let flow = Flow::start(&yml, &[]);
+    let web = flow.web_url().to_string();
+    assert!(web.starts_with("https://127.0.0.1:"), "{web}");
+    let chromium = Chromium::launch_accepting_any_certificate(&dir);
+    let cdp = chromium.connect().await;
+    let jo = Page::open(&cdp, "jo", &format!("{web}/?user=jo&room=tls&autojoin=1")).await;
+    let s = jo
+        .wait_for("a mosaic over wss", "vchat.frames > 2", BROWSER_PATIENCE)
+        .await;
+    assert_eq!(s["lastMosaic"]["participants"], json!(["jo"]), "{s}");
+    assert_eq!(jo.eval("location.protocol").await, "https:");
+    assert_eq!(jo.eval("window.isSecureContext").await, true);
+    jo.screenshot(&dir.join("jo-https.png")).await;
+    // The same page over plain http is not served on the TLS port.
+    let plain = Page::open(&cdp, "plain", &web.replace("https://", "http://")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(plain.eval("typeof window.vchat").await, "undefined");
+    drop(chromium);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connections_count_against_max_streams() {
+    let dir = scratch("browser-streams");
+    let flow = Flow::start(
+        &web_flow(&dir, "  max_streams: 1\n  monitoring: true\n"),
+        &[],
+    );
+    let url = ws_url(flow.web_url(), "user=kim");
+    let mut kim = connect(&url).await;
+    kim.status().await;
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("at most 1 at once (max_streams)"), "{body}");
+        }
+        other => panic!(
+            "a second connection must be refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let text = http_get(flow.metrics_url());
+    assert_eq!(metric(&text, "vchat_streams_rejected_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "vchat_active_streams"), 1.0, "{text}");
+    // Once kim leaves, there is room again.
+    kim.close().await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut lee = loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => break WsClient::new(ws),
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no room after kim left: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(lee.status().await["type"], "hello");
+}

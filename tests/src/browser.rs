@@ -50,16 +50,28 @@ impl Chromium {
     /// Starts Chromium with a fresh profile under `dir`, a fake camera that every
     /// page may use, and waits for its DevTools address.
     pub fn launch(dir: &Path) -> Chromium {
-        Chromium::start(dir, "--use-fake-ui-for-media-stream")
+        Chromium::start(dir, &["--use-fake-ui-for-media-stream"])
     }
 
     /// [`launch`](Self::launch), but every page asking for the camera is refused,
     /// as when a user denies it.
     pub fn launch_denying_camera(dir: &Path) -> Chromium {
-        Chromium::start(dir, "--use-fake-ui-for-media-stream=deny")
+        Chromium::start(dir, &["--use-fake-ui-for-media-stream=deny"])
     }
 
-    fn start(dir: &Path, camera_ui: &str) -> Chromium {
+    /// [`launch`](Self::launch), accepting any server certificate (for a test
+    /// server whose CA this fresh profile does not know).
+    pub fn launch_accepting_any_certificate(dir: &Path) -> Chromium {
+        Chromium::start(
+            dir,
+            &[
+                "--use-fake-ui-for-media-stream",
+                "--ignore-certificate-errors",
+            ],
+        )
+    }
+
+    fn start(dir: &Path, extra: &[&str]) -> Chromium {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).unwrap();
         let mut cmd = Command::new(chromium_path());
@@ -67,7 +79,6 @@ impl Chromium {
             "--headless=new",
             "--remote-debugging-port=0",
             "--use-fake-device-for-media-stream",
-            camera_ui,
             "--no-sandbox",
             "--disable-gpu",
             "--disable-background-networking",
@@ -84,6 +95,7 @@ impl Chromium {
             "--disable-backgrounding-occluded-windows",
             "--window-size=800,1000",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .stdin(Stdio::null())
