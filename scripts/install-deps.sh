@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need on a fresh Debian
 # machine that has only Rust: OpenCV and libclang for the `opencv` crate (the
-# webcam client), Xvfb and xauth for the window tests. Does nothing when they are
-# all there already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
+# webcam client), Xvfb and xauth for the window tests, Chromium for the browser
+# tests (the web client, driven headless). Does nothing when they are all there
+# already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
 # are Rust crates: ring's C parts build with the compiler installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(libopencv-dev clang libclang-dev xvfb xauth)
+packages=(libopencv-dev clang libclang-dev xvfb xauth chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -16,6 +16,8 @@ use vchat_proto::DataRequestProto;
 use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
 use vchat_proto::jina::jina_rpc_client::JinaRpcClient;
 
+pub mod browser;
+
 /// How long any single expected event may take before a test gives up. Generous:
 /// the machines are shared; tests assert on what arrives, not on how fast.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -64,6 +66,7 @@ pub struct Flow {
     child: Child,
     addr: String,
     metrics: Option<String>,
+    web: Option<String>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -126,18 +129,24 @@ impl Flow {
         let (tx, rx) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
-            // The metrics line, when there is one, comes before the address.
-            let mut metrics = None;
+            // The metrics line and the web line (http:// or https://), when there
+            // are, come before the gRPC address.
+            let (mut metrics, mut web) = (None, None);
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("vchat: metrics on ") {
                     metrics = Some(url.trim().to_string());
                 }
                 if let Some(addr) = line.strip_prefix("vchat: listening on ") {
-                    let _ = tx.send((addr.trim().to_string(), metrics.take()));
+                    let addr = addr.trim().to_string();
+                    if addr.starts_with("http://") || addr.starts_with("https://") {
+                        web = Some(addr);
+                    } else {
+                        let _ = tx.send((addr, metrics.take(), web.take()));
+                    }
                 }
             }
         });
-        let (addr, metrics) = match rx.recv_timeout(PATIENCE) {
+        let (addr, metrics, web) = match rx.recv_timeout(PATIENCE) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -154,8 +163,15 @@ impl Flow {
             child,
             addr,
             metrics,
+            web,
             stderr,
         }
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), when the Flow serves the
+    /// browser side.
+    pub fn web_url(&self) -> &str {
+        self.web.as_deref().expect("the Flow serves the web client")
     }
 
     /// `http://127.0.0.1:PORT/metrics`, when the Flow serves metrics.

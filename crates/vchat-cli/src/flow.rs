@@ -12,7 +12,9 @@ use vchat_core::config::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
     load_flow,
 };
-use vchat_gateway::{BuildOptions, CallLimits, CancellationToken, FlowRuntime, Gateway};
+use vchat_gateway::{
+    BuildOptions, CallLimits, CancellationToken, FlowRuntime, Gateway, WebOptions,
+};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +56,10 @@ pub struct FlowArgs {
     /// `with.port_monitoring` and turns `with.monitoring` on; 0 picks a free port).
     #[arg(long)]
     port_monitoring: Option<u16>,
+    /// Serve the web client and its WebSocket (protocol `websocket`) on this port
+    /// (overrides `with.port_http` and turns the protocol on; 0 picks a free port).
+    #[arg(long)]
+    http_port: Option<u16>,
     /// Python interpreter with Jina 3 installed, to run Python executors
     /// (executor YAMLs with `py_modules`).
     #[arg(long, env = "VCHAT_PYTHON", default_value = "python3")]
@@ -110,12 +116,30 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         .port_monitoring
         .or(spec.with.port_monitoring)
         .unwrap_or(0);
+    let websocket = args.http_port.is_some() || spec.with.serves_websocket();
+    let port_http = args.http_port.or(spec.with.port_http).unwrap_or(0);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let local = listener.local_addr()?;
     let mut gateway = Gateway::new(flow, limits);
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    let mut web_addr = None;
+    if websocket {
+        let w = tokio::net::TcpListener::bind((host.as_str(), port_http))
+            .await
+            .with_context(|| format!("cannot listen on {host}:{port_http} for the web client"))?;
+        web_addr = Some(w.local_addr()?);
+        let options = WebOptions {
+            origins: spec.with.websocket_origins.clone(),
+            max_fps: spec
+                .with
+                .websocket_max_fps
+                .unwrap_or(WebOptions::default().max_fps),
+        };
+        gateway = gateway.web(w, options);
+    }
+    let web_scheme = if tls.is_some() { "https" } else { "http" };
     if let Some((cert, key)) = tls {
         gateway = gateway.tls(cert, key);
     }
@@ -135,6 +159,7 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             .collect::<Vec<_>>(),
         local,
         scheme,
+        web_addr.map(|a| (a, web_scheme)),
         metrics_addr,
         started,
     );
@@ -165,6 +190,7 @@ fn print_panel(
     executors: &[&str],
     local: SocketAddr,
     scheme: &str,
+    web: Option<(SocketAddr, &str)>,
     metrics: Option<SocketAddr>,
     started: Instant,
 ) {
@@ -181,7 +207,14 @@ fn print_panel(
         vchat_gateway::VERSION,
         started.elapsed().as_secs_f64() * 1e3
     );
-    println!("  Protocol   GRPC");
+    println!(
+        "  Protocol   {}",
+        if web.is_some() {
+            "GRPC, WEBSOCKET"
+        } else {
+            "GRPC"
+        }
+    );
     println!("  Executors  {}", executors.join(" -> "));
     println!("  Local      {scheme}://{connect}");
     if local.ip().is_unspecified() {
@@ -190,9 +223,23 @@ fn print_panel(
             local.port()
         );
     }
+    if let Some((w, web_scheme)) = web {
+        println!("  Browser    {web_scheme}://{}/", loopback(w));
+        if w.ip().is_unspecified() {
+            println!(
+                "  Browser    {web_scheme}://<this machine's address>:{}/",
+                w.port()
+            );
+        }
+    }
     if let Some(m) = metrics {
         println!("  Metrics    http://{}/metrics", loopback(m));
         println!("vchat: metrics on http://{}/metrics", loopback(m));
+    }
+    // The web line comes before the gRPC one, so that whoever waits for the
+    // gRPC line has seen every address.
+    if let Some((w, web_scheme)) = web {
+        println!("vchat: listening on {web_scheme}://{}", loopback(w));
     }
     println!("vchat: listening on {scheme}://{connect}");
 }

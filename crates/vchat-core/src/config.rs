@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 256;
 /// Default largest frame (a document's tensor or blob), in bytes: a 4K BGR frame.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 3840 * 2160 * 3;
+/// Default most frames per second one WebSocket connection may send.
+pub const DEFAULT_WEBSOCKET_MAX_FPS: f64 = 30.0;
+
+/// The gateway protocols a Flow may name in `with.protocol`.
+pub const PROTOCOLS: [&str; 2] = ["grpc", "websocket"];
 
 type SpannedMap = BTreeMap<String, Spanned<serde_json::Value>>;
 
@@ -49,9 +54,24 @@ pub struct FlowWith {
     /// Port to listen on; 0 or absent picks a free port.
     #[serde(default)]
     pub port: Option<u16>,
-    /// Gateway protocol; only `grpc` is served.
+    /// Gateway protocols, one or a list (as Jina): `grpc` (always served, on
+    /// `port`) and `websocket` (the browser client and its WebSocket, on
+    /// `port_http`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub protocol: Vec<String>,
+    /// Port of the browser side (`protocol: websocket`): the web page at `/` and
+    /// the WebSocket at `/ws`; 0 or absent picks a free port, printed at start.
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub port_http: Option<u16>,
+    /// Origins (`https://chat.example.org`, or `*` for any) whose pages may open
+    /// the WebSocket besides the gateway's own; default none: same origin only.
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
+    /// At most this many frames per second from one WebSocket connection
+    /// (bursts of up to one second's worth); the excess is answered
+    /// `rate_limited`, unprocessed. Default [`DEFAULT_WEBSOCKET_MAX_FPS`].
+    #[serde(default)]
+    pub websocket_max_fps: Option<f64>,
     /// Requests of one stream processed at once when the client does not say
     /// (its `__prefetch__` metadata); default [`DEFAULT_PREFETCH`].
     #[serde(default)]
@@ -144,6 +164,23 @@ struct ExecutorEntry {
 enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(OneOrMany::<T>::deserialize(d)?.into_vec())
+}
+
+impl FlowWith {
+    /// Whether the Flow serves the browser side (`protocol` names `websocket`).
+    pub fn serves_websocket(&self) -> bool {
+        self.protocol
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("websocket"))
+    }
 }
 
 impl<T> OneOrMany<T> {
@@ -397,12 +434,22 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             *p = dir.join(&*p);
         }
     }
-    if let Some(p) = &with.protocol
-        && !p.eq_ignore_ascii_case("grpc")
+    if let Some(p) = with
+        .protocol
+        .iter()
+        .find(|p| !PROTOCOLS.iter().any(|known| p.eq_ignore_ascii_case(known)))
     {
         return Err(ConfigError::new(
             Origin::file(file),
-            format!("with.protocol: `{p}` is not served; use `grpc`"),
+            format!("with.protocol: `{p}` is not served; use `grpc` and/or `websocket`"),
+        ));
+    }
+    if let Some(f) = with.websocket_max_fps
+        && !(f > 0.0 && f.is_finite())
+    {
+        return Err(ConfigError::new(
+            Origin::file(file),
+            format!("with.websocket_max_fps must be a positive number, got {f}"),
         ));
     }
     let base = file.parent().unwrap_or(Path::new("."));
@@ -684,6 +731,45 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("expected `Flow`")
+        );
+    }
+
+    #[test]
+    fn protocol_is_one_name_or_a_list() {
+        let d = tmpdir("protocol");
+        let one = write(&d, "one.yml", "jtype: Flow\nwith:\n  protocol: grpc\n");
+        let spec = load_flow(&one).unwrap();
+        assert_eq!(spec.with.protocol, vec!["grpc"]);
+        assert!(!spec.with.serves_websocket());
+        let both = write(
+            &d,
+            "both.yml",
+            "jtype: Flow\nwith:\n  protocol: [grpc, websocket]\n  port_http: 0\n  websocket_origins: [https://chat.example.org]\n  websocket_max_fps: 12\n",
+        );
+        let spec = load_flow(&both).unwrap();
+        assert!(spec.with.serves_websocket());
+        assert_eq!(spec.with.port_http, Some(0));
+        assert_eq!(
+            spec.with.websocket_origins,
+            vec!["https://chat.example.org"]
+        );
+        assert_eq!(spec.with.websocket_max_fps, Some(12.0));
+        let http = write(
+            &d,
+            "http.yml",
+            "jtype: Flow\nwith:\n  protocol: [grpc, http]\n",
+        );
+        let err = load_flow(&http).unwrap_err().to_string();
+        assert!(err.contains("`http` is not served"), "{err}");
+        let fps = write(
+            &d,
+            "fps.yml",
+            "jtype: Flow\nwith:\n  protocol: websocket\n  websocket_max_fps: 0\n",
+        );
+        let err = load_flow(&fps).unwrap_err().to_string();
+        assert!(
+            err.contains("websocket_max_fps must be a positive"),
+            "{err}"
         );
     }
 }

@@ -16,6 +16,9 @@
 //! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
 //!   served on their own port by [`Gateway::monitoring`].
 //! - TLS ([`Gateway::tls`]) through tonic's `tls-ring` feature.
+//! - [`web`]: the browser side ([`Gateway::web`]): a web client at `/` and a
+//!   WebSocket at `/ws` that streams JPEG frames through the same Flow, on their
+//!   own port (hyper and tokio-tungstenite; the same certificate as gRPC).
 //!
 //! This crate has no feature flags.
 
@@ -28,6 +31,7 @@ mod python;
 mod remote;
 mod server;
 mod skip;
+pub mod web;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
@@ -40,3 +44,4 @@ pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel};
 pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, MAX_FRAME, STREAM_WINDOW, VERSION};
 pub use skip::SkipFrames;
 pub use tokio_util::sync::CancellationToken;
+pub use web::WebOptions;

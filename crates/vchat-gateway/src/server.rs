@@ -18,6 +18,7 @@ use vchat_proto::{JinaInfoProto, StatusProto};
 use crate::call::{CallLimits, CallService, JinaRpcServer};
 use crate::flow::FlowRuntime;
 use crate::metrics::{Metrics, serve_metrics};
+use crate::web::{self, Web, WebOptions};
 
 /// Errors of the gateway crate.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,7 @@ pub struct Gateway {
     limits: CallLimits,
     tls: Option<(Vec<u8>, Vec<u8>)>,
     monitoring: Option<TcpListener>,
+    web: Option<(TcpListener, WebOptions)>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,6 +104,7 @@ impl Gateway {
             limits,
             tls: None,
             monitoring: None,
+            web: None,
             metrics: Arc::default(),
         }
     }
@@ -116,6 +119,13 @@ impl Gateway {
     /// Serves the Prometheus metrics (`GET /metrics`) on `listener`.
     pub fn monitoring(mut self, listener: TcpListener) -> Self {
         self.monitoring = Some(listener);
+        self
+    }
+
+    /// Serves the browser side on `listener`: the web client at `/` and its
+    /// WebSocket at `/ws` (see [`web`]), over TLS when [`tls`](Self::tls) is set.
+    pub fn web(mut self, listener: TcpListener, options: WebOptions) -> Self {
+        self.web = Some((listener, options));
         self
     }
 
@@ -159,6 +169,24 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
+        let web_server = match self.web {
+            Some((listener, options)) => {
+                let acceptor = match &self.tls {
+                    Some((cert, key)) => Some(web::tls_acceptor(cert, key)?),
+                    None => None,
+                };
+                let web = Web::new(
+                    self.flow.clone(),
+                    self.limits,
+                    options,
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                    acceptor.is_some(),
+                );
+                Some(tokio::spawn(web::serve(listener, acceptor, Arc::new(web))))
+            }
+            None => None,
+        };
         let signal = {
             let shutdown = shutdown.clone();
             let health = health.clone();
@@ -196,6 +224,10 @@ impl Gateway {
                 signal,
             )
             .await?;
+        if let Some(web) = web_server {
+            // Closes every WebSocket once its frames in flight are answered.
+            let _ = web.await;
+        }
         Ok(())
     }
 }
