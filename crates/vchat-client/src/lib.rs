@@ -469,8 +469,8 @@ impl Client {
             )));
         }
         Ok(GrpcMessages::new(body, usize::MAX).map(|message| {
-            message.and_then(|bytes| {
-                DataRequestProto::decode(bytes)
+            message.and_then(|message| {
+                DataRequestProto::decode(message)
                     .map_err(|e| Status::internal(format!("undecodable response: {e}")))
             })
         }))

@@ -39,7 +39,9 @@ pub use prost_types::{ListValue, Struct, Value, value};
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window of one connection, in bytes.
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
-/// Largest HTTP/2 frame a vchat peer accepts, in bytes. With the default 16 KiB a
-/// several-MiB mosaic is written in hundreds of pieces, each a system call and a
-/// wake-up of the reader; in 1 MiB frames, in a few.
-pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest HTTP/2 frame a vchat peer accepts, in bytes: the protocol's maximum.
+/// A sender's large field (a frame's pixels, a mosaic) then travels as one DATA
+/// frame, which the receiver decodes in place ([`wire`]); with the default 16 KiB
+/// a several-MiB mosaic is written in hundreds of pieces, each a system call and a
+/// wake-up of the reader, and gathered again at the other end.
+pub const MAX_FRAME: u32 = (1 << 24) - 1;

@@ -9,9 +9,12 @@
 //!   (a tensor's buffer, a JPEG blob) becomes a chunk of its own that shares the
 //!   sender's memory; HTTP/2 writes the chunks with vectored writes, so the
 //!   pixels are copied once, by the kernel ([`GrpcBody`]);
-//! - a received message that arrived within one HTTP/2 DATA frame (all of them up
-//!   to 1 MiB with [`MAX_FRAME`](crate::MAX_FRAME)) is a slice of that frame, and
-//!   decoding it shares that slice too ([`MessageReader`], [`GrpcMessages`]).
+//! - a received message is kept as the pieces of DATA it arrived in
+//!   ([`MessageReader`], [`GrpcMessages`], [`Message`]); decoding it makes every
+//!   `bytes` field that lies within one piece a slice of it. The sender above
+//!   makes each large field a piece of its own, and a piece stays one HTTP/2
+//!   DATA frame up to [`MAX_FRAME`](crate::MAX_FRAME), so the pixels arrive
+//!   where the kernel put them.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -22,7 +25,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
-use vchat_proto::prost::Message;
+use vchat_proto::prost::Message as ProstMessage;
 
 /// `bytes` fields at least this long are shared, not copied; shorter ones are
 /// cheaper to copy than to send as a chunk of their own.
@@ -93,7 +96,7 @@ unsafe impl BufMut for ChunkedBuf {
 
 /// `msg` as one gRPC message (uncompressed: the 5-byte prefix, then the protobuf),
 /// in chunks that share the message's large `bytes` fields.
-pub fn encode_grpc_message<M: Message>(msg: &M) -> Result<Vec<Bytes>, Status> {
+pub fn encode_grpc_message<M: ProstMessage>(msg: &M) -> Result<Vec<Bytes>, Status> {
     let len = msg.encoded_len();
     let len32 = u32::try_from(len)
         .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response is too large")))?;
@@ -147,7 +150,7 @@ fn trailers(status: &Status) -> HeaderMap {
 impl<S, M> http_body::Body for GrpcBody<S>
 where
     S: Stream<Item = Result<M, Status>> + Unpin,
-    M: Message,
+    M: ProstMessage,
 {
     type Data = Bytes;
     type Error = Status;
@@ -199,9 +202,8 @@ pub fn grpc_response<B>(body: B) -> http::Response<B> {
     resp
 }
 
-/// Splits the DATA of a gRPC stream, as it arrives, into messages: a message
-/// within one piece of DATA is a slice of it; one spread over several is
-/// gathered into a buffer of exactly its size.
+/// Splits the DATA of a gRPC stream, as it arrives, into [`Message`]s, without
+/// copying: each is the pieces of DATA it arrived in.
 #[derive(Debug)]
 pub struct MessageReader {
     chunks: VecDeque<Bytes>,
@@ -234,7 +236,7 @@ impl MessageReader {
 
     /// The next whole message, if it has arrived. Errors: a compressed message,
     /// or one over the limit (known from its prefix, before it arrives).
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, Status> {
         if self.buffered < 5 {
             return Ok(None);
         }
@@ -267,37 +269,94 @@ impl MessageReader {
         Ok(Some(self.take(len)))
     }
 
-    /// The next `len` buffered bytes (there are at least that many).
-    fn take(&mut self, len: usize) -> Bytes {
+    /// The next `len` buffered bytes (there are at least that many), as the
+    /// pieces they arrived in.
+    fn take(&mut self, len: usize) -> Message {
         self.buffered -= len;
-        match self.chunks.front_mut() {
-            None => return Bytes::new(),
-            Some(front) if front.len() >= len => {
-                let out = front.split_to(len);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
-                return out;
-            }
-            Some(_) => {}
-        }
-        let mut out = BytesMut::with_capacity(len);
-        while out.len() < len {
+        let mut parts = VecDeque::new();
+        let mut left = len;
+        while left > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
             };
-            let n = (len - out.len()).min(front.len());
-            out.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                self.chunks.pop_front();
+            if front.len() > left {
+                parts.push_back(front.split_to(left));
+                left = 0;
+            } else {
+                left -= front.len();
+                parts.extend(self.chunks.pop_front());
             }
+        }
+        Message {
+            parts,
+            remaining: len - left,
+        }
+    }
+}
+
+/// One received message: the pieces of DATA it arrived in, read as one [`Buf`].
+/// Decoding it with prost shares the pieces: a `bytes` field (a frame's pixels)
+/// that lies within one piece becomes a slice of it, as the sender's
+/// [`GrpcBody`] makes each large field a piece of its own; only a field split
+/// across pieces is gathered, once, into a buffer of its exact size.
+#[derive(Debug, Default)]
+pub struct Message {
+    parts: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Buf for Message {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| &p[..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of a message");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                break;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                break;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(
+            len <= self.remaining,
+            "copy_to_bytes past the end of a message"
+        );
+        if let Some(front) = self.parts.front_mut()
+            && front.len() >= len
+        {
+            self.remaining -= len;
+            let out = front.split_to(len);
+            if front.is_empty() {
+                self.parts.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let chunk = self.chunk();
+            let n = chunk.len().min(len - out.len());
+            out.extend_from_slice(&chunk[..n]);
+            self.advance(n);
         }
         out.freeze()
     }
 }
 
-/// The messages of a gRPC body, each as one [`Bytes`] (see [`MessageReader`]).
+/// The messages of a gRPC body (see [`MessageReader`] and [`Message`]).
 /// A response's trailers with an error status end it with that error; a body
 /// that ends inside a message ends with INTERNAL.
 pub struct GrpcMessages<B> {
@@ -322,7 +381,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Item = Result<Bytes, Status>;
+    type Item = Result<Message, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -388,7 +447,7 @@ mod tests {
     };
     use vchat_proto::jina::data_request_proto::DataContentProto;
     use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
-    use vchat_proto::prost::Message;
+    use vchat_proto::prost::Message as _;
 
     fn with_tensor(buffer: Bytes) -> DataRequestProto {
         let tensor = NdArrayProto {
@@ -442,7 +501,11 @@ mod tests {
         let mut r = MessageReader::new(1 << 20);
         r.push(whole.clone());
         let first = r.next_message().unwrap().unwrap();
-        assert_eq!(first.as_ptr(), whole[5..].as_ptr(), "a slice, not a copy");
+        assert_eq!(
+            first.chunk().as_ptr(),
+            whole[5..].as_ptr(),
+            "a slice, not a copy"
+        );
         assert_eq!(DataRequestProto::decode(first).unwrap(), a);
         assert_eq!(
             DataRequestProto::decode(r.next_message().unwrap().unwrap()).unwrap(),
@@ -460,6 +523,33 @@ mod tests {
         }
         assert_eq!(got, [a, b]);
         assert!(!r.has_partial());
+    }
+
+    /// As HTTP/2 delivers what [`GrpcBody`] sends: one piece of DATA per chunk.
+    #[test]
+    fn pixels_sent_as_a_piece_are_received_in_place() {
+        let pixels = Bytes::from(vec![9u8; 50_000]);
+        let msg = with_tensor(pixels.clone());
+        let mut r = MessageReader::new(1 << 20);
+        for chunk in encode_grpc_message(&msg).unwrap() {
+            r.push(chunk);
+        }
+        let got = DataRequestProto::decode(r.next_message().unwrap().unwrap()).unwrap();
+        assert_eq!(got, msg);
+        let Some(Documents::Docs(da)) = got.data.unwrap().documents else {
+            panic!("no docs")
+        };
+        let Some(document_proto::Content::Tensor(t)) = &da.docs[0].content else {
+            panic!("no tensor")
+        };
+        let Some(nd_array_proto::Content::Dense(d)) = &t.content else {
+            panic!("not dense")
+        };
+        assert_eq!(
+            d.buffer.as_ptr(),
+            pixels.as_ptr(),
+            "the sender's pixels, never copied"
+        );
     }
 
     #[test]
@@ -481,7 +571,7 @@ mod tests {
         let mut r = MessageReader::new(100);
         r.push(Bytes::from_static(&[0, 0, 0, 0, 0]));
         assert_eq!(
-            r.next_message().unwrap().unwrap().len(),
+            r.next_message().unwrap().unwrap().remaining(),
             0,
             "an empty message"
         );

@@ -351,7 +351,7 @@ where
             // oversized request normally gets an ERROR response instead.
             let hard = limit.saturating_mul(2).max(limit.saturating_add(16 << 20));
             let inbound = GrpcMessages::new(Box::pin(body), hard)
-                .map(move |message| message.and_then(|bytes| decode_request(bytes, limit)))
+                .map(move |message| message.and_then(|m| decode_request(m, limit)))
                 .boxed();
             let request = Request::from_parts(
                 MetadataMap::from_headers(parts.headers),

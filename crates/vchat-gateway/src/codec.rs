@@ -1,7 +1,7 @@
 //! Requests of `jina.JinaRPC/Call` decoded from their message bytes: an oversized
 //! request becomes an error for that request instead of ending the stream.
 
-use bytes::Bytes;
+use bytes::Buf;
 use prost::Message;
 use tonic::Status;
 use vchat_proto::{DataRequestProto, HeaderProto};
@@ -29,11 +29,12 @@ struct HeaderOnly {
 }
 
 /// Decodes one `Call` request from its message bytes. The pixels of its frames
-/// stay slices of `bytes` (every protobuf `bytes` field is a [`Bytes`]). A
+/// stay slices of the buffers they arrived in (every protobuf `bytes` field is a
+/// [`bytes::Bytes`]). A
 /// request over `limit` bytes becomes [`Inbound::Oversized`], so that it gets an
 /// ERROR response and the stream goes on.
-pub fn decode_request(bytes: Bytes, limit: usize) -> Result<Inbound, Status> {
-    let size = bytes.len();
+pub fn decode_request(bytes: impl Buf, limit: usize) -> Result<Inbound, Status> {
+    let size = bytes.remaining();
     let undecodable =
         |e: prost::DecodeError| Status::invalid_argument(format!("undecodable request: {e}"));
     if size > limit {
@@ -51,6 +52,7 @@ pub fn decode_request(bytes: Bytes, limit: usize) -> Result<Inbound, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn oversized_requests_keep_their_header() {
