@@ -151,20 +151,8 @@ async fn a_custom_rust_executor_in_a_flow_with_parameters() {
     assert_eq!(*got.lock().unwrap(), vec![vec![[200, 100, 30]]]);
 }
 
-const SEED_EXECUTOR: &str = r#"import numpy as np
-from jina import Executor, requests
-
-
-class VideoChatExecutor(Executor):
-    last_user_frames = {}
-
-    @requests
-    def foo(self, docs, **kwargs):
-        for d in docs:
-            self.last_user_frames[d.tags['user']] = d.tensor
-            if len(self.last_user_frames) > 1:
-                d.tensor = np.concatenate(list(self.last_user_frames.values()), axis=0)
-"#;
+/// The seed's executor, word for word (also what bench/compare.sh runs in Jina).
+const SEED_EXECUTOR: &str = include_str!("jina/seed/executor/executor.py");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_python_executor_runs_in_a_vchat_flow() {
@@ -174,13 +162,9 @@ async fn the_seeds_python_executor_runs_in_a_vchat_flow() {
     write_file(
         &dir,
         "executor/config.yml",
-        "jtype: VideoChatExecutor\npy_modules:\n  - executor.py\n",
+        include_str!("jina/seed/executor/config.yml"),
     );
-    let flow_yml = write_file(
-        &dir,
-        "flow.yml",
-        "jtype: Flow\nexecutors:\n  - uses: executor/config.yml\n    name: frameAggregator\n",
-    );
+    let flow_yml = write_file(&dir, "flow.yml", include_str!("jina/seed/flow.yml"));
     let python = jina_python();
     let flow = Flow::start(&flow_yml, &["--python", python.to_str().unwrap()]);
     let mut alice = User::connect(flow.addr());
