@@ -175,8 +175,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let end = measure_from + Duration::from_secs_f64(args.duration);
     let period = (args.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / args.fps));
     let mut tasks = Vec::new();
-    for u in 0..args.users {
-        let docs = Arc::new(prepared[u].clone());
+    for (u, docs) in prepared.into_iter().enumerate() {
+        let docs = Arc::new(docs);
         let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared_in = shared.clone();
         // Users start spread over one frame period, as independent cameras do.

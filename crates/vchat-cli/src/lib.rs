@@ -62,6 +62,16 @@ enum Command {
     /// Exit 0 when the Flow at ADDR answers, 1 otherwise.
     Ping(ping::PingArgs),
     /// Simulate chat users against a gateway and report latency percentiles.
+    ///
+    /// Each user is its own `Call` stream sending one frame per request
+    /// (request_size 1) at --fps, or as fast as answers come within --window. It
+    /// speaks the Jina 3 protocol, so it measures vchat and Jina alike. Reported
+    /// over the measured window (after --warmup): per-frame latency from sending
+    /// a request to receiving its response (matched by request_id) as p50, p90,
+    /// p99 and max; responses per second against the target rate; errors;
+    /// skipped frames (due while a user's window was full, never sent); lost
+    /// frames (sent, never answered); bytes out and in. A table by default, one
+    /// JSON object with --json; a progress bar on stderr while it runs.
     Bench(bench::BenchArgs),
 }
 

@@ -447,7 +447,6 @@ mod tests {
     };
     use vchat_proto::jina::data_request_proto::DataContentProto;
     use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
-    use vchat_proto::prost::Message as _;
 
     fn with_tensor(buffer: Bytes) -> DataRequestProto {
         let tensor = NdArrayProto {
