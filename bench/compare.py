@@ -406,8 +406,14 @@ def plot(args, med, labels):
             return y0 + ph - v / ymax * ph
         def tx(u):
             return x0 + u / xmax * pw
-        ticks = [10 ** e for e in range(-1, int(math.log10(ymax)) + 1)] if ylog else \
-            [ymax * i / 5 for i in range(6)]
+        if ylog:
+            ticks = [10 ** e for e in range(-1, int(math.log10(ymax)) + 1)]
+        else:
+            # A round step: 1, 2 or 5 times a power of ten, about 5 ticks.
+            raw = ymax / 5
+            base = 10 ** math.floor(math.log10(raw))
+            step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+            ticks = [step * i for i in range(int(ymax // step) + 1)]
         for t in ticks:
             out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{ty(t):.1f}" y2="{ty(t):.1f}" stroke="#ddd"/>')
             out.append(f'<text x="{x0 - 4}" y="{ty(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
