@@ -385,55 +385,41 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match this.reader.next_message() {
+        while !this.done {
+            let ended = match this.reader.next_message() {
                 Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
-                Ok(None) => {}
-                Err(status) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(status)));
-                }
-            }
-            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => frame,
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if this.reader.has_partial() {
-                        return Poll::Ready(Some(Err(Status::internal(
-                            "the stream ended inside a message",
-                        ))));
-                    }
-                    return Poll::Ready(None);
-                }
+                Err(status) => Err(status),
+                Ok(None) => match Pin::new(&mut this.body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            this.reader.push(data);
+                            continue;
+                        }
+                        // Trailers: the end, with the sender's status.
+                        Err(frame) => match frame
+                            .trailers_ref()
+                            .and_then(Status::from_header_map)
+                            .filter(|s| s.code() != tonic::Code::Ok)
+                        {
+                            Some(status) => Err(status),
+                            None => Ok(()),
+                        },
+                    },
+                    Poll::Ready(Some(Err(e))) => Err(Status::from_error(e.into())),
+                    Poll::Ready(None) => Ok(()),
+                },
             };
-            match frame.into_data() {
-                Ok(data) => this.reader.push(data),
-                Err(frame) => {
-                    this.done = true;
-                    let status = frame
-                        .trailers_ref()
-                        .and_then(Status::from_header_map)
-                        .filter(|s| s.code() != tonic::Code::Ok);
-                    if let Some(status) = status {
-                        return Poll::Ready(Some(Err(status)));
-                    }
-                    if this.reader.has_partial() {
-                        return Poll::Ready(Some(Err(Status::internal(
-                            "the stream ended inside a message",
-                        ))));
-                    }
-                    return Poll::Ready(None);
-                }
+            this.done = true;
+            let ended = ended.and_then(|()| match this.reader.has_partial() {
+                true => Err(Status::internal("the stream ended inside a message")),
+                false => Ok(()),
+            });
+            if let Err(status) = ended {
+                return Poll::Ready(Some(Err(status)));
             }
         }
+        Poll::Ready(None)
     }
 }
 

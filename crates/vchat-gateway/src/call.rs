@@ -100,7 +100,7 @@ pub struct CallService {
     flow: Arc<FlowRuntime>,
     limits: CallLimits,
     shutdown: CancellationToken,
-    next_stream: Arc<AtomicU64>,
+    stream_ids: StreamIds,
     streams: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -120,16 +120,33 @@ impl CallService {
             limits,
             shutdown,
             metrics,
-            // Random start: stream ids also reach executors in other processes,
-            // which may serve several gateways.
-            next_stream: Arc::new(AtomicU64::new(random_base())),
+            stream_ids: StreamIds::new(),
         }
+    }
+
+    /// The ids this service gives its streams, to share with the gateway's other
+    /// front doors (the WebSocket), so that no two streams get the same one.
+    pub(crate) fn stream_ids(&self) -> StreamIds {
+        self.stream_ids.clone()
     }
 }
 
-fn random_base() -> u64 {
-    let id = vchat_core::new_id();
-    u64::from_str_radix(&id[..16], 16).unwrap_or(1) | 1
+/// Stream ids of one gateway, from a random start: they also reach executors in
+/// other processes, which may serve several gateways.
+#[derive(Clone)]
+pub(crate) struct StreamIds(Arc<AtomicU64>);
+
+impl StreamIds {
+    fn new() -> Self {
+        let id = vchat_core::new_id();
+        let base = u64::from_str_radix(&id[..16], 16).unwrap_or(1) | 1;
+        StreamIds(Arc::new(AtomicU64::new(base)))
+    }
+
+    /// The next id.
+    pub(crate) fn next(&self) -> StreamId {
+        StreamId(self.0.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DataRequestProto, Status>> + Send>>;
@@ -194,7 +211,7 @@ impl CallService {
             });
         };
         self.metrics.stream_delta(1);
-        let id = StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed));
+        let id = self.stream_ids.next();
         let flow = self.flow.clone();
         let limit = self.limits.max_message_bytes;
         let frame_limit = self.limits.max_frame_bytes;

@@ -182,6 +182,7 @@ impl Gateway {
                     self.metrics.clone(),
                     shutdown.clone(),
                     acceptor.is_some(),
+                    call.stream_ids(),
                 );
                 Some(tokio::spawn(web::serve(listener, acceptor, Arc::new(web))))
             }

@@ -45,7 +45,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -78,7 +77,7 @@ use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::status_proto::StatusCode as JinaStatus;
 use vchat_proto::{DataRequestProto, DocumentArrayProto, HeaderProto};
 
-use crate::call::CallLimits;
+use crate::call::{CallLimits, StreamIds};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER};
 use crate::metrics::Metrics;
 use crate::server::GatewayError;
@@ -152,7 +151,7 @@ pub(crate) struct Web {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tls: bool,
-    next_stream: AtomicU64,
+    stream_ids: StreamIds,
     connections: Arc<Semaphore>,
 }
 
@@ -164,6 +163,7 @@ impl Web {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tls: bool,
+        stream_ids: StreamIds,
     ) -> Self {
         Web {
             flow,
@@ -173,9 +173,7 @@ impl Web {
             metrics,
             shutdown,
             tls,
-            // Random start, as for gRPC streams: stream ids reach executors in other
-            // processes, which may serve several gateways.
-            next_stream: AtomicU64::new(random_base()),
+            stream_ids,
         }
     }
 
@@ -185,11 +183,6 @@ impl Web {
             .max_frame_bytes
             .min(self.limits.max_message_bytes)
     }
-}
-
-fn random_base() -> u64 {
-    let id = vchat_core::new_id();
-    u64::from_str_radix(&id[..16], 16).unwrap_or(1) | 1
 }
 
 /// Serves the page and the WebSocket on `listener` until the gateway's shutdown;
@@ -457,7 +450,7 @@ impl Web {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let id = StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed));
+        let id = self.stream_ids.next();
         self.metrics.stream_delta(1);
         let _leave = Leave {
             flow: self.flow.clone(),
