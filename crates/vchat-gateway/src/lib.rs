@@ -24,9 +24,11 @@
 
 mod call;
 pub mod codec;
+mod conn;
 mod executor_server;
 pub mod flow;
 pub mod metrics;
+mod outbox;
 mod python;
 mod remote;
 mod server;
@@ -34,6 +36,7 @@ mod skip;
 pub mod web;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
+pub use conn::{ConnInfo, ConnLimits};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
 pub use flow::{
     BuildOptions, FlowRuntime, Node, RESULTS_PARAMETER, SKIPPED_PARAMETER, error_response,
