@@ -32,7 +32,7 @@ use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::status_proto::StatusCode;
 
 use crate::codec::{Inbound, decode_request};
-use crate::conn::{ConnInfo, IpSlot, PerIp};
+use crate::conn::{ConnInfo, IpSlot, PerIp, later, seconds};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
 use crate::metrics::Metrics;
 use crate::outbox::{self, QueueLimits};
@@ -282,21 +282,16 @@ impl Stream for IdleLimit {
         }
         let (in_flight, last) = this.activity.get();
         let deadline = if in_flight > 0 {
-            tokio::time::Instant::now() + this.timeout
+            later(tokio::time::Instant::now(), this.timeout)
         } else {
-            last + this.timeout
+            later(last, this.timeout)
         };
         if this.sleep.deadline() != deadline {
             this.sleep.as_mut().reset(deadline);
         }
         if this.sleep.as_mut().poll(cx).is_ready() && in_flight == 0 {
             this.done = true;
-            let s = this.timeout.as_secs_f64();
-            let s = if s.fract() == 0.0 {
-                format!("{}", s as u64)
-            } else {
-                format!("{s}")
-            };
+            let s = seconds(this.timeout);
             tracing::info!(stream_idle_timeout_s = %s, "Stream idle; ending it");
             return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                 "no request for {s} s (stream_idle_timeout_s)"

@@ -4,6 +4,7 @@
 //! address.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -144,8 +145,6 @@ impl Conn {
     }
 }
 
-use std::future::Future as _;
-
 impl AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -234,14 +233,23 @@ pub(crate) fn incoming(
             }
         };
         tokio::spawn(dropped);
+        // A flood of refused connections must not become a flood of log lines.
+        let mut refused = 0u64;
+        let mut last_warning: Option<tokio::time::Instant> = None;
         while let Some((sock, peer)) = accept(&listener, &stop, "grpc").await {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    %peer,
-                    max_connections = limits.max_connections,
-                    "Connection refused: too many connections (max_connections)"
-                );
                 drop(sock);
+                refused += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        %peer,
+                        refused,
+                        max_connections = limits.max_connections,
+                        "Connection refused: too many connections (max_connections)"
+                    );
+                    last_warning = Some(tokio::time::Instant::now());
+                    refused = 0;
+                }
                 continue;
             };
             // Without TCP_NODELAY, Nagle's algorithm holds the tail of each
@@ -249,7 +257,7 @@ pub(crate) fn incoming(
             let _ = sock.set_nodelay(true);
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+                let deadline = later(tokio::time::Instant::now(), limits.handshake_timeout);
                 let io: Box<dyn Io> = match tls {
                     None => Box::new(sock),
                     Some(acceptor) => {
@@ -282,6 +290,23 @@ pub(crate) fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// `t + d`, or a far future when that is past what an instant can hold (a
+/// setting of years).
+pub(crate) fn later(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// `d` in seconds as a setting is written: `30`, or `0.5`.
+pub(crate) fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
 }
 
 /// The key streams are counted under: an IPv4 address, or the /64 network of an

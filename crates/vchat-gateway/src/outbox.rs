@@ -31,6 +31,8 @@ use tonic::codegen::http::HeaderMap;
 use vchat_core::wire::encode_grpc_message;
 use vchat_proto::DataRequestProto;
 
+use crate::conn::{later, seconds};
+
 struct State {
     chunks: VecDeque<Bytes>,
     bytes: usize,
@@ -88,15 +90,6 @@ where
     }
 }
 
-fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}", s as u64)
-    } else {
-        format!("{s}")
-    }
-}
-
 async fn produce<S>(
     mut responses: S,
     shared: Arc<Shared>,
@@ -105,7 +98,7 @@ async fn produce<S>(
 ) where
     S: Stream<Item = Result<DataRequestProto, Status>> + Unpin,
 {
-    let far = || Instant::now() + Duration::from_secs(86400 * 365);
+    let far = || later(Instant::now(), Duration::from_secs(86400 * 365));
     let (end, discard) = loop {
         // Made before the state is read, so that a chunk taken in between still
         // wakes this loop.
@@ -119,7 +112,7 @@ async fn produce<S>(
             let waiting = !st.chunks.is_empty();
             (
                 st.bytes < limits.max_bytes,
-                waiting.then(|| st.last_progress + limits.send_timeout),
+                waiting.then(|| later(st.last_progress, limits.send_timeout)),
             )
         };
         tokio::select! {
@@ -152,10 +145,10 @@ async fn produce<S>(
                 let stalled = {
                     let st = shared.lock();
                     !st.chunks.is_empty()
-                        && st.last_progress + limits.send_timeout <= Instant::now()
+                        && later(st.last_progress, limits.send_timeout) <= Instant::now()
                 };
                 if stalled {
-                    let wait = secs(limits.send_timeout);
+                    let wait = seconds(limits.send_timeout);
                     tracing::info!(send_timeout_s = %wait, "Peer not reading its responses; dropping it");
                     break (
                         Status::deadline_exceeded(format!(

@@ -573,9 +573,8 @@ impl Web {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until((active + idle_limit).into()), if reading && inflight.is_empty() => {
-                    let s = idle_limit.as_secs_f64();
-                    let s = if s.fract() == 0.0 { format!("{}", s as u64) } else { format!("{s}") };
+                _ = tokio::time::sleep_until(crate::conn::later(active.into(), idle_limit)), if reading && inflight.is_empty() => {
+                    let s = crate::conn::seconds(idle_limit);
                     tracing::info!(stream = id.0, stream_idle_timeout_s = %s, "WebSocket idle; closing");
                     reading = false;
                     close = Some(CloseFrame {
