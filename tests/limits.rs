@@ -397,3 +397,24 @@ async fn rooms_beyond_metrics_max_rooms_get_no_label_of_their_own() {
         .count();
     assert_eq!(labelled, 3, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_past_the_per_address_cap_are_refused() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let flow = Flow::start_default(&["--http-port", "0", "--max-streams-per-ip", "1"]);
+    let url = format!("{}/ws?user=a", flow.web_url().replace("http://", "ws://"));
+    let (_first, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
+    match tokio_tungstenite::connect_async(url).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("max_streams_per_ip"), "{body}");
+        }
+        other => panic!("a second WebSocket from the address is refused: {other:?}"),
+    }
+    // The doors count apart: a gRPC stream from the same address is served.
+    let mut call = open(channel_from(&flow, "127.0.0.1").await)
+        .await
+        .expect("gRPC stream");
+    round_trip(&mut call, "grpc").await;
+}
