@@ -281,15 +281,16 @@ impl Stream for IdleLimit {
             return Poll::Ready(item);
         }
         let (in_flight, last) = this.activity.get();
-        let deadline = if in_flight > 0 {
-            later(tokio::time::Instant::now(), this.timeout)
-        } else {
-            later(last, this.timeout)
-        };
+        if in_flight > 0 {
+            // The stream is polled again when a request in flight is answered
+            // (its responses are taken before the next request is read).
+            return Poll::Pending;
+        }
+        let deadline = later(last, this.timeout);
         if this.sleep.deadline() != deadline {
             this.sleep.as_mut().reset(deadline);
         }
-        if this.sleep.as_mut().poll(cx).is_ready() && in_flight == 0 {
+        if this.sleep.as_mut().poll(cx).is_ready() {
             this.done = true;
             let s = seconds(this.timeout);
             tracing::info!(stream_idle_timeout_s = %s, "Stream idle; ending it");

@@ -15,7 +15,12 @@
 //!
 //! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
 //!   served on their own port by [`Gateway::monitoring`].
-//! - TLS ([`Gateway::tls`]) through tonic's `tls-ring` feature.
+//! - TLS ([`Gateway::tls`]) with rustls (ring), the handshake done by the
+//!   gateway's own accept loop so that it is timed with the HTTP/2 preface.
+//! - Limits of peers: connections on the gRPC port ([`ConnLimits`]: a cap, a
+//!   handshake timeout, streams per connection, keepalive pings), streams per
+//!   client address, idle streams and peers that stop reading
+//!   ([`CallLimits`]), and metric labels peers cannot grow.
 //! - [`web`]: the browser side ([`Gateway::web`]): a web client at `/` and a
 //!   WebSocket at `/ws` that streams JPEG frames through the same Flow, on their
 //!   own port (hyper and tokio-tungstenite; the same certificate as gRPC).
