@@ -168,7 +168,7 @@ impl Metrics {
         counter(
             &mut out,
             "vchat_streams_rejected_total",
-            "Streams refused because max_streams were open.",
+            "Streams refused because max_streams (or max_streams_per_ip) were open.",
             self.streams_rejected.load(Ordering::Relaxed),
         );
         counter(
