@@ -151,8 +151,11 @@ class Vchat(System):
         self.flow = flow
 
     def command(self, port):
+        # `vchat bench` runs every user over one connection from one address:
+        # lift the per-address and per-connection stream limits meant for peers.
         return [str(VCHAT), "flow", "--uses", str(self.flow), "--host", "127.0.0.1",
-                "--port", str(port)], dict(os.environ)
+                "--port", str(port), "--max-streams-per-ip", "1024",
+                "--max-concurrent-streams", "1024"], dict(os.environ)
 
 
 class Jina(System):

@@ -30,7 +30,8 @@ for cfg in "vertical flow.yml raw" "vertical flow.yml jpeg" "grid $OUT/grid.yml 
     set -- $cfg
     layout=$1 flow=$2 enc=$3
     rm -f "$OUT/enc.out"
-    "$BIN/vchat" flow --uses "$flow" --host 127.0.0.1 --port 0 --max-streams 1024 >"$OUT/enc.out" 2>"$OUT/enc.log" &
+    "$BIN/vchat" flow --uses "$flow" --host 127.0.0.1 --port 0 --max-streams 1024 \
+        --max-streams-per-ip 1024 --max-concurrent-streams 1024 >"$OUT/enc.out" 2>"$OUT/enc.log" &
     pid=$!
     until grep -q '^vchat: listening on' "$OUT/enc.out" 2>/dev/null; do sleep 0.01; done
     addr=$(sed -n 's/^vchat: listening on //p' "$OUT/enc.out")

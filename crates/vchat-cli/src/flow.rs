@@ -9,11 +9,14 @@ use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
 use vchat_core::config::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
-    load_flow,
+    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
+    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S, load_flow,
 };
 use vchat_gateway::{
-    BuildOptions, CallLimits, CancellationToken, FlowRuntime, Gateway, WebOptions,
+    BuildOptions, CallLimits, CancellationToken, ConnLimits, FlowRuntime, Gateway, WebOptions,
 };
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -45,6 +48,35 @@ pub struct FlowArgs {
     /// (overrides `with.max_frame_bytes`; default 3840*2160*3).
     #[arg(long)]
     max_frame_bytes: Option<usize>,
+    /// Most streams at once from one client address (IPv4, or IPv6 /64), per
+    /// door; one more is refused with RESOURCE_EXHAUSTED (overrides
+    /// `with.max_streams_per_ip`; default 16).
+    #[arg(long)]
+    max_streams_per_ip: Option<usize>,
+    /// Most TCP connections open at once on the gRPC port; one more is closed at
+    /// once (overrides `with.max_connections`; default 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most streams open at once on one HTTP/2 connection (overrides
+    /// `with.max_concurrent_streams`; default 16).
+    #[arg(long)]
+    max_concurrent_streams: Option<u32>,
+    /// Seconds a stream may go without a request before it is ended (overrides
+    /// `with.stream_idle_timeout_s`; default 30).
+    #[arg(long)]
+    stream_idle_timeout_s: Option<f64>,
+    /// Seconds a gRPC peer may take none of its responses before it is dropped
+    /// (overrides `with.send_timeout_s`; default 20).
+    #[arg(long)]
+    send_timeout_s: Option<f64>,
+    /// Most bytes of responses waiting for one gRPC stream's peer (overrides
+    /// `with.max_stream_queue_bytes`; default 64 MiB).
+    #[arg(long)]
+    max_stream_queue_bytes: Option<usize>,
+    /// Seconds a new connection has for its TLS handshake and HTTP/2 preface
+    /// (overrides `with.handshake_timeout_s`; default 10).
+    #[arg(long)]
+    handshake_timeout_s: Option<f64>,
     /// PEM certificate chain: serve over TLS, for grpcs:// clients (overrides
     /// `with.ssl_certfile`; needs --ssl-keyfile).
     #[arg(long, requires = "ssl_keyfile")]
@@ -98,6 +130,52 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             .max_frame_bytes
             .or(spec.with.max_frame_bytes)
             .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+        max_streams_per_ip: args
+            .max_streams_per_ip
+            .or(spec.with.max_streams_per_ip)
+            .unwrap_or(DEFAULT_MAX_STREAMS_PER_IP)
+            .max(1),
+        stream_idle_timeout: seconds(
+            "stream_idle_timeout_s",
+            args.stream_idle_timeout_s
+                .or(spec.with.stream_idle_timeout_s)
+                .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_S),
+        )?,
+        send_timeout: seconds(
+            "send_timeout_s",
+            args.send_timeout_s
+                .or(spec.with.send_timeout_s)
+                .unwrap_or(DEFAULT_SEND_TIMEOUT_S),
+        )?,
+        max_stream_queue_bytes: args
+            .max_stream_queue_bytes
+            .or(spec.with.max_stream_queue_bytes)
+            .unwrap_or(DEFAULT_MAX_STREAM_QUEUE_BYTES)
+            .max(1),
+    };
+    let conn_limits = ConnLimits {
+        max_connections: args
+            .max_connections
+            .or(spec.with.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            .max(1),
+        max_concurrent_streams: args
+            .max_concurrent_streams
+            .or(spec.with.max_concurrent_streams)
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS)
+            .max(1),
+        handshake_timeout: seconds(
+            "handshake_timeout_s",
+            args.handshake_timeout_s
+                .or(spec.with.handshake_timeout_s)
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_S),
+        )?,
+        keepalive_interval: seconds(
+            "keepalive_interval_s",
+            spec.with
+                .keepalive_interval_s
+                .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL_S),
+        )?,
     };
     let tls = match (
         args.ssl_certfile.or(spec.with.ssl_certfile.clone()),
@@ -122,7 +200,13 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let local = listener.local_addr()?;
-    let mut gateway = Gateway::new(flow, limits);
+    let mut gateway = Gateway::new(flow, limits)
+        .connections(conn_limits)
+        .metrics_max_rooms(
+            spec.with
+                .metrics_max_rooms
+                .unwrap_or(DEFAULT_METRICS_MAX_ROOMS),
+        );
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
     let mut web_addr = None;
     if websocket {
@@ -183,6 +267,14 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A duration setting in seconds: positive and finite, or an error naming it.
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s <= 86_400.0 * 365.0) {
+        anyhow::bail!("{name} must be a positive number of seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 /// Jina-style endpoint panel, then one machine-readable line.

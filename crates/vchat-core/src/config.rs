@@ -26,6 +26,27 @@ pub const DEFAULT_MAX_STREAMS: usize = 256;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 3840 * 2160 * 3;
 /// Default most frames per second one WebSocket connection may send.
 pub const DEFAULT_WEBSOCKET_MAX_FPS: f64 = 30.0;
+/// Default most TCP connections open at once on the gRPC port.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default most streams open at once on one HTTP/2 connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 16;
+/// Default most streams open at once from one client address (an IPv4 address,
+/// or an IPv6 /64 network), per door.
+pub const DEFAULT_MAX_STREAMS_PER_IP: usize = 16;
+/// Default seconds a stream may go without a request (a frame) before it is ended.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_S: f64 = 30.0;
+/// Default seconds a peer may take nothing of a stream's responses before it is
+/// dropped.
+pub const DEFAULT_SEND_TIMEOUT_S: f64 = 20.0;
+/// Default most bytes of responses waiting for one stream's peer to take them.
+pub const DEFAULT_MAX_STREAM_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default seconds a new connection has to finish its TLS handshake and send
+/// the HTTP/2 preface.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_S: f64 = 10.0;
+/// Default seconds between HTTP/2 keepalive pings on a quiet gRPC connection.
+pub const DEFAULT_KEEPALIVE_INTERVAL_S: f64 = 20.0;
+/// Default most rooms given a label of their own in the metrics.
+pub const DEFAULT_METRICS_MAX_ROOMS: usize = 64;
 
 /// The gateway protocols a Flow may name in `with.protocol`.
 pub const PROTOCOLS: [&str; 2] = ["grpc", "websocket"];
@@ -110,6 +131,51 @@ pub struct FlowWith {
     /// How each endpoint's stream flows; endpoints not listed are `send-receive`.
     #[serde(default)]
     pub endpoints: BTreeMap<String, StreamMode>,
+    /// Most TCP connections open at once on the gRPC port; a new one over it is
+    /// closed as soon as it is accepted. Default [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Most streams open at once on one HTTP/2 connection (the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the gateway announces); a client opens
+    /// more only as others end. Default [`DEFAULT_MAX_CONCURRENT_STREAMS`].
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    /// Most streams open at once from one client address (IPv4 address or IPv6
+    /// /64), per door (gRPC `Call` streams; WebSockets); one more is refused with
+    /// RESOURCE_EXHAUSTED (WebSocket: 429). Default [`DEFAULT_MAX_STREAMS_PER_IP`].
+    #[serde(default)]
+    pub max_streams_per_ip: Option<usize>,
+    /// Seconds a stream may go without a request (a WebSocket: without a frame;
+    /// pings and pongs do not count) while none of its requests is in flight;
+    /// then it is ended with DEADLINE_EXCEEDED (WebSocket: closed with 1008).
+    /// Default [`DEFAULT_STREAM_IDLE_TIMEOUT_S`].
+    #[serde(default)]
+    pub stream_idle_timeout_s: Option<f64>,
+    /// Seconds a gRPC peer may take nothing of a stream's waiting responses;
+    /// then the stream ends and the peer's connection is closed. Default
+    /// [`DEFAULT_SEND_TIMEOUT_S`].
+    #[serde(default)]
+    pub send_timeout_s: Option<f64>,
+    /// Most bytes of encoded responses waiting for one gRPC stream's peer; past
+    /// it no further response is produced (and no further request read) until
+    /// the peer takes some. Default [`DEFAULT_MAX_STREAM_QUEUE_BYTES`].
+    #[serde(default)]
+    pub max_stream_queue_bytes: Option<usize>,
+    /// Seconds a new gRPC connection has to finish its TLS handshake and send
+    /// the HTTP/2 preface; then it is closed. Default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT_S`].
+    #[serde(default)]
+    pub handshake_timeout_s: Option<f64>,
+    /// Seconds between HTTP/2 keepalive pings on the gRPC port; a ping not
+    /// answered within as long again closes the connection. Default
+    /// [`DEFAULT_KEEPALIVE_INTERVAL_S`].
+    #[serde(default)]
+    pub keepalive_interval_s: Option<f64>,
+    /// Most rooms given a `room` label of their own in `vchat_room_users` (the
+    /// fullest ones); every room is counted in `vchat_rooms`. Default
+    /// [`DEFAULT_METRICS_MAX_ROOMS`].
+    #[serde(default)]
+    pub metrics_max_rooms: Option<usize>,
 }
 
 /// How a stream flows on an endpoint.

@@ -21,8 +21,9 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use vchat_core::config::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_PREFETCH,
-    StreamMode,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAM_QUEUE_BYTES,
+    DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S, StreamMode,
 };
 use vchat_core::{Error, StreamId};
 use vchat_proto::DataRequestProto;
@@ -31,9 +32,11 @@ use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::status_proto::StatusCode;
 
 use crate::codec::{Inbound, decode_request};
+use crate::conn::{ConnInfo, IpSlot, PerIp, later, seconds};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
 use crate::metrics::Metrics;
-use vchat_core::wire::{GrpcBody, GrpcMessages, grpc_response};
+use crate::outbox::{self, QueueLimits};
+use vchat_core::wire::{GrpcMessages, grpc_response};
 
 type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
 
@@ -62,6 +65,18 @@ pub struct CallLimits {
     /// A document whose tensor or blob is over this many bytes is answered with an
     /// ERROR status.
     pub max_frame_bytes: usize,
+    /// At most this many streams at once from one client address (per door);
+    /// one more is refused with RESOURCE_EXHAUSTED.
+    pub max_streams_per_ip: usize,
+    /// A stream with no request for this long, and none in flight, is ended
+    /// with DEADLINE_EXCEEDED.
+    pub stream_idle_timeout: Duration,
+    /// A peer that takes none of its stream's waiting responses for this long
+    /// is dropped.
+    pub send_timeout: Duration,
+    /// At most this many bytes of responses wait for one stream's peer; past it
+    /// the stream produces nothing more until the peer takes some.
+    pub max_stream_queue_bytes: usize,
 }
 
 impl Default for CallLimits {
@@ -72,6 +87,10 @@ impl Default for CallLimits {
             max_streams: DEFAULT_MAX_STREAMS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_fps: None,
+            max_streams_per_ip: DEFAULT_MAX_STREAMS_PER_IP,
+            stream_idle_timeout: Duration::from_secs_f64(DEFAULT_STREAM_IDLE_TIMEOUT_S),
+            send_timeout: Duration::from_secs_f64(DEFAULT_SEND_TIMEOUT_S),
+            max_stream_queue_bytes: DEFAULT_MAX_STREAM_QUEUE_BYTES,
         }
     }
 }
@@ -102,6 +121,7 @@ pub struct CallService {
     shutdown: CancellationToken,
     stream_ids: StreamIds,
     streams: Arc<Semaphore>,
+    per_ip: PerIp,
     metrics: Arc<Metrics>,
 }
 
@@ -117,6 +137,7 @@ impl CallService {
         CallService {
             flow,
             streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
+            per_ip: PerIp::new(limits.max_streams_per_ip),
             limits,
             shutdown,
             metrics,
@@ -158,6 +179,7 @@ struct StreamGuard {
     id: StreamId,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
+    _ip_slot: Option<IpSlot>,
 }
 
 impl Drop for StreamGuard {
@@ -172,15 +194,111 @@ impl Drop for StreamGuard {
     }
 }
 
-struct Guarded {
-    inner: ResponseStream,
-    _guard: StreamGuard,
+/// A stream that keeps `_hold` alive as long as itself.
+struct Holding<S, T> {
+    inner: S,
+    _hold: T,
 }
 
-impl Stream for Guarded {
-    type Item = Result<DataRequestProto, Status>;
+impl<S: Stream + Unpin, T: Unpin> Stream for Holding<S, T> {
+    type Item = S::Item;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+type Guarded = Holding<ResponseStream, StreamGuard>;
+
+/// How busy one stream is: its requests in flight, and when it last received
+/// or finished one.
+struct Activity(std::sync::Mutex<(usize, tokio::time::Instant)>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity(std::sync::Mutex::new((
+            0,
+            tokio::time::Instant::now(),
+        ))))
+    }
+
+    fn get(&self) -> (usize, tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One request begins; it counts as in flight until the token is dropped,
+    /// when its responses are all out.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut a = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        a.0 += 1;
+        a.1 = tokio::time::Instant::now();
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut a = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        a.0 = a.0.saturating_sub(1);
+        a.1 = tokio::time::Instant::now();
+    }
+}
+
+/// A stream's requests, ended with DEADLINE_EXCEEDED once the stream has had
+/// no request and none in flight for `timeout`. A request in flight (a
+/// `receive` stream's frames, a slow executor) keeps the stream alive.
+struct IdleLimit {
+    inner: Inbounds,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl IdleLimit {
+    fn new(inner: Inbounds, activity: Arc<Activity>, timeout: Duration) -> Self {
+        let sleep = Box::pin(tokio::time::sleep(timeout));
+        IdleLimit {
+            inner,
+            activity,
+            timeout,
+            sleep,
+            done: false,
+        }
+    }
+}
+
+impl Stream for IdleLimit {
+    type Item = Result<Inbound, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use std::future::Future;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
+            return Poll::Ready(item);
+        }
+        let (in_flight, last) = this.activity.get();
+        if in_flight > 0 {
+            // The stream is polled again when a request in flight is answered
+            // (its responses are taken before the next request is read).
+            return Poll::Pending;
+        }
+        let deadline = later(last, this.timeout);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let s = seconds(this.timeout);
+            tracing::info!(stream_idle_timeout_s = %s, "Stream idle; ending it");
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "no request for {s} s (stream_idle_timeout_s)"
+            )))));
+        }
+        Poll::Pending
     }
 }
 
@@ -200,6 +318,26 @@ impl CallService {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&p| p > 0)
             .map_or(self.limits.prefetch, |p| p.min(self.limits.prefetch));
+        let peer = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.remote_addr.ip());
+        let ip_slot = match peer {
+            Some(ip) => match self.per_ip.try_acquire(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.metrics.stream_rejected();
+                    let max = self.per_ip.max();
+                    tracing::warn!(%ip, max_streams_per_ip = max, "Stream refused: too many streams from one address");
+                    return Box::pin(async move {
+                        Err(Status::resource_exhausted(format!(
+                            "too many streams from {ip}: at most {max} at once from one address (max_streams_per_ip)"
+                        )))
+                    });
+                }
+            },
+            None => None,
+        };
         let Ok(permit) = self.streams.clone().try_acquire_owned() else {
             self.metrics.stream_rejected();
             let max = self.limits.max_streams;
@@ -216,15 +354,20 @@ impl CallService {
         let limit = self.limits.max_message_bytes;
         let frame_limit = self.limits.max_frame_bytes;
         let metrics = self.metrics.clone();
-        let inbound = request
-            .into_inner()
-            .take_until(self.shutdown.clone().cancelled_owned());
+        let activity = Activity::new();
+        let inbound = IdleLimit::new(
+            request.into_inner(),
+            activity.clone(),
+            self.limits.stream_idle_timeout,
+        )
+        .take_until(self.shutdown.clone().cancelled_owned());
         tracing::debug!(stream = id.0, prefetch, "Stream opened");
         let guard = StreamGuard {
             flow: flow.clone(),
             id,
             metrics: metrics.clone(),
             _permit: permit,
+            _ip_slot: ip_slot,
         };
         let min_gap = self
             .limits
@@ -232,75 +375,99 @@ impl CallService {
             .filter(|f| *f > 0.0)
             .map(|f| Duration::from_secs_f64(1.0 / f));
         let mut last_processed: Option<Instant> = None;
-        let responses = inbound
-            .map(move |item| {
-                let flow = flow.clone();
-                let metrics = metrics.clone();
-                let started = Instant::now();
-                let req = match item {
-                    Ok(Inbound::Request(req)) => req,
-                    Ok(Inbound::Oversized { header, size }) => {
-                        let endpoint = header.exec_endpoint.clone().unwrap_or_else(|| "/".into());
-                        let e = Error::BadRequest(format!(
-                            "message of {size} bytes is over the limit of {limit} bytes"
-                        ));
-                        let resp = error_response(header, &e);
-                        metrics.request(&endpoint, started.elapsed(), true, size, resp.encoded_len());
-                        return one(Ok(resp));
-                    }
-                    Err(status) => return one(Err(status)),
-                };
-                let endpoint = req
-                    .header
-                    .as_ref()
-                    .and_then(|h| h.exec_endpoint.clone())
-                    .unwrap_or_else(|| "/".to_string());
-                let size_in = req.encoded_len();
-                if let Some(size) = oversized_frame(&req, frame_limit) {
+        let mut respond = move |item: Result<Inbound, Status>| {
+            let flow = flow.clone();
+            let metrics = metrics.clone();
+            let started = Instant::now();
+            let req = match item {
+                Ok(Inbound::Request(req)) => req,
+                Ok(Inbound::Oversized { header, size }) => {
+                    let endpoint = header.exec_endpoint.clone().unwrap_or_else(|| "/".into());
                     let e = Error::BadRequest(format!(
-                        "a frame of {size} bytes is over the limit of {frame_limit} bytes (max_frame_bytes)"
+                        "message of {size} bytes is over the limit of {limit} bytes"
                     ));
-                    let resp = error_response(req.header.unwrap_or_default(), &e);
-                    metrics.request(&endpoint, started.elapsed(), true, size_in, resp.encoded_len());
+                    let resp = error_response(header, &e);
+                    metrics.request(&endpoint, started.elapsed(), true, size, resp.encoded_len());
                     return one(Ok(resp));
                 }
-                let mode = flow.mode(&endpoint);
-                // max_fps: a request that comes too soon after the last processed one
-                // of this stream is answered as skipped, unprocessed.
-                if let Some(gap) = min_gap
-                    && mode == StreamMode::SendReceive
-                {
-                    let now = Instant::now();
-                    if last_processed.is_some_and(|t| now.duration_since(t) < gap) {
-                        metrics.frame_skipped();
-                        return one(Ok(skipped_response(req.header.unwrap_or_default())));
-                    }
-                    last_processed = Some(now);
+                Err(status) => return one(Err(status)),
+            };
+            let endpoint = req
+                .header
+                .as_ref()
+                .and_then(|h| h.exec_endpoint.clone())
+                .unwrap_or_else(|| "/".to_string());
+            let size_in = req.encoded_len();
+            if let Some(size) = oversized_frame(&req, frame_limit) {
+                let e = Error::BadRequest(format!(
+                    "a frame of {size} bytes is over the limit of {frame_limit} bytes (max_frame_bytes)"
+                ));
+                let resp = error_response(req.header.unwrap_or_default(), &e);
+                metrics.request(
+                    &endpoint,
+                    started.elapsed(),
+                    true,
+                    size_in,
+                    resp.encoded_len(),
+                );
+                return one(Ok(resp));
+            }
+            let mode = flow.mode(&endpoint);
+            // max_fps: a request that comes too soon after the last processed one
+            // of this stream is answered as skipped, unprocessed.
+            if let Some(gap) = min_gap
+                && mode == StreamMode::SendReceive
+            {
+                let now = Instant::now();
+                if last_processed.is_some_and(|t| now.duration_since(t) < gap) {
+                    metrics.frame_skipped();
+                    return one(Ok(skipped_response(req.header.unwrap_or_default())));
                 }
-                if mode == StreamMode::Receive {
-                    let responses = flow.respond(req, id).map(Ok);
-                    return futures::future::ready(responses.boxed()).boxed();
+                last_processed = Some(now);
+            }
+            if mode == StreamMode::Receive {
+                let responses = flow.respond(req, id).map(Ok);
+                return futures::future::ready(responses.boxed()).boxed();
+            }
+            // Processed inside the future, so that `buffered` runs up to
+            // `prefetch` requests of the stream at once.
+            async move {
+                let resp = flow.process(req, id).await;
+                let failed = resp
+                    .header
+                    .as_ref()
+                    .and_then(|h| h.status.as_ref())
+                    .is_some_and(|s| s.code == StatusCode::Error as i32);
+                let skipped = resp
+                    .parameters
+                    .as_ref()
+                    .is_some_and(|p| p.fields.contains_key(SKIPPED_PARAMETER));
+                if skipped {
+                    metrics.frame_skipped();
                 }
-                // Processed inside the future, so that `buffered` runs up to
-                // `prefetch` requests of the stream at once.
-                async move {
-                    let resp = flow.process(req, id).await;
-                    let failed = resp
-                        .header
-                        .as_ref()
-                        .and_then(|h| h.status.as_ref())
-                        .is_some_and(|s| s.code == StatusCode::Error as i32);
-                    let skipped = resp
-                        .parameters
-                        .as_ref()
-                        .is_some_and(|p| p.fields.contains_key(SKIPPED_PARAMETER));
-                    if skipped {
-                        metrics.frame_skipped();
-                    }
-                    metrics.request(&endpoint, started.elapsed(), failed, size_in, resp.encoded_len());
-                    futures::stream::once(futures::future::ready(Ok(resp))).boxed()
-                }
-                .boxed()
+                metrics.request(
+                    &endpoint,
+                    started.elapsed(),
+                    failed,
+                    size_in,
+                    resp.encoded_len(),
+                );
+                futures::stream::once(futures::future::ready(Ok(resp))).boxed()
+            }
+            .boxed()
+        };
+        let responses = inbound
+            .map(move |item| {
+                let in_flight = activity.begin();
+                respond(item)
+                    .map(move |responses| {
+                        Holding {
+                            inner: responses,
+                            _hold: in_flight,
+                        }
+                        .boxed()
+                    })
+                    .boxed()
             })
             // Processes up to `prefetch` requests at once and answers in order; the
             // stream is not read further until one finishes, so nothing queues
@@ -309,7 +476,7 @@ impl CallService {
             .flatten();
         let stream: ResponseStream = Box::pin(Guarded {
             inner: Box::pin(responses),
-            _guard: guard,
+            _hold: guard,
         });
         Box::pin(async move { Ok(Response::new(stream)) })
     }
@@ -353,8 +520,13 @@ where
             );
         }
         let limit = service.limits.max_message_bytes;
+        let queue = QueueLimits {
+            max_bytes: service.limits.max_stream_queue_bytes.max(1),
+            send_timeout: service.limits.send_timeout,
+        };
         Box::pin(async move {
             let (parts, body) = req.into_parts();
+            let close = parts.extensions.get::<ConnInfo>().map(|c| c.close.clone());
             if let Some(enc) = parts.headers.get("grpc-encoding")
                 && enc.as_bytes() != b"identity"
             {
@@ -377,10 +549,13 @@ where
             );
             let mut service = service;
             match service.call(request).await {
-                // Responses go out through `GrpcBody`, which shares their pixels
-                // with the socket writes instead of copying them (see `wire`).
-                Ok(resp) => Ok(grpc_response(tonic::body::Body::new(GrpcBody::response(
+                // Responses go out as chunks that share their pixels with the
+                // socket writes instead of copying them (see `wire`), through a
+                // queue bounded in bytes and in time (see `outbox`).
+                Ok(resp) => Ok(grpc_response(tonic::body::Body::new(outbox::body(
                     resp.into_inner(),
+                    queue,
+                    close,
                 )))),
                 Err(status) => Ok(status.into_http()),
             }

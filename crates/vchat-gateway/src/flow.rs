@@ -303,6 +303,15 @@ impl FlowRuntime {
         &self.names
     }
 
+    /// The endpoints the Flow names: bound by an in-process executor, or given a
+    /// mode in `with.endpoints`. An executor bound to `/default` serves every
+    /// endpoint, but names only that one.
+    pub fn named_endpoints(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> = self.endpoints().into_iter().collect();
+        names.extend(self.modes.keys().cloned());
+        names
+    }
+
     /// Every endpoint some in-process executor binds.
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes

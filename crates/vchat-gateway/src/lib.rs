@@ -15,7 +15,12 @@
 //!
 //! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
 //!   served on their own port by [`Gateway::monitoring`].
-//! - TLS ([`Gateway::tls`]) through tonic's `tls-ring` feature.
+//! - TLS ([`Gateway::tls`]) with rustls (ring), the handshake done by the
+//!   gateway's own accept loop so that it is timed with the HTTP/2 preface.
+//! - Limits of peers: connections on the gRPC port ([`ConnLimits`]: a cap, a
+//!   handshake timeout, streams per connection, keepalive pings), streams per
+//!   client address, idle streams and peers that stop reading
+//!   ([`CallLimits`]), and metric labels peers cannot grow.
 //! - [`web`]: the browser side ([`Gateway::web`]): a web client at `/` and a
 //!   WebSocket at `/ws` that streams JPEG frames through the same Flow, on their
 //!   own port (hyper and tokio-tungstenite; the same certificate as gRPC).
@@ -24,9 +29,11 @@
 
 mod call;
 pub mod codec;
+mod conn;
 mod executor_server;
 pub mod flow;
 pub mod metrics;
+mod outbox;
 mod python;
 mod remote;
 mod server;
@@ -34,6 +41,7 @@ mod skip;
 pub mod web;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
+pub use conn::{ConnInfo, ConnLimits};
 pub use executor_server::{UNKNOWN_STREAM, serve_executor};
 pub use flow::{
     BuildOptions, FlowRuntime, Node, RESULTS_PARAMETER, SKIPPED_PARAMETER, error_response,

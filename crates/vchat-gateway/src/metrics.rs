@@ -4,11 +4,13 @@
 //!
 //! Every metric is listed in [`Metrics::render`] and in the README.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use vchat_core::config::DEFAULT_METRICS_MAX_ROOMS;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,8 +30,12 @@ struct Histogram {
     sum: f64,
 }
 
+/// The `endpoint` label of every request to an endpoint the Flow does not name:
+/// a peer may send any endpoint name, and each distinct label is a time series
+/// kept forever by the scraper.
+pub const OTHER_ENDPOINT: &str = "other";
+
 /// Counters and gauges of one gateway; cheap to update from every request.
-#[derive(Default)]
 pub struct Metrics {
     requests: AtomicU64,
     failures: AtomicU64,
@@ -39,9 +45,49 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Endpoints with a label of their own; `/` and `/default` always.
+    endpoints: OnceLock<BTreeSet<String>>,
+    max_rooms: AtomicUsize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            frames_skipped: AtomicU64::default(),
+            streams_rejected: AtomicU64::default(),
+            active_streams: AtomicI64::default(),
+            bytes_in: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
+            latency: Mutex::default(),
+            endpoints: OnceLock::new(),
+            max_rooms: AtomicUsize::new(DEFAULT_METRICS_MAX_ROOMS),
+        }
+    }
 }
 
 impl Metrics {
+    /// Gives these endpoints (the ones the Flow names) a latency label of their
+    /// own; every other endpoint is counted under [`OTHER_ENDPOINT`]. Only the
+    /// first call counts.
+    pub fn set_endpoints(&self, endpoints: impl IntoIterator<Item = String>) {
+        let _ = self.endpoints.set(endpoints.into_iter().collect());
+    }
+
+    /// At most this many rooms per executor get a `room` label of their own in
+    /// `vchat_room_users` (the fullest ones).
+    pub fn set_max_rooms(&self, n: usize) {
+        self.max_rooms.store(n, Ordering::Relaxed);
+    }
+
+    fn endpoint_label<'a>(&self, endpoint: &'a str) -> &'a str {
+        let named = endpoint == "/"
+            || endpoint == vchat_core::DEFAULT_ENDPOINT
+            || self.endpoints.get().is_some_and(|e| e.contains(endpoint));
+        if named { endpoint } else { OTHER_ENDPOINT }
+    }
+
     /// One request of `bytes_in` answered in `elapsed` with `bytes_out`.
     pub fn request(
         &self,
@@ -63,6 +109,7 @@ impl Metrics {
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
+        let endpoint = self.endpoint_label(endpoint);
         let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         // Endpoints are few; the key is allocated only the first time.
         if !h.contains_key(endpoint) {
@@ -121,7 +168,7 @@ impl Metrics {
         counter(
             &mut out,
             "vchat_streams_rejected_total",
-            "Streams refused because max_streams were open.",
+            "Streams refused because max_streams (or max_streams_per_ip) were open.",
             self.streams_rejected.load(Ordering::Relaxed),
         );
         counter(
@@ -142,24 +189,44 @@ impl Metrics {
              # TYPE vchat_active_streams gauge\nvchat_active_streams {}\n",
             self.active_streams.load(Ordering::Relaxed)
         );
-        out.push_str(
-            "# HELP vchat_room_users Users present in a room, per executor.\n\
-             # TYPE vchat_room_users gauge\n",
-        );
+        // Room names come from peers: only the fullest rooms get a label of
+        // their own, so that the series stay bounded however many rooms exist.
+        let max_rooms = self.max_rooms.load(Ordering::Relaxed);
+        let mut room_lines = String::new();
+        let mut count_lines = String::new();
         for node in flow.nodes() {
             let mut rooms: BTreeMap<String, usize> = BTreeMap::new();
             for (room, n) in node.users_per_room() {
                 *rooms.entry(room).or_default() += n;
             }
-            for (room, n) in rooms {
+            let name = escape(node.name());
+            let _ = writeln!(
+                count_lines,
+                "vchat_rooms{{executor=\"{name}\"}} {}",
+                rooms.len()
+            );
+            let mut fullest: Vec<(String, usize)> = rooms.into_iter().collect();
+            fullest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            fullest.truncate(max_rooms);
+            fullest.sort();
+            for (room, n) in fullest {
                 let _ = writeln!(
-                    out,
-                    "vchat_room_users{{executor=\"{}\",room=\"{}\"}} {n}",
-                    escape(node.name()),
+                    room_lines,
+                    "vchat_room_users{{executor=\"{name}\",room=\"{}\"}} {n}",
                     escape(&room)
                 );
             }
         }
+        out.push_str(
+            "# HELP vchat_rooms Rooms with users present, per executor.\n\
+             # TYPE vchat_rooms gauge\n",
+        );
+        out.push_str(&count_lines);
+        out.push_str(
+            "# HELP vchat_room_users Users present in a room, per executor (the fullest \
+             rooms, up to metrics_max_rooms).\n# TYPE vchat_room_users gauge\n",
+        );
+        out.push_str(&room_lines);
         out.push_str(
             "# HELP vchat_request_duration_seconds Time from receiving a request to its \
              response, per endpoint.\n# TYPE vchat_request_duration_seconds histogram\n",
@@ -213,16 +280,8 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (mut sock, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Metrics endpoint cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((mut sock, _)) = crate::conn::accept(&listener, &shutdown, "metrics").await else {
+            return;
         };
         let (metrics, flow) = (metrics.clone(), flow.clone());
         tokio::spawn(async move {
@@ -268,6 +327,26 @@ pub async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_the_flow_does_not_name_share_one_label() {
+        let m = Metrics::default();
+        m.set_endpoints(["/chat".to_string()]);
+        for i in 0..1000 {
+            m.request(&format!("/e{i}"), Duration::from_millis(1), false, 1, 1);
+        }
+        m.request("/chat", Duration::from_millis(1), false, 1, 1);
+        m.request("/", Duration::from_millis(1), false, 1, 1);
+        let text = m.render(&FlowRuntime::new(Vec::new()));
+        assert!(text.lines().count() < 100, "{text}");
+        for line in [
+            "vchat_request_duration_seconds_count{endpoint=\"other\"} 1000",
+            "vchat_request_duration_seconds_count{endpoint=\"/chat\"} 1",
+            "vchat_request_duration_seconds_count{endpoint=\"/\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
 
     #[test]
     fn renders_counters_and_histograms() {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use vchat_proto::jina::jina_gateway_dry_run_rpc_server::{
     JinaGatewayDryRunRpc, JinaGatewayDryRunRpcServer,
@@ -16,6 +15,7 @@ use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
 use vchat_proto::{JinaInfoProto, StatusProto};
 
 use crate::call::{CallLimits, CallService, JinaRpcServer};
+use crate::conn::{self, ConnLimits};
 use crate::flow::FlowRuntime;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::web::{self, Web, WebOptions};
@@ -90,6 +90,7 @@ impl JinaInfoRpc for Info {
 pub struct Gateway {
     flow: Arc<FlowRuntime>,
     limits: CallLimits,
+    conn_limits: ConnLimits,
     tls: Option<(Vec<u8>, Vec<u8>)>,
     monitoring: Option<TcpListener>,
     web: Option<(TcpListener, WebOptions)>,
@@ -99,20 +100,36 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway for `flow` with the per-stream `limits`.
     pub fn new(flow: FlowRuntime, limits: CallLimits) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_endpoints(flow.named_endpoints());
         Gateway {
             flow: Arc::new(flow),
             limits,
+            conn_limits: ConnLimits::default(),
             tls: None,
             monitoring: None,
             web: None,
-            metrics: Arc::default(),
+            metrics,
         }
+    }
+
+    /// At most `n` rooms per executor get a label of their own in the metrics
+    /// (default [`DEFAULT_METRICS_MAX_ROOMS`](vchat_core::config::DEFAULT_METRICS_MAX_ROOMS)).
+    pub fn metrics_max_rooms(self, n: usize) -> Self {
+        self.metrics.set_max_rooms(n);
+        self
     }
 
     /// Serves gRPC over TLS with this PEM certificate chain and private key;
     /// plaintext clients are then refused.
     pub fn tls(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
         self.tls = Some((cert_pem, key_pem));
+        self
+    }
+
+    /// Bounds the gRPC port's connections (default [`ConnLimits::default`]).
+    pub fn connections(mut self, limits: ConnLimits) -> Self {
+        self.conn_limits = limits;
         self
     }
 
@@ -200,30 +217,29 @@ impl Gateway {
                 tracing::info!("Shutting down: finishing requests in flight");
             }
         };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some((cert, key)) = self.tls {
-            let identity = tonic::transport::Identity::from_pem(cert, key);
-            builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .map_err(|e| GatewayError::Tls(format!("{e:?}")))?;
-        }
-        builder
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(web::tls_acceptor_for(cert, key, b"h2")?),
+            None => None,
+        };
+        let limits = self.conn_limits;
+        let incoming = conn::incoming(listener, tls, limits, shutdown.clone());
+        tonic::transport::Server::builder()
             .tcp_nodelay(true)
             // A raw frame is hundreds of KiB and a mosaic several MiB: HTTP/2's
             // default 64 KiB windows would stall every message on window updates.
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(limits.max_concurrent_streams.max(1))
+            // A peer whose connection is dead, or that stopped reading its
+            // socket, never answers a ping: the connection is closed.
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_interval))
             .add_service(health_service)
             .add_service(JinaRpcServer::new(call))
             .add_service(JinaGatewayDryRunRpcServer::from_arc(info.clone()))
             .add_service(JinaInfoRpcServer::from_arc(info))
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY, Nagle's algorithm holds the tail of each
-                // response until the peer's delayed ACK: 40 ms per frame.
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
-            )
+            .serve_with_incoming_shutdown(incoming, signal)
             .await?;
         if let Some(web) = web_server {
             // Closes every WebSocket once its frames in flight are answered.

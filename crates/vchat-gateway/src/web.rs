@@ -78,6 +78,7 @@ use vchat_proto::jina::status_proto::StatusCode as JinaStatus;
 use vchat_proto::{DataRequestProto, DocumentArrayProto, HeaderProto};
 
 use crate::call::{CallLimits, StreamIds};
+use crate::conn::PerIp;
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER};
 use crate::metrics::Metrics;
 use crate::server::GatewayError;
@@ -125,6 +126,16 @@ impl Default for WebOptions {
 /// A TLS acceptor for the PEM certificate chain and key (the Flow's
 /// `ssl_certfile` and `ssl_keyfile`), speaking HTTP/1.1.
 pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, GatewayError> {
+    tls_acceptor_for(cert_pem, key_pem, b"http/1.1")
+}
+
+/// A TLS acceptor for the PEM certificate chain and key that offers `alpn`
+/// (`h2` on the gRPC port).
+pub(crate) fn tls_acceptor_for(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    alpn: &[u8],
+) -> Result<TlsAcceptor, GatewayError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem)
@@ -139,7 +150,7 @@ pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, Gate
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| GatewayError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -153,6 +164,7 @@ pub(crate) struct Web {
     tls: bool,
     stream_ids: StreamIds,
     connections: Arc<Semaphore>,
+    per_ip: PerIp,
 }
 
 impl Web {
@@ -168,6 +180,7 @@ impl Web {
         Web {
             flow,
             connections: Arc::new(Semaphore::new(limits.max_streams.max(1))),
+            per_ip: PerIp::new(limits.max_streams_per_ip),
             limits,
             options,
             metrics,
@@ -191,16 +204,8 @@ impl Web {
 pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, web: Arc<Web>) {
     let tracker = TaskTracker::new();
     loop {
-        let (sock, peer) = tokio::select! {
-            _ = web.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Web endpoint cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((sock, peer)) = crate::conn::accept(&listener, &web.shutdown, "web").await else {
+            break;
         };
         // Small messages (status, mosaics' tails) must not wait for delayed ACKs.
         let _ = sock.set_nodelay(true);
@@ -390,6 +395,18 @@ impl Web {
             Ok(w) => w,
             Err(m) => return plain(StatusCode::BAD_REQUEST, m),
         };
+        let Some(ip_slot) = self.per_ip.try_acquire(peer.ip()) else {
+            self.metrics.stream_rejected();
+            let max = self.per_ip.max();
+            let ip = peer.ip();
+            tracing::warn!(%ip, max_streams_per_ip = max, "WebSocket refused: too many from one address");
+            return plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many connections from {ip}: at most {max} at once from one address (max_streams_per_ip)"
+                ),
+            );
+        };
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             self.metrics.stream_rejected();
             let max = self.limits.max_streams;
@@ -404,6 +421,7 @@ impl Web {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let web = self.clone();
         tracker.spawn(async move {
+            let _ip_slot = ip_slot;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let hard = web.hard_limit();
@@ -484,6 +502,10 @@ impl Web {
         let mut reading = true;
         let mut close: Option<CloseFrame> = None;
         let mut last_heard = Instant::now();
+        // Only frames (and their replies) keep a connection from being idle:
+        // a client that just answers pings holds a slot without using it.
+        let idle_limit = self.limits.stream_idle_timeout;
+        let mut active = Instant::now();
         let mut ticker = tokio::time::interval(PING_AFTER / 3);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -492,6 +514,7 @@ impl Web {
             }
             tokio::select! {
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
+                    active = Instant::now();
                     for m in out {
                         match tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await {
                             Ok(Ok(())) => {}
@@ -507,6 +530,7 @@ impl Web {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(Message::Binary(data))) => {
+                            active = Instant::now();
                             seq += 1;
                             let reply = if bucket.take(Instant::now()) {
                                 self.clone().frame(data, seq, who.clone(), id).boxed()
@@ -548,6 +572,15 @@ impl Web {
                             }
                         }
                     }
+                }
+                _ = tokio::time::sleep_until(crate::conn::later(active.into(), idle_limit)), if reading && inflight.is_empty() => {
+                    let s = crate::conn::seconds(idle_limit);
+                    tracing::info!(stream = id.0, stream_idle_timeout_s = %s, "WebSocket idle; closing");
+                    reading = false;
+                    close = Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: format!("no frame for {s} s (stream_idle_timeout_s)").into(),
+                    });
                 }
                 _ = self.shutdown.cancelled(), if reading => {
                     reading = false;
