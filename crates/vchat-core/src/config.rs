@@ -89,6 +89,12 @@ pub struct FlowWith {
     /// [`DEFAULT_MAX_FRAME_BYTES`].
     #[serde(default)]
     pub max_frame_bytes: Option<usize>,
+    /// Ceiling, in MiB, on the bytes this process's executors hold in users'
+    /// frames and rooms' cached mosaics ([`crate::budget`]); while more is held,
+    /// new streams are refused with RESOURCE_EXHAUSTED (503 on the WebSocket).
+    /// Default [`DEFAULT_MAX_MEMORY_MB`](crate::budget::DEFAULT_MAX_MEMORY_MB).
+    #[serde(default)]
+    pub max_memory_mb: Option<usize>,
     /// PEM certificate chain: serve gRPC over TLS (with `ssl_keyfile`). A
     /// relative path is relative to the Flow YAML.
     #[serde(default)]
