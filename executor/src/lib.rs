@@ -476,7 +476,8 @@ impl VideoChatExecutor {
         Ok((user.to_string(), room.to_string()))
     }
 
-    /// `Err` when `stream` is already someone else, or somewhere else.
+    /// `Err` when `stream` is already someone else, or somewhere else (never for
+    /// [`StreamId::UNKNOWN`], which is not bound).
     fn check_identity(
         &self,
         streams: &HashMap<StreamId, Identity>,
@@ -542,7 +543,9 @@ impl VideoChatExecutor {
         if room.slots.is_empty() {
             state.rooms.remove(room_name);
         }
-        if result.is_ok() {
+        // Requests of an unknown stream come from many clients (a Jina gateway):
+        // there is no one to bind.
+        if result.is_ok() && stream != StreamId::UNKNOWN {
             state.streams.entry(stream).or_insert_with(|| Identity {
                 user: user.to_string(),
                 room: room_name.to_string(),
@@ -1668,5 +1671,20 @@ mod tests {
         let state = ex.lock();
         let stored = &state.rooms[DEFAULT_ROOM].slots[0].frame;
         assert_ne!(stored.as_ptr(), request.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn requests_of_an_unknown_stream_bind_nobody() {
+        // A Jina gateway calling this executor in another process says nothing of
+        // its client streams: all its users come as one unknown stream.
+        let ex = executor(5.0);
+        let unknown = StreamId::UNKNOWN.0;
+        send(&ex, &mut frame("alice", 1, 2, 1), unknown)
+            .await
+            .unwrap();
+        let mut b = frame("bob", 1, 2, 2);
+        send(&ex, &mut b, unknown).await.unwrap();
+        assert_eq!(participants(&b), ["alice", "bob"]);
+        assert!(ex.lock().streams.is_empty());
     }
 }
