@@ -487,7 +487,8 @@ impl VideoChatExecutor {
     ) -> Result<(), Error> {
         match streams.get(&stream) {
             Some(id) if id.user != user || id.room != room => {
-                tracing::info!(
+                // Not at info: a peer could make one line per frame it sends.
+                tracing::debug!(
                     stream = stream.0,
                     user = %id.user,
                     room = %id.room,
