@@ -778,4 +778,13 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn max_memory_mb_is_a_flow_setting() {
+        let d = tmpdir("memory");
+        let flow = write(&d, "flow.yml", "jtype: Flow\nwith:\n  max_memory_mb: 512\n");
+        assert_eq!(load_flow(&flow).unwrap().with.max_memory_mb, Some(512));
+        let bad = write(&d, "bad.yml", "jtype: Flow\nwith:\n  max_memory_mb: lots\n");
+        assert!(load_flow(&bad).is_err());
+    }
 }
