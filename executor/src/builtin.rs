@@ -24,12 +24,12 @@ fn reject(name: &str, message: impl Into<String>) -> Error {
 fn map_frames(
     name: &str,
     docs: &mut DocumentArray,
-    mut f: impl FnMut(&Tensor, usize, usize) -> Tensor,
+    mut f: impl FnMut(&Tensor, usize, usize) -> Result<Tensor, String>,
 ) -> Result<(), Error> {
     for doc in docs.iter_mut() {
         let Some(frame) = doc.tensor() else { continue };
         let (h, w) = frame.frame_dims().map_err(|m| reject(name, m))?;
-        let out = f(frame, h, w);
+        let out = f(frame, h, w).map_err(|m| reject(name, m))?;
         doc.set_tensor(out);
     }
     Ok(())
@@ -154,7 +154,7 @@ pub fn flip(frame: &Tensor, h: usize, w: usize, axis: FlipAxis) -> Tensor {
 #[async_trait]
 impl Executor for Flip {
     async fn process(&self, docs: &mut DocumentArray, _: &RequestContext<'_>) -> Result<(), Error> {
-        map_frames(&self.name, docs, |f, h, w| flip(f, h, w, self.axis))
+        map_frames(&self.name, docs, |f, h, w| Ok(flip(f, h, w, self.axis)))
     }
 }
 
@@ -228,7 +228,7 @@ impl Executor for Grayscale {
             }
             Some(Err(e)) => return Err(reject(&self.name, e)),
         };
-        map_frames(&self.name, docs, |f, _, _| grayscale(f, mix))
+        map_frames(&self.name, docs, |f, _, _| Ok(grayscale(f, mix)))
     }
 }
 
@@ -249,12 +249,16 @@ pub struct Resize {
     width: usize,
 }
 
+/// Largest side of a [`Resize`] output, in pixels.
+pub const RESIZE_MAX_SIDE: usize = 8192;
+
 impl Resize {
     /// Builds it.
     pub fn new(c: ResizeConfig, name: &str) -> Result<Self, String> {
-        if c.height == 0 || c.width == 0 || c.height > 8192 || c.width > 8192 {
+        let side = 1..=RESIZE_MAX_SIDE;
+        if !side.contains(&c.height) || !side.contains(&c.width) {
             return Err(format!(
-                "with.height and with.width must be 1 to 8192, got {}x{}",
+                "with.height and with.width must be 1 to {RESIZE_MAX_SIDE}, got {}x{}",
                 c.height, c.width
             ));
         }
@@ -266,9 +270,13 @@ impl Resize {
     }
 }
 
-/// `frame` resized to `nh`×`nw` (nearest neighbour).
-pub fn resize(frame: &Tensor, h: usize, w: usize, nh: usize, nw: usize) -> Tensor {
-    Tensor::image(nh, nw, 3, crate::mosaic::resize(frame.data(), h, w, nh, nw)).expect("sized")
+/// `frame`, an `h`×`w` image, resized to `nh`×`nw` (nearest neighbour); an
+/// error when `h`×`w` is not its shape or `nh`×`nw` is over
+/// [`RESIZE_MAX_SIDE`] squared.
+pub fn resize(frame: &Tensor, h: usize, w: usize, nh: usize, nw: usize) -> Result<Tensor, String> {
+    let limit = RESIZE_MAX_SIDE * RESIZE_MAX_SIDE;
+    let px = crate::mosaic::resize(frame.data(), h, w, nh, nw, limit).map_err(|e| e.to_string())?;
+    Tensor::image(nh, nw, 3, px).map_err(|e| e.to_string())
 }
 
 #[async_trait]
@@ -561,12 +569,16 @@ mod tests {
             &[2, 2, 2, 1, 1, 1]
         );
         assert_eq!(flip(&t, 1, 2, FlipAxis::Vertical), t);
-        let big = resize(&t, 1, 2, 2, 4);
+        let big = resize(&t, 1, 2, 2, 4).unwrap();
         assert_eq!(big.shape(), &[2, 4, 3]);
         assert_eq!(
             big.data().chunks(3).map(|p| p[0]).collect::<Vec<_>>(),
             [1, 1, 2, 2, 1, 1, 2, 2]
         );
+        // A shape that is not the frame's, or an output past the limit: errors.
+        assert!(resize(&t, 2, 2, 2, 4).is_err());
+        assert!(resize(&t, usize::MAX, 2, 2, 4).is_err());
+        assert!(resize(&t, 1, 2, 100_000, 100_000).is_err());
     }
 
     #[test]

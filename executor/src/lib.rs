@@ -8,9 +8,15 @@
 //! `canvas`, so the response size never changes as users come and go.
 //!
 //! A user leaves the mosaic when their stream ends (the gateway calls
-//! [`Executor::stream_closed`]) or after `idle_timeout_s` without a frame. A room
-//! holds at most `max_users`; one more is rejected with an ERROR status. Every
-//! response carries `tags.participants`, the room's users in mosaic order.
+//! [`Executor::stream_closed`]) or after `idle_timeout_s` without a frame; a room
+//! is dropped, with its cached mosaic, when its last user leaves. A room holds at
+//! most `max_users`; one more is rejected with an ERROR status. Every response
+//! carries `tags.participants`, the room's users in mosaic order.
+//!
+//! A stream is one user in one room: the first frame it gets in with binds it to
+//! that user and room until it ends, and a frame of another user or room on it
+//! (or a request whose documents name several) gets an ERROR status, so one
+//! peer cannot fill a room with made-up names or wander between rooms.
 //!
 //! Frames are uint8 H×W×3 BGR tensors, or JPEG blobs (`mime_type: image/jpeg`).
 //! Each response is in the encoding its request used, unless `tags.accept` says
@@ -27,6 +33,10 @@
 //!   highlight_self: true
 //!   jpeg_quality: 80
 //!   mosaic_fps: 30      # compose a room's mosaic at most 30 times a second
+//!   max_frame_pixels: 8294400     # a frame, as received and as stored
+//!   max_side: 3840                # a room's width (vertical) or height (horizontal)
+//!   max_mosaic_pixels: 19660800   # a room's whole mosaic: 64 users of 640x480
+//!   max_rooms: 1024
 //! ```
 //!
 //! With `mosaic_fps`, a room's mosaic is composed (and JPEG-encoded) at most that
@@ -35,26 +45,41 @@
 //! one grid hold a hundred users. A response may then lag its own frame by up to
 //! one period; `tags.participants` always lists the users of the mosaic sent.
 //! In the grid layout JPEG frames are decoded straight to their tile's size.
+//!
+//! ## Bounds
+//!
+//! Every buffer the executor makes is sized from a peer's frame, so each is
+//! bounded before it is allocated: a frame as received (`max_frame_pixels`, for a
+//! JPEG from its header, before decoding), the same frame resized to the room's
+//! side (`max_frame_pixels` again: the 1-pixel-wide, 100,000-pixel-tall frame in a
+//! 3840-wide room would be 384,000,000 rows), the room's side (`max_side`; a
+//! first frame wider than that is scaled down to it), a room's mosaic
+//! (`max_mosaic_pixels`, the grid's `canvas` too) and the number of rooms
+//! (`max_rooms`). A frame over any of them gets an ERROR status naming the
+//! setting, and nothing changes. What is held, stored frames and cached
+//! mosaics, is counted in the process's [`vchat_core::budget`].
 
 pub mod builtin;
 mod mosaic;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use vchat_core::budget::{self, Budget, Held};
 use vchat_core::jpeg::{self, MIME_JPEG};
 use vchat_core::value::Kind;
 use vchat_core::{
-    Content, DocumentArray, Error, Executor, ListValue, RequestContext, StreamId, Tensor, Value,
-    async_trait, string_value,
+    Content, DocumentArray, Error, Executor, ListValue, MAX_NAME_BYTES, RequestContext, StreamId,
+    Tensor, Value, async_trait, string_value,
 };
 
 pub use mosaic::{
-    HIGHLIGHT_BGR, compose_grid, draw_border, grid_shape, resize, resize_to_height,
-    resize_to_width, stack_horizontally, stack_vertically,
+    HIGHLIGHT_BGR, MosaicError, Part, Tile, checked_pixels, compose_grid, draw_border, grid_shape,
+    height_at_width, resize, resize_to_height, resize_to_width, stack_horizontally,
+    stack_vertically, width_at_height,
 };
 
 /// The jtype this executor registers under.
@@ -69,8 +94,16 @@ pub const DEFAULT_MAX_USERS: usize = 64;
 pub const DEFAULT_CANVAS: &str = "480x640";
 /// Default quality of JPEG mosaics.
 pub const DEFAULT_JPEG_QUALITY: u8 = jpeg::DEFAULT_QUALITY;
-/// Default largest frame accepted, in pixels (4K UHD).
+/// Default largest frame accepted, and stored after resizing, in pixels (4K UHD).
 pub const DEFAULT_MAX_FRAME_PIXELS: usize = 3840 * 2160;
+/// Default largest side of a room (its width in the vertical layout, its height
+/// in the horizontal one), in pixels: the long side of 4K UHD.
+pub const DEFAULT_MAX_SIDE: usize = 3840;
+/// Default largest mosaic of one room, in pixels: 64 users (the default
+/// `max_users`) of 640x480, 59 MB of BGR.
+pub const DEFAULT_MAX_MOSAIC_PIXELS: usize = 64 * 640 * 480;
+/// Default most rooms at once.
+pub const DEFAULT_MAX_ROOMS: usize = 1024;
 /// The response tag listing the room's users in mosaic order.
 pub const PARTICIPANTS_TAG: &str = "participants";
 /// The request tag choosing the response encoding: `jpeg` or `raw`.
@@ -106,7 +139,8 @@ pub struct VideoChatConfig {
     /// `vertical` (default), `horizontal` or `grid`.
     #[serde(default)]
     pub layout: Layout,
-    /// Size of the grid's canvas, `HxW` (grid layout only).
+    /// Size of the grid's canvas, `HxW` (grid layout only); at most
+    /// `max_mosaic_pixels`.
     #[serde(default = "default_canvas")]
     pub canvas: String,
     /// Draw a coloured border around the requesting user's own tile.
@@ -115,10 +149,23 @@ pub struct VideoChatConfig {
     /// Quality (1 to 100) of the JPEG mosaics sent to JPEG clients.
     #[serde(default = "default_jpeg_quality")]
     pub jpeg_quality: u8,
-    /// Largest frame accepted, in pixels (height × width); a larger one gets an
-    /// ERROR status. JPEGs are checked before decoding.
+    /// Largest frame, in pixels (height × width), both as received and as stored
+    /// after resizing to the room's side; a larger one gets an ERROR status. JPEGs
+    /// are checked before decoding.
     #[serde(default = "default_max_frame_pixels")]
     pub max_frame_pixels: usize,
+    /// Largest side of a room, in pixels: its width in the vertical layout, its
+    /// height in the horizontal one. A room takes its first user's side; a first
+    /// frame larger than this is scaled down to it.
+    #[serde(default = "default_max_side")]
+    pub max_side: usize,
+    /// Largest mosaic of one room, in pixels; a frame that would make its room's
+    /// mosaic larger gets an ERROR status.
+    #[serde(default = "default_max_mosaic_pixels")]
+    pub max_mosaic_pixels: usize,
+    /// Most rooms at once; a frame for one more room gets an ERROR status.
+    #[serde(default = "default_max_rooms")]
+    pub max_rooms: usize,
     /// At most this many mosaics composed per room per second, shared by every
     /// response in between; 0 (the default) composes one for every new frame.
     /// Not with `highlight_self`, whose mosaics differ per user.
@@ -141,6 +188,15 @@ fn default_jpeg_quality() -> u8 {
 fn default_max_frame_pixels() -> usize {
     DEFAULT_MAX_FRAME_PIXELS
 }
+fn default_max_side() -> usize {
+    DEFAULT_MAX_SIDE
+}
+fn default_max_mosaic_pixels() -> usize {
+    DEFAULT_MAX_MOSAIC_PIXELS
+}
+fn default_max_rooms() -> usize {
+    DEFAULT_MAX_ROOMS
+}
 
 impl Default for VideoChatConfig {
     fn default() -> Self {
@@ -152,6 +208,9 @@ impl Default for VideoChatConfig {
             highlight_self: false,
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             max_frame_pixels: DEFAULT_MAX_FRAME_PIXELS,
+            max_side: DEFAULT_MAX_SIDE,
+            max_mosaic_pixels: DEFAULT_MAX_MOSAIC_PIXELS,
+            max_rooms: DEFAULT_MAX_ROOMS,
             mosaic_fps: 0.0,
         }
     }
@@ -169,11 +228,13 @@ struct Slot {
     user: String,
     stream: StreamId,
     /// The latest frame, as stored for the layout (at the room's width for
-    /// vertical, at its height for horizontal, as received for grid).
+    /// vertical, at its height for horizontal, as received for grid), in a
+    /// buffer of its own.
     frame: Bytes,
     height: usize,
     width: usize,
     last_seen: Instant,
+    _held: Held,
 }
 
 /// A composed mosaic of one room state, kept so that every client asking for that
@@ -185,11 +246,13 @@ struct Cached {
     participants: Vec<String>,
     raw: Option<(Bytes, usize, usize)>,
     jpeg: Option<Bytes>,
+    _held: Vec<Held>,
 }
 
 #[derive(Default)]
 struct Room {
-    /// The room's frame width (vertical) or height (horizontal): the first user's.
+    /// The room's frame width (vertical) or height (horizontal): the first user's,
+    /// at most `max_side`.
     side: usize,
     /// In join order.
     slots: Vec<Slot>,
@@ -198,6 +261,53 @@ struct Room {
     cache: Cached,
     /// When a request last set out to compose this room's mosaic (`mosaic_fps`).
     composed_at: Option<Instant>,
+}
+
+impl Room {
+    /// Removes the users without a frame for longer than `timeout`, but `keep`.
+    fn drop_idle(&mut self, name: &str, now: Instant, timeout: Duration, keep: Option<&str>) {
+        let before = self.slots.len();
+        self.slots.retain(|s| {
+            let stay = keep == Some(s.user.as_str()) || now.duration_since(s.last_seen) <= timeout;
+            if !stay {
+                tracing::info!(room = name, user = %s.user, "User left (idle)");
+            }
+            stay
+        });
+        if self.slots.len() != before {
+            self.version += 1;
+        }
+    }
+}
+
+/// The user and room a stream is.
+struct Identity {
+    user: String,
+    room: String,
+}
+
+/// Everything an executor keeps, behind one lock.
+#[derive(Default)]
+struct State {
+    rooms: HashMap<String, Room>,
+    /// Each stream's identity, from its first frame that got in until it ends.
+    streams: HashMap<StreamId, Identity>,
+}
+
+impl State {
+    /// Removes idle users from every room, and the rooms left empty.
+    fn sweep(&mut self, now: Instant, timeout: Duration) {
+        self.rooms.retain(|name, room| {
+            room.drop_idle(name, now, timeout, None);
+            !room.slots.is_empty()
+        });
+    }
+}
+
+fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic elsewhere must not take the chat down: the state is consistent
+    // between statements, so a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The response encoding of one request.
@@ -228,13 +338,19 @@ pub struct VideoChatExecutor {
     highlight_self: bool,
     quality: u8,
     max_frame_pixels: usize,
+    max_side: usize,
+    max_mosaic_pixels: usize,
+    max_rooms: usize,
     /// `1 / mosaic_fps`, when set and `highlight_self` is not.
     mosaic_period: Option<Duration>,
-    rooms: Mutex<HashMap<String, Room>>,
+    budget: &'static Budget,
+    state: Arc<Mutex<State>>,
 }
 
 impl VideoChatExecutor {
-    /// A new executor named `name` in its Flow.
+    /// A new executor named `name` in its Flow. Within a Tokio runtime it also
+    /// starts a task that drops idle users and empty rooms in rooms nobody sends
+    /// to any more (it ends with the executor).
     pub fn new(config: VideoChatConfig, name: &str) -> Result<Self, String> {
         if !(config.idle_timeout_s.is_finite() && config.idle_timeout_s > 0.0) {
             return Err(format!(
@@ -257,8 +373,23 @@ impl VideoChatExecutor {
                 config.jpeg_quality
             ));
         }
-        if config.max_frame_pixels == 0 {
-            return Err("with.max_frame_pixels must be at least 1".into());
+        for (key, value) in [
+            ("max_frame_pixels", config.max_frame_pixels),
+            ("max_side", config.max_side),
+            ("max_mosaic_pixels", config.max_mosaic_pixels),
+            ("max_rooms", config.max_rooms),
+        ] {
+            if value == 0 {
+                return Err(format!("with.{key} must be at least 1"));
+            }
+        }
+        if config.layout == Layout::Grid
+            && checked_pixels(canvas.0, canvas.1, config.max_mosaic_pixels).is_err()
+        {
+            return Err(format!(
+                "with.canvas {}x{} is over max_mosaic_pixels ({})",
+                canvas.0, canvas.1, config.max_mosaic_pixels
+            ));
         }
         if !(config.mosaic_fps.is_finite() && config.mosaic_fps >= 0.0) {
             return Err(format!(
@@ -266,33 +397,48 @@ impl VideoChatExecutor {
                 config.mosaic_fps
             ));
         }
+        let idle_timeout = Duration::from_secs_f64(config.idle_timeout_s);
+        let state = Arc::new(Mutex::new(State::default()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep_idle(Arc::downgrade(&state), idle_timeout));
+        }
         Ok(VideoChatExecutor {
             name: name.to_string(),
-            idle_timeout: Duration::from_secs_f64(config.idle_timeout_s),
+            idle_timeout,
             max_users: config.max_users,
             layout: config.layout,
             canvas,
             highlight_self: config.highlight_self,
             quality: config.jpeg_quality,
             max_frame_pixels: config.max_frame_pixels,
+            max_side: config.max_side,
+            max_mosaic_pixels: config.max_mosaic_pixels,
+            max_rooms: config.max_rooms,
             mosaic_period: (config.mosaic_fps > 0.0 && !config.highlight_self)
                 .then(|| Duration::from_secs_f64(1.0 / config.mosaic_fps)),
-            rooms: Mutex::new(HashMap::new()),
+            budget: budget::global(),
+            state,
         })
+    }
+
+    /// Accounts what this executor holds in `budget` instead of the process's
+    /// [`budget::global`] (for an embedding that keeps its own count).
+    pub fn with_budget(mut self, budget: &'static Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The users present in `room`, in mosaic order.
     pub fn users(&self, room: &str) -> Vec<String> {
         self.lock()
+            .rooms
             .get(room)
             .map(|r| r.slots.iter().map(|s| s.user.clone()).collect())
             .unwrap_or_default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Room>> {
-        // A panic elsewhere must not take the chat down: the map is consistent
-        // between statements, so a poisoned lock is still usable.
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock_state(&self.state)
     }
 
     fn reject(&self, message: impl Into<String>) -> Error {
@@ -302,7 +448,67 @@ impl VideoChatExecutor {
         }
     }
 
-    /// Stores `frame` as `user`'s latest and returns the room's state.
+    /// The user and room of `doc`, checked.
+    fn identity_of(&self, doc: &vchat_core::Document) -> Result<(String, String), Error> {
+        let user = match doc.tag_str("user") {
+            Some("") => return Err(self.reject("tags.user is empty")),
+            Some(u) => u,
+            None if doc.tags.contains_key("user") => {
+                return Err(self.reject("tags.user must be a string"));
+            }
+            None => {
+                return Err(self.reject("missing tags.user: every frame needs the tag user=<name>"));
+            }
+        };
+        let room = match (doc.tag_str("room"), doc.tags.contains_key("room")) {
+            (Some(r), _) => r,
+            (None, false) => DEFAULT_ROOM,
+            (None, true) => return Err(self.reject("tags.room must be a string")),
+        };
+        for (tag, name) in [("user", user), ("room", room)] {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(self.reject(format!(
+                    "tags.{tag} is {} bytes, over the limit of {MAX_NAME_BYTES} bytes",
+                    name.len()
+                )));
+            }
+        }
+        Ok((user.to_string(), room.to_string()))
+    }
+
+    /// `Err` when `stream` is already someone else, or somewhere else (never for
+    /// [`StreamId::UNKNOWN`], which is not bound).
+    fn check_identity(
+        &self,
+        streams: &HashMap<StreamId, Identity>,
+        stream: StreamId,
+        user: &str,
+        room: &str,
+    ) -> Result<(), Error> {
+        match streams.get(&stream) {
+            Some(id) if id.user != user || id.room != room => {
+                // Not at info: a peer could make one line per frame it sends.
+                tracing::debug!(
+                    stream = stream.0,
+                    user = %id.user,
+                    room = %id.room,
+                    other_user = user,
+                    other_room = room,
+                    "Frame refused: a stream cannot change its user or room"
+                );
+                Err(self.reject(format!(
+                    "this stream is {:?} in room {:?}; a stream cannot change its user or room \
+                     (got {user:?} in room {room:?}): open another stream",
+                    id.user, id.room
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores `frame` as `user`'s latest and returns the room's state. `owned`:
+    /// the frame's buffer is its own (decoded here), not a slice of a request
+    /// that would be kept alive with it.
     fn update(
         &self,
         room_name: &str,
@@ -310,19 +516,60 @@ impl VideoChatExecutor {
         stream: StreamId,
         frame: &Tensor,
         (h, w): (usize, usize),
+        owned: bool,
     ) -> Result<Snapshot, Error> {
         let now = Instant::now();
-        let mut rooms = self.lock();
-        let room = rooms.entry(room_name.to_string()).or_default();
-        let timeout = self.idle_timeout;
-        let before = room.slots.len();
-        room.slots.retain(|s| {
-            let keep = s.user == user || now.duration_since(s.last_seen) <= timeout;
-            if !keep {
-                tracing::info!(room = room_name, user = %s.user, "User left (idle)");
+        let mut state = self.lock();
+        self.check_identity(&state.streams, stream, user, room_name)?;
+        if !state.rooms.contains_key(room_name) && state.rooms.len() >= self.max_rooms {
+            // Rooms whose users all went silent do not count.
+            state.sweep(now, self.idle_timeout);
+            if state.rooms.len() >= self.max_rooms {
+                tracing::info!(
+                    room = room_name,
+                    user,
+                    max_rooms = self.max_rooms,
+                    "Room refused: too many rooms"
+                );
+                return Err(self.reject(format!(
+                    "too many rooms: this executor holds at most {} at once (max_rooms); room \
+                     {room_name:?} cannot open until another one empties",
+                    self.max_rooms
+                )));
             }
-            keep
-        });
+        }
+        let room = state.rooms.entry(room_name.to_string()).or_default();
+        let result = self.store(room, room_name, user, stream, frame, (h, w), owned, now);
+        // A refused first frame leaves no empty room behind.
+        if room.slots.is_empty() {
+            state.rooms.remove(room_name);
+        }
+        // Requests of an unknown stream come from many clients (a Jina gateway):
+        // there is no one to bind.
+        if result.is_ok() && stream != StreamId::UNKNOWN {
+            state.streams.entry(stream).or_insert_with(|| Identity {
+                user: user.to_string(),
+                room: room_name.to_string(),
+            });
+        }
+        result
+    }
+
+    /// The part of [`update`](Self::update) within the room.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        room: &mut Room,
+        room_name: &str,
+        user: &str,
+        stream: StreamId,
+        frame: &Tensor,
+        (h, w): (usize, usize),
+        owned: bool,
+        now: Instant,
+    ) -> Result<Snapshot, Error> {
+        let before = room.version;
+        room.drop_idle(room_name, now, self.idle_timeout, Some(user));
         let present = room.slots.iter().any(|s| s.user == user);
         if !present && room.slots.len() >= self.max_users {
             let full = room.slots.len();
@@ -337,31 +584,69 @@ impl VideoChatExecutor {
                 self.max_users
             )));
         }
-        if room.slots.iter().all(|s| s.user == user) {
-            // Alone (or first): the room takes this user's size.
-            room.side = match self.layout {
-                Layout::Vertical => w,
-                Layout::Horizontal => h,
+        let alone = room.slots.iter().all(|s| s.user == user);
+        let side = if alone {
+            // The room takes this user's size, within max_side.
+            match self.layout {
+                Layout::Vertical => w.min(self.max_side),
+                Layout::Horizontal => h.min(self.max_side),
                 Layout::Grid => 0,
-            };
-        }
-        let (data, height, width) = match self.layout {
-            Layout::Vertical if w != room.side => {
-                let (d, nh) = resize_to_width(frame.data(), h, w, room.side);
-                (d, nh, room.side)
             }
-            Layout::Horizontal if h != room.side => {
-                let (d, nw) = resize_to_height(frame.data(), h, w, room.side);
-                (d, room.side, nw)
-            }
-            _ => (frame.data().clone(), h, w),
+        } else {
+            room.side
         };
-        let mut changed = room.slots.len() != before;
+        // The stored frame's size, checked before anything is allocated.
+        let (height, width) = match self.layout {
+            Layout::Vertical if w != side => (height_at_width(h, w, side), side),
+            Layout::Horizontal if h != side => (side, width_at_height(h, w, side)),
+            _ => (h, w),
+        };
+        if checked_pixels(height, width, self.max_frame_pixels).is_err() {
+            let (what, side_name) = match self.layout {
+                Layout::Horizontal => ("height", height),
+                _ => ("width", width),
+            };
+            return Err(self.reject(format!(
+                "a {h}x{w} frame at the room's {what} of {side_name} would be {height}x{width} \
+                 pixels, over the limit of {} pixels (max_frame_pixels)",
+                self.max_frame_pixels
+            )));
+        }
+        if self.layout != Layout::Grid && !alone {
+            // Frames of one room share its side: the mosaic is the sum of them.
+            let others: usize = room
+                .slots
+                .iter()
+                .filter(|s| s.user != user)
+                .map(|s| s.height * s.width)
+                .fold(0, usize::saturating_add);
+            let total = others.saturating_add(height * width);
+            if total > self.max_mosaic_pixels {
+                return Err(self.reject(format!(
+                    "room {room_name:?} is full: its mosaic would be {total} pixels with this \
+                     {height}x{width} frame, over the limit of {} pixels (max_mosaic_pixels)",
+                    self.max_mosaic_pixels
+                )));
+            }
+        }
+        let data = if (height, width) != (h, w) {
+            resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                .map_err(|e| self.reject(e.to_string()))?
+        } else if owned {
+            frame.data().clone()
+        } else {
+            // A slice of the request would keep the whole request in memory, out
+            // of sight of the budget, for as long as the frame is the latest.
+            Bytes::copy_from_slice(frame.data())
+        };
+        room.side = side;
+        let mut changed = room.version != before;
         match room.slots.iter_mut().find(|s| s.user == user) {
             Some(slot) => {
                 // A paused source sends the same frame again: the room state, and
                 // so the cached mosaic others may share, stays the same.
                 changed |= (slot.height, slot.width) != (height, width) || slot.frame != data;
+                slot._held = self.budget.hold(data.len());
                 slot.frame = data;
                 slot.height = height;
                 slot.width = width;
@@ -374,6 +659,7 @@ impl VideoChatExecutor {
                 room.slots.push(Slot {
                     user: user.to_string(),
                     stream,
+                    _held: self.budget.hold(data.len()),
                     frame: data,
                     height,
                     width,
@@ -382,7 +668,7 @@ impl VideoChatExecutor {
             }
         }
         if changed {
-            room.version += 1;
+            room.version = before + 1;
         }
         let current = room.cache.version == room.version;
         // mosaic_fps: within one period of the last composition, the latest
@@ -433,7 +719,7 @@ impl VideoChatExecutor {
         if self.layout != Layout::Grid || !jpeg::is_jpeg(doc) {
             return jpeg::frame_of(doc, self.max_frame_pixels);
         }
-        let users = self.lock().get(room).map_or(1, |r| {
+        let users = self.lock().rooms.get(room).map_or(1, |r| {
             r.slots.len() + usize::from(!r.slots.iter().any(|s| s.user == user))
         });
         let (rows, cols) = grid_shape(users);
@@ -455,8 +741,8 @@ impl VideoChatExecutor {
         jpeg: Option<&Bytes>,
     ) {
         let version = snap.version;
-        let mut rooms = self.lock();
-        let Some(room) = rooms.get_mut(room) else {
+        let mut state = self.lock();
+        let Some(room) = state.rooms.get_mut(room) else {
             return;
         };
         let latest = if self.mosaic_period.is_some() {
@@ -474,23 +760,28 @@ impl VideoChatExecutor {
                 ..Cached::default()
             };
         }
-        room.cache.raw.get_or_insert_with(|| raw.clone());
-        if let Some(j) = jpeg {
-            room.cache.jpeg.get_or_insert_with(|| j.clone());
+        if room.cache.raw.is_none() {
+            room.cache._held.push(self.budget.hold(raw.0.len()));
+            room.cache.raw = Some(raw.clone());
+        }
+        if let Some(j) = jpeg
+            && room.cache.jpeg.is_none()
+        {
+            room.cache._held.push(self.budget.hold(j.len()));
+            room.cache.jpeg = Some(j.clone());
         }
     }
 
     /// The mosaic of `snap` as seen by its requester: `None` while the requester
     /// is alone in a layout that answers with the frame itself.
-    fn compose(&self, snap: &Snapshot) -> Option<(Bytes, usize, usize)> {
+    fn compose(&self, snap: &Snapshot) -> Result<Option<(Bytes, usize, usize)>, Error> {
         let highlight = self.highlight_self.then_some(snap.me);
-        match self.layout {
-            Layout::Vertical | Layout::Horizontal if snap.tiles.len() < 2 => None,
+        let limit = self.max_mosaic_pixels;
+        let failed = |e: MosaicError| self.reject(format!("cannot compose the mosaic: {e}"));
+        let mosaic = match self.layout {
+            Layout::Vertical | Layout::Horizontal if snap.tiles.len() < 2 => return Ok(None),
             Layout::Vertical => {
-                let width = snap.tiles[0].2;
-                let height = snap.tiles.iter().map(|t| t.1).sum();
-                let parts: Vec<Bytes> = snap.tiles.iter().map(|t| t.0.clone()).collect();
-                let data = stack_vertically(&parts);
+                let (data, height, width) = stack_vertically(&snap.tiles, limit).map_err(failed)?;
                 let data = match highlight {
                     None => data,
                     Some(me) => {
@@ -500,13 +791,11 @@ impl VideoChatExecutor {
                         m.freeze()
                     }
                 };
-                Some((data, height, width))
+                (data, height, width)
             }
             Layout::Horizontal => {
-                let height = snap.tiles[0].1;
-                let parts: Vec<(Bytes, usize)> =
-                    snap.tiles.iter().map(|t| (t.0.clone(), t.2)).collect();
-                let (data, width) = stack_horizontally(&parts, height);
+                let (data, height, width) =
+                    stack_horizontally(&snap.tiles, limit).map_err(failed)?;
                 let data = match highlight {
                     None => data,
                     Some(me) => {
@@ -516,15 +805,31 @@ impl VideoChatExecutor {
                         m.freeze()
                     }
                 };
-                Some((data, height, width))
+                (data, height, width)
             }
             Layout::Grid => {
-                let tiles: Vec<mosaic::Tile<'_>> =
+                let tiles: Vec<Tile<'_>> =
                     snap.tiles.iter().map(|t| (&t.0[..], t.1, t.2)).collect();
                 let (ch, cw) = self.canvas;
-                Some((compose_grid(&tiles, ch, cw, highlight), ch, cw))
+                let data = compose_grid(&tiles, ch, cw, highlight, limit).map_err(failed)?;
+                (data, ch, cw)
             }
-        }
+        };
+        Ok(Some(mosaic))
+    }
+}
+
+/// Every `timeout` (at most a second), drops idle users and empty rooms from
+/// every room of `state`, until the executor is gone.
+async fn sweep_idle(state: std::sync::Weak<Mutex<State>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(timeout.min(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        lock_state(&state).sweep(Instant::now(), timeout);
     }
 }
 
@@ -549,24 +854,33 @@ impl Executor for VideoChatExecutor {
         docs: &mut DocumentArray,
         ctx: &RequestContext<'_>,
     ) -> Result<(), Error> {
+        // One request is one user in one room, checked before anything changes.
+        let mut who: Option<(String, String)> = None;
+        for doc in docs.iter() {
+            let (user, room) = self.identity_of(doc)?;
+            match &who {
+                None => who = Some((user, room)),
+                Some((u, _)) if *u != user => {
+                    return Err(self.reject(format!(
+                        "a request carries frames of several users ({u:?} and {user:?}): \
+                         send each user's frames on a stream of their own"
+                    )));
+                }
+                Some((_, r)) if *r != room => {
+                    return Err(self.reject(format!(
+                        "a request names several rooms ({r:?} and {room:?}): a stream is one \
+                         user in one room"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let Some((user, room)) = who else {
+            return Ok(());
+        };
+        // Before decoding anything; `update` checks again under its lock.
+        self.check_identity(&self.lock().streams, ctx.stream, &user, &room)?;
         for doc in docs.iter_mut() {
-            let user = match doc.tag_str("user") {
-                Some("") => return Err(self.reject("tags.user is empty")),
-                Some(u) => u.to_string(),
-                None if doc.tags.contains_key("user") => {
-                    return Err(self.reject("tags.user must be a string"));
-                }
-                None => {
-                    return Err(
-                        self.reject("missing tags.user: every frame needs the tag user=<name>")
-                    );
-                }
-            };
-            let room = match (doc.tag_str("room"), doc.tags.contains_key("room")) {
-                (Some(r), _) => r.to_string(),
-                (None, false) => DEFAULT_ROOM.to_string(),
-                (None, true) => return Err(self.reject("tags.room must be a string")),
-            };
             let input = if jpeg::is_jpeg(doc) {
                 Encoding::Jpeg
             } else {
@@ -584,7 +898,7 @@ impl Executor for VideoChatExecutor {
             };
             if let Some(t) = doc.tensor() {
                 let (h, w) = t.frame_dims().map_err(|m| self.reject(m))?;
-                if h * w > self.max_frame_pixels {
+                if checked_pixels(h, w, self.max_frame_pixels).is_err() {
                     return Err(self.reject(format!(
                         "a {h}x{w} frame is over the limit of {} pixels (max_frame_pixels)",
                         self.max_frame_pixels
@@ -602,13 +916,14 @@ impl Executor for VideoChatExecutor {
                 }
             };
             let dims = frame.frame_dims().map_err(|m| self.reject(m))?;
-            let snap = self.update(&room, &user, ctx.stream, &frame, dims)?;
+            let owned = input == Encoding::Jpeg;
+            let snap = self.update(&room, &user, ctx.stream, &frame, dims, owned)?;
             doc.set_tag(PARTICIPANTS_TAG, participants_value(&snap.participants));
             // Composition and encoding happen outside the lock.
             let shared = !self.highlight_self;
             let mosaic = match &snap.raw {
                 Some(raw) if shared => Some(raw.clone()),
-                _ => self.compose(&snap),
+                _ => self.compose(&snap)?,
             };
             let Some(mosaic) = mosaic else {
                 // Alone: the frame itself, in the encoding asked for.
@@ -654,8 +969,9 @@ impl Executor for VideoChatExecutor {
     }
 
     async fn stream_closed(&self, stream: StreamId) {
-        let mut rooms = self.lock();
-        rooms.retain(|name, room| {
+        let mut state = self.lock();
+        state.streams.remove(&stream);
+        state.rooms.retain(|name, room| {
             let before = room.slots.len();
             room.slots.retain(|s| {
                 let gone = s.stream == stream;
@@ -673,6 +989,7 @@ impl Executor for VideoChatExecutor {
 
     fn users_per_room(&self) -> Vec<(String, usize)> {
         self.lock()
+            .rooms
             .iter()
             .map(|(name, room)| (name.clone(), room.slots.len()))
             .collect()
@@ -830,9 +1147,11 @@ mod tests {
         );
         // Present users go on; another room has room.
         send(&ex, &mut frame("bob", 1, 2, 2), 2).await.unwrap();
+        // A refused frame binds nothing: carol's stream 3 may still join this
+        // room later; another stream of hers gets into another room at once.
         let mut c = frame("carol", 1, 2, 3);
         c[0].set_tag_str("room", "other");
-        send(&ex, &mut c, 3).await.unwrap();
+        send(&ex, &mut c, 4).await.unwrap();
         // Once someone leaves, carol gets in.
         ex.stream_closed(StreamId(1)).await;
         send(&ex, &mut frame("carol", 1, 2, 3), 3).await.unwrap();
@@ -1004,14 +1323,14 @@ mod tests {
         let mut bob = frame("bob", 20, 30, 50);
         bob[0].set_tag_str(ACCEPT_TAG, "raw");
         send(&ex, &mut bob, 2).await.unwrap();
-        let rooms = ex.lock();
-        let alice = &rooms[DEFAULT_ROOM].slots[0];
+        let state = ex.lock();
+        let alice = &state.rooms[DEFAULT_ROOM].slots[0];
         assert_eq!(
             (alice.height, alice.width),
             (50, 75),
             "decoded at 1/4: the smallest scale that covers her 48x64 tile"
         );
-        drop(rooms);
+        drop(state);
         let t = bob[0].tensor().unwrap();
         assert_eq!(t.shape(), [48, 64, 3]);
         // Alice's tile (left) is her grey, bob's (right) his.
@@ -1109,5 +1428,264 @@ mod tests {
         let config: VideoChatConfig =
             serde_json::from_value(serde_json::Value::Object(object)).unwrap();
         assert_eq!(config, VideoChatConfig::default());
+    }
+
+    /// The first user's frame is 3840 wide; the second's, 1 wide and 100,000
+    /// tall, would be 384,000,000x3840 at the room's width.
+    #[tokio::test]
+    async fn a_sliver_resized_past_max_frame_pixels_is_refused_and_nothing_changes() {
+        let ex = executor(5.0);
+        send(&ex, &mut frame("alice", 2, 3840, 1), 1).await.unwrap();
+        let err = send(&ex, &mut frame("bob", 100_000, 1, 2), 2)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("384000000x3840") && err.contains("max_frame_pixels"),
+            "{err}"
+        );
+        assert_eq!(ex.users(DEFAULT_ROOM), ["alice"]);
+        assert!(!ex.lock().streams.contains_key(&StreamId(2)), "no binding");
+        // Bob's stream goes on, with a frame that fits.
+        let mut b = frame("bob", 4, 8, 2);
+        send(&ex, &mut b, 2).await.unwrap();
+        assert_eq!(b[0].tensor().unwrap().shape(), [2 + 1920, 3840, 3]);
+        // Horizontal: the same with heights.
+        let ex = with(VideoChatConfig {
+            layout: Layout::Horizontal,
+            ..Default::default()
+        });
+        send(&ex, &mut frame("alice", 2160, 2, 1), 1).await.unwrap();
+        let err = send(&ex, &mut frame("bob", 1, 50_000, 2), 2)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_frame_pixels"), "{err}");
+        assert_eq!(ex.users(DEFAULT_ROOM), ["alice"]);
+    }
+
+    #[tokio::test]
+    async fn the_side_of_a_room_is_at_most_max_side() {
+        let ex = with(VideoChatConfig {
+            max_side: 8,
+            ..Default::default()
+        });
+        let mut a = frame("alice", 2, 32, 1);
+        send(&ex, &mut a, 1).await.unwrap();
+        assert_eq!(a[0].tensor().unwrap().shape(), [2, 32, 3], "alone: as sent");
+        let mut b = frame("bob", 4, 8, 2);
+        send(&ex, &mut b, 2).await.unwrap();
+        // Alice's frame was stored scaled down to the room's 8 columns.
+        assert_eq!(b[0].tensor().unwrap().shape(), [1 + 4, 8, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_would_make_the_mosaic_too_large_is_refused() {
+        let ex = with(VideoChatConfig {
+            max_mosaic_pixels: 3 * 10 * 10,
+            ..Default::default()
+        });
+        for (u, s) in [("a", 1), ("b", 2), ("c", 3)] {
+            send(&ex, &mut frame(u, 10, 10, 1), s).await.unwrap();
+        }
+        let err = send(&ex, &mut frame("d", 10, 10, 1), 4)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("400 pixels") && err.contains("max_mosaic_pixels"),
+            "{err}"
+        );
+        // A present user may not grow past it either, but may stay as they are.
+        let err = send(&ex, &mut frame("c", 20, 10, 1), 3).await.unwrap_err();
+        assert!(err.to_string().contains("max_mosaic_pixels"), "{err}");
+        let mut c = frame("c", 10, 10, 3);
+        send(&ex, &mut c, 3).await.unwrap();
+        assert_eq!(c[0].tensor().unwrap().shape(), [30, 10, 3]);
+        // A grid canvas must fit the limit.
+        let err = VideoChatExecutor::new(
+            VideoChatConfig {
+                layout: Layout::Grid,
+                canvas: "100000x100000".into(),
+                ..Default::default()
+            },
+            "agg",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("max_mosaic_pixels"), "{err}");
+        let err = VideoChatExecutor::new(
+            VideoChatConfig {
+                layout: Layout::Grid,
+                canvas: format!("{}x{}", usize::MAX, usize::MAX),
+                ..Default::default()
+            },
+            "agg",
+        );
+        assert!(err.is_err());
+    }
+
+    #[tokio::test]
+    async fn rooms_are_bounded_and_dropped_when_empty() {
+        let ex = with(VideoChatConfig {
+            max_rooms: 2,
+            ..Default::default()
+        });
+        let in_room = |user: &str, room: &str| {
+            let mut d = frame(user, 1, 2, 1);
+            d[0].set_tag_str("room", room);
+            d
+        };
+        send(&ex, &mut in_room("a", "r1"), 1).await.unwrap();
+        send(&ex, &mut in_room("b", "r2"), 2).await.unwrap();
+        let err = send(&ex, &mut in_room("c", "r3"), 3)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_rooms"), "{err}");
+        // Existing rooms take more users.
+        send(&ex, &mut in_room("c", "r2"), 4).await.unwrap();
+        assert_eq!(ex.lock().rooms.len(), 2, "the refused room was not made");
+        // The last user of r1 leaves: the room and its binding go.
+        ex.stream_closed(StreamId(1)).await;
+        assert!(!ex.lock().rooms.contains_key("r1"));
+        assert!(!ex.lock().streams.contains_key(&StreamId(1)));
+        send(&ex, &mut in_room("c", "r3"), 3).await.unwrap();
+        // Every user gone: no room, no binding is left.
+        for id in [2, 3, 4] {
+            ex.stream_closed(StreamId(id)).await;
+        }
+        assert!(ex.lock().rooms.is_empty() && ex.lock().streams.is_empty());
+        send(&ex, &mut in_room("e", "r2"), 6).await.unwrap();
+        let names: Vec<String> = ex.users_per_room().into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["r2"]);
+    }
+
+    #[tokio::test]
+    async fn idle_rooms_are_swept_without_new_frames() {
+        let ex = executor(0.05);
+        let mut a = frame("alice", 1, 2, 1);
+        a[0].set_tag_str("room", "quiet");
+        send(&ex, &mut a, 1).await.unwrap();
+        assert_eq!(ex.users_per_room().len(), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ex.users_per_room().is_empty() {
+            assert!(Instant::now() < deadline, "the idle room was never dropped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Her stream is still hers: she comes back in the same room only.
+        let mut a = frame("alice", 1, 2, 1);
+        a[0].set_tag_str("room", "quiet");
+        send(&ex, &mut a, 1).await.unwrap();
+        assert!(send(&ex, &mut frame("alice", 1, 2, 1), 1).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_one_user_in_one_room() {
+        let ex = executor(5.0);
+        send(&ex, &mut frame("alice", 1, 2, 1), 1).await.unwrap();
+        let err = send(&ex, &mut frame("mallory", 1, 2, 1), 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("this stream is \"alice\" in room \"\"")
+                && err.contains("cannot change its user or room"),
+            "{err}"
+        );
+        let mut elsewhere = frame("alice", 1, 2, 1);
+        elsewhere[0].set_tag_str("room", "r2");
+        assert!(send(&ex, &mut elsewhere, 1).await.is_err());
+        // 64 made-up names on one stream: none gets in.
+        for i in 0..64 {
+            assert!(
+                send(&ex, &mut frame(&format!("u{i}"), 1, 2, 1), 1)
+                    .await
+                    .is_err()
+            );
+        }
+        assert_eq!(ex.users(DEFAULT_ROOM), ["alice"]);
+        assert!(ex.users("r2").is_empty());
+        // Its first identity goes on.
+        let mut a = frame("alice", 1, 2, 7);
+        send(&ex, &mut a, 1).await.unwrap();
+        assert_eq!(participants(&a), ["alice"]);
+        // Once the stream ends, its id binds nothing.
+        ex.stream_closed(StreamId(1)).await;
+        send(&ex, &mut frame("bob", 1, 2, 1), 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_names_one_user_in_one_room() {
+        let ex = executor(5.0);
+        let mut two_rooms = frame("alice", 1, 2, 1);
+        let mut other = frame("alice", 1, 2, 1);
+        other[0].set_tag_str("room", "r2");
+        two_rooms.0.push(other.0.remove(0));
+        let err = send(&ex, &mut two_rooms, 1).await.unwrap_err().to_string();
+        assert!(err.contains("several rooms"), "{err}");
+        let mut two_users = frame("alice", 1, 2, 1);
+        two_users.0.push(frame("bob", 1, 2, 1).0.remove(0));
+        let err = send(&ex, &mut two_users, 1).await.unwrap_err().to_string();
+        assert!(err.contains("several users"), "{err}");
+        assert!(ex.users_per_room().is_empty(), "nothing stored");
+        assert!(ex.lock().streams.is_empty(), "nothing bound");
+    }
+
+    #[tokio::test]
+    async fn names_over_128_bytes_are_refused() {
+        let ex = executor(5.0);
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let err = send(&ex, &mut frame(&long, 1, 2, 1), 1).await.unwrap_err();
+        assert!(err.to_string().contains("tags.user is 129 bytes"), "{err}");
+        let mut d = frame("alice", 1, 2, 1);
+        d[0].set_tag_str("room", &long);
+        let err = send(&ex, &mut d, 1).await.unwrap_err();
+        assert!(err.to_string().contains("tags.room is 129 bytes"), "{err}");
+        let fits = "é".repeat(MAX_NAME_BYTES / 2);
+        send(&ex, &mut frame(&fits, 1, 2, 1), 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn held_bytes_follow_frames_mosaics_and_leaving_users() {
+        static BUDGET: Budget = Budget::new(usize::MAX);
+        let ex = executor(5.0).with_budget(&BUDGET);
+        send(&ex, &mut frame("alice", 2, 4, 1), 1).await.unwrap();
+        assert_eq!(BUDGET.held(), 2 * 4 * 3, "alice's frame");
+        send(&ex, &mut frame("bob", 2, 4, 2), 2).await.unwrap();
+        assert_eq!(
+            BUDGET.held(),
+            2 * (2 * 4 * 3) + 4 * 4 * 3,
+            "two frames, a mosaic"
+        );
+        // A new frame replaces the old one, and the mosaic of the old state goes.
+        send(&ex, &mut frame("bob", 4, 8, 3), 2).await.unwrap();
+        assert_eq!(BUDGET.held(), 2 * (2 * 4 * 3) + 4 * 4 * 3);
+        ex.stream_closed(StreamId(2)).await;
+        assert_eq!(BUDGET.held(), 2 * 4 * 3 + 4 * 4 * 3, "bob's frame gone");
+        ex.stream_closed(StreamId(1)).await;
+        assert_eq!(BUDGET.held(), 0, "the room and its mosaic gone");
+        // The stored frame is a buffer of its own, not a slice of the request.
+        let mut big = frame("carol", 2, 4, 5);
+        let request = big[0].tensor().unwrap().data().clone();
+        send(&ex, &mut big, 3).await.unwrap();
+        let state = ex.lock();
+        let stored = &state.rooms[DEFAULT_ROOM].slots[0].frame;
+        assert_ne!(stored.as_ptr(), request.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn requests_of_an_unknown_stream_bind_nobody() {
+        // A Jina gateway calling this executor in another process says nothing of
+        // its client streams: all its users come as one unknown stream.
+        let ex = executor(5.0);
+        let unknown = StreamId::UNKNOWN.0;
+        send(&ex, &mut frame("alice", 1, 2, 1), unknown)
+            .await
+            .unwrap();
+        let mut b = frame("bob", 1, 2, 2);
+        send(&ex, &mut b, unknown).await.unwrap();
+        assert_eq!(participants(&b), ["alice", "bob"]);
+        assert!(ex.lock().streams.is_empty());
     }
 }

@@ -1,67 +1,240 @@
 //! Frame arithmetic of the mosaic: C-order uint8 H×W×3 buffers.
+//!
+//! Every size here comes from a peer, so every function checks its input (each
+//! buffer matches the dimensions given with it) and computes the size of what it
+//! makes with checked arithmetic, against a pixel limit the caller passes, before
+//! allocating anything: on any input a function returns a [`MosaicError`] or a
+//! result within its limit, never panics and never asks for more memory than the
+//! limit. [`draw_border`] allocates nothing and clips to its frame.
+
+use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
 /// Colour of the border around a user's own tile (`highlight_self`), BGR green.
 pub const HIGHLIGHT_BGR: [u8; 3] = [0, 200, 0];
 
-/// Stacks frames of equal width vertically. For C-order frames this is byte
-/// concatenation: one allocation, one copy per frame.
-pub fn stack_vertically(parts: &[Bytes]) -> Bytes {
-    let total = parts.iter().map(Bytes::len).sum();
-    let mut out = BytesMut::with_capacity(total);
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out.freeze()
+/// Why a mosaic function refused its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MosaicError {
+    /// The result would be `height`×`width` pixels (each saturated at
+    /// `usize::MAX`), over the `limit` the caller set.
+    TooLarge {
+        /// Rows of the result.
+        height: usize,
+        /// Columns of the result.
+        width: usize,
+        /// The most pixels allowed.
+        limit: usize,
+    },
+    /// A buffer does not match the dimensions given with it, a dimension is
+    /// zero, or frames to stack do not share their side.
+    BadInput(String),
 }
 
-/// Places frames of equal height side by side: `parts` are `(pixels, width)`.
-/// One allocation, one copy per row of each frame.
-pub fn stack_horizontally(parts: &[(Bytes, usize)], height: usize) -> (Bytes, usize) {
-    let width: usize = parts.iter().map(|(_, w)| w).sum();
-    let mut out = BytesMut::with_capacity(height * width * 3);
-    for y in 0..height {
-        for (p, w) in parts {
-            out.extend_from_slice(&p[y * w * 3..(y + 1) * w * 3]);
+impl fmt::Display for MosaicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MosaicError::TooLarge {
+                height,
+                width,
+                limit,
+            } => write!(
+                f,
+                "a {height}x{width} result is over the limit of {limit} pixels"
+            ),
+            MosaicError::BadInput(m) => f.write_str(m),
         }
     }
-    (out.freeze(), width)
 }
 
-/// Resizes an `h`×`w`×3 frame to `new_h`×`new_w` (nearest neighbour).
-pub fn resize(src: &[u8], h: usize, w: usize, new_h: usize, new_w: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(new_h * new_w * 3);
-    let xs: Vec<usize> = (0..new_w).map(|x| x * w / new_w * 3).collect();
+impl std::error::Error for MosaicError {}
+
+/// `h`×`w` pixels when they are at most `limit`, else [`MosaicError::TooLarge`].
+pub fn checked_pixels(h: usize, w: usize, limit: usize) -> Result<usize, MosaicError> {
+    match h.checked_mul(w) {
+        // An allocation may not exceed isize::MAX bytes, whatever the limit.
+        Some(px) if px <= limit && px.checked_mul(3).is_some_and(|b| b <= isize::MAX as usize) => {
+            Ok(px)
+        }
+        _ => Err(MosaicError::TooLarge {
+            height: h,
+            width: w,
+            limit,
+        }),
+    }
+}
+
+/// Checks that `src` is an `h`×`w`×3 frame.
+fn check_frame(src: &[u8], h: usize, w: usize) -> Result<(), MosaicError> {
+    if h == 0 || w == 0 {
+        return Err(MosaicError::BadInput(format!(
+            "a {h}x{w} frame has no pixels"
+        )));
+    }
+    match h.checked_mul(w).and_then(|px| px.checked_mul(3)) {
+        Some(n) if n == src.len() => Ok(()),
+        _ => Err(MosaicError::BadInput(format!(
+            "{} bytes are not a {h}x{w}x3 frame",
+            src.len()
+        ))),
+    }
+}
+
+/// One frame of a mosaic: pixels, height, width.
+pub type Part = (Bytes, usize, usize);
+
+/// Stacks frames of equal width top to bottom: `(pixels, height, width)`. For
+/// C-order frames this is byte concatenation: one allocation, one copy per frame.
+/// Refused when the frames differ in width or the result is over `max_pixels`.
+pub fn stack_vertically(parts: &[Part], max_pixels: usize) -> Result<Part, MosaicError> {
+    let width = parts
+        .first()
+        .map(|p| p.2)
+        .ok_or_else(|| MosaicError::BadInput("no frames to stack".into()))?;
+    let mut height = 0usize;
+    for (px, h, w) in parts {
+        check_frame(px, *h, *w)?;
+        if *w != width {
+            return Err(MosaicError::BadInput(format!(
+                "frames to stack vertically differ in width: {w} and {width}"
+            )));
+        }
+        height = height.saturating_add(*h);
+    }
+    checked_pixels(height, width, max_pixels)?;
+    let mut out = BytesMut::with_capacity(height * width * 3);
+    for (px, ..) in parts {
+        out.extend_from_slice(px);
+    }
+    Ok((out.freeze(), height, width))
+}
+
+/// Places frames of equal height side by side: `(pixels, height, width)`. One
+/// allocation, one copy per row of each frame. Refused when the frames differ in
+/// height or the result is over `max_pixels`.
+pub fn stack_horizontally(parts: &[Part], max_pixels: usize) -> Result<Part, MosaicError> {
+    let height = parts
+        .first()
+        .map(|p| p.1)
+        .ok_or_else(|| MosaicError::BadInput("no frames to stack".into()))?;
+    let mut width = 0usize;
+    for (px, h, w) in parts {
+        check_frame(px, *h, *w)?;
+        if *h != height {
+            return Err(MosaicError::BadInput(format!(
+                "frames to stack horizontally differ in height: {h} and {height}"
+            )));
+        }
+        width = width.saturating_add(*w);
+    }
+    checked_pixels(height, width, max_pixels)?;
+    let mut out = BytesMut::with_capacity(height * width * 3);
+    for y in 0..height {
+        for (px, _, w) in parts {
+            out.extend_from_slice(&px[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    Ok((out.freeze(), height, width))
+}
+
+/// `i * from / to`, the source index of destination index `i`, without overflow
+/// (`i < to`, so the result is below `from`).
+fn source_index(i: usize, from: usize, to: usize) -> usize {
+    // Lossless: u128 holds the product of two usizes, and the quotient is < from.
+    (i as u128 * from as u128 / to as u128) as usize
+}
+
+/// Resizes an `h`×`w`×3 frame to `new_h`×`new_w` (nearest neighbour), refused
+/// when that is over `max_pixels`.
+pub fn resize(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    new_h: usize,
+    new_w: usize,
+    max_pixels: usize,
+) -> Result<Bytes, MosaicError> {
+    check_frame(src, h, w)?;
+    if new_h == 0 || new_w == 0 {
+        return Err(MosaicError::BadInput(format!(
+            "cannot resize to {new_h}x{new_w}: no pixels"
+        )));
+    }
+    let px = checked_pixels(new_h, new_w, max_pixels)?;
+    let mut out = BytesMut::with_capacity(px * 3);
+    let xs: Vec<usize> = (0..new_w).map(|x| source_index(x, w, new_w) * 3).collect();
     for y in 0..new_h {
-        let row = &src[(y * h / new_h) * w * 3..][..w * 3];
+        let row = &src[source_index(y, h, new_h) * w * 3..][..w * 3];
         for &sx in &xs {
             out.extend_from_slice(&row[sx..sx + 3]);
         }
     }
-    out.freeze()
+    Ok(out.freeze())
+}
+
+/// `side × num / den`, rounded, at least 1 (saturating): the other side of a
+/// frame scaled keeping its aspect ratio. `den` must not be 0.
+fn scaled(side: usize, num: usize, den: usize) -> usize {
+    let (s, n, d) = (side as u128, num as u128, den.max(1) as u128);
+    // s * n < 2^128; the rounding term may not fit beside it, so round on the
+    // quotient and remainder instead.
+    let prod = s * n;
+    let (q, r) = (prod / d, prod % d);
+    let rounded = q + u128::from(r >= d - r);
+    usize::try_from(rounded.max(1)).unwrap_or(usize::MAX)
+}
+
+/// The height of an `h`×`w` frame resized to `new_w` wide keeping its aspect
+/// ratio: rounded, at least 1, saturating at `usize::MAX`.
+pub fn height_at_width(h: usize, w: usize, new_w: usize) -> usize {
+    scaled(h, new_w, w)
+}
+
+/// The width of an `h`×`w` frame resized to `new_h` high keeping its aspect
+/// ratio: rounded, at least 1, saturating at `usize::MAX`.
+pub fn width_at_height(h: usize, w: usize, new_h: usize) -> usize {
+    scaled(w, new_h, h)
 }
 
 /// Resizes an `h`×`w`×3 frame to `new_w` wide, keeping the aspect ratio
-/// (nearest neighbour). Returns the pixels and the new height (at least 1).
-pub fn resize_to_width(src: &[u8], h: usize, w: usize, new_w: usize) -> (Bytes, usize) {
-    let new_h = ((h as f64 * new_w as f64 / w as f64).round() as usize).max(1);
-    (resize(src, h, w, new_h, new_w), new_h)
+/// (nearest neighbour). Returns the pixels and the new height (at least 1);
+/// refused when the result is over `max_pixels`.
+pub fn resize_to_width(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    new_w: usize,
+    max_pixels: usize,
+) -> Result<(Bytes, usize), MosaicError> {
+    check_frame(src, h, w)?;
+    let new_h = height_at_width(h, w, new_w);
+    Ok((resize(src, h, w, new_h, new_w, max_pixels)?, new_h))
 }
 
 /// Resizes an `h`×`w`×3 frame to `new_h` high, keeping the aspect ratio
-/// (nearest neighbour). Returns the pixels and the new width (at least 1).
-pub fn resize_to_height(src: &[u8], h: usize, w: usize, new_h: usize) -> (Bytes, usize) {
-    let new_w = ((w as f64 * new_h as f64 / h as f64).round() as usize).max(1);
-    (resize(src, h, w, new_h, new_w), new_w)
+/// (nearest neighbour). Returns the pixels and the new width (at least 1);
+/// refused when the result is over `max_pixels`.
+pub fn resize_to_height(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    new_h: usize,
+    max_pixels: usize,
+) -> Result<(Bytes, usize), MosaicError> {
+    check_frame(src, h, w)?;
+    let new_w = width_at_height(h, w, new_h);
+    Ok((resize(src, h, w, new_h, new_w, max_pixels)?, new_w))
 }
 
 /// Rows and columns of a grid of `n` tiles: as square as possible, wider than
 /// high when it cannot be square.
 pub fn grid_shape(n: usize) -> (usize, usize) {
-    let cols = (1..).find(|c| c * c >= n.max(1)).unwrap_or(1);
-    let rows = n.max(1).div_ceil(cols);
-    (rows, cols)
+    let n = n.max(1);
+    let root = n.isqrt();
+    let cols = if root * root >= n { root } else { root + 1 };
+    (n.div_ceil(cols), cols)
 }
 
 /// One frame to place in a grid: pixels, height, width.
@@ -70,24 +243,33 @@ pub type Tile<'a> = (&'a [u8], usize, usize);
 /// Composes `tiles` in a `canvas_h`×`canvas_w` canvas (black), row by row in
 /// order, each scaled to fit its cell keeping its aspect ratio and centred in it.
 /// The tile at `highlight`, if any, gets a coloured border. The output size is
-/// always the canvas's, however many tiles there are.
+/// always the canvas's, however many tiles there are; refused when the canvas is
+/// over `max_pixels` or a tile does not match its dimensions.
 pub fn compose_grid(
     tiles: &[Tile<'_>],
     canvas_h: usize,
     canvas_w: usize,
     highlight: Option<usize>,
-) -> Bytes {
-    let mut out = vec![0u8; canvas_h * canvas_w * 3];
+    max_pixels: usize,
+) -> Result<Bytes, MosaicError> {
+    for &(px, h, w) in tiles {
+        check_frame(px, h, w)?;
+    }
+    let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
+    let mut out = vec![0u8; px * 3];
     let (rows, cols) = grid_shape(tiles.len());
     let (cell_h, cell_w) = (canvas_h / rows, canvas_w / cols);
     if cell_h == 0 || cell_w == 0 {
-        return Bytes::from(out);
+        return Ok(Bytes::from(out));
     }
     for (i, &(px, h, w)) in tiles.iter().enumerate() {
-        let scale = (cell_h as f64 / h as f64).min(cell_w as f64 / w as f64);
-        let th = ((h as f64 * scale).round() as usize).clamp(1, cell_h);
-        let tw = ((w as f64 * scale).round() as usize).clamp(1, cell_w);
-        let scaled = resize(px, h, w, th, tw);
+        // The larger of the two scales that fit: the tile's height at the cell's
+        // width, else its width at the cell's height.
+        let (th, tw) = match height_at_width(h, w, cell_w) {
+            th if th <= cell_h => (th, cell_w),
+            _ => (cell_h, width_at_height(h, w, cell_h).min(cell_w)),
+        };
+        let scaled = resize(px, h, w, th, tw, cell_h * cell_w)?;
         let top = (i / cols) * cell_h + (cell_h - th) / 2;
         let left = (i % cols) * cell_w + (cell_w - tw) / 2;
         for y in 0..th {
@@ -98,24 +280,39 @@ pub fn compose_grid(
             draw_border(&mut out, canvas_w, (top, left, th, tw));
         }
     }
-    Bytes::from(out)
+    Ok(Bytes::from(out))
 }
 
 /// Draws a border inside the rectangle `(top, left, height, width)` of a frame
-/// `frame_w` pixels wide, in [`HIGHLIGHT_BGR`].
+/// `frame_w` pixels wide, in [`HIGHLIGHT_BGR`]. The part of the rectangle outside
+/// the frame is clipped (a frame that is not whole rows of `frame_w` pixels is
+/// drawn on its whole rows only): it allocates nothing and cannot fail.
 pub fn draw_border(
     frame: &mut [u8],
     frame_w: usize,
     (top, left, h, w): (usize, usize, usize, usize),
 ) {
+    let Some(row_len) = frame_w.checked_mul(3).filter(|&r| r > 0) else {
+        return;
+    };
+    let frame_h = frame.len() / row_len;
+    if h == 0 || w == 0 {
+        return;
+    }
     let t = (h.min(w) / 40).clamp(1, 6);
-    for y in top..top + h {
-        for x in left..left + w {
-            let edge = y < top + t || y >= top + h - t || x < left + t || x >= left + w - t;
-            if edge {
-                let i = (y * frame_w + x) * 3;
-                frame[i..i + 3].copy_from_slice(&HIGHLIGHT_BGR);
-            }
+    let (bottom, right) = (top.saturating_add(h), left.saturating_add(w));
+    let (x0, x1) = (left.min(frame_w), right.min(frame_w));
+    let fill = |frame: &mut [u8], y: usize, from: usize, to: usize| {
+        for px in frame[y * row_len + from * 3..y * row_len + to * 3].chunks_exact_mut(3) {
+            px.copy_from_slice(&HIGHLIGHT_BGR);
+        }
+    };
+    for y in top..bottom.min(frame_h) {
+        if y < top + t || y >= bottom - t {
+            fill(frame, y, x0, x1);
+        } else {
+            fill(frame, y, x0, left.saturating_add(t).min(x1));
+            fill(frame, y, (right - t).max(x0).min(x1), x1);
         }
     }
 }
@@ -124,22 +321,30 @@ pub fn draw_border(
 mod tests {
     use super::*;
 
+    const ANY: usize = usize::MAX;
+
+    fn solid(h: usize, w: usize, v: u8) -> Part {
+        (Bytes::from(vec![v; h * w * 3]), h, w)
+    }
+
     #[test]
     fn stacking_concatenates() {
-        let s = stack_vertically(&[
-            Bytes::from_static(&[1, 2, 3]),
-            Bytes::from_static(&[4, 5, 6]),
-        ]);
-        assert_eq!(&s[..], &[1, 2, 3, 4, 5, 6]);
+        let (s, h, w) = stack_vertically(
+            &[
+                (Bytes::from_static(&[1, 2, 3]), 1, 1),
+                (Bytes::from_static(&[4, 5, 6]), 1, 1),
+            ],
+            ANY,
+        )
+        .unwrap();
+        assert_eq!((&s[..], h, w), (&[1, 2, 3, 4, 5, 6][..], 2, 1));
     }
 
     #[test]
     fn horizontal_interleaves_rows() {
         // Two 2-row frames, 1 and 2 pixels wide.
-        let a = Bytes::from(vec![1u8; 2 * 3]);
-        let b = Bytes::from(vec![2u8; 2 * 2 * 3]);
-        let (out, w) = stack_horizontally(&[(a, 1), (b, 2)], 2);
-        assert_eq!(w, 3);
+        let (out, h, w) = stack_horizontally(&[solid(2, 1, 1), solid(2, 2, 2)], ANY).unwrap();
+        assert_eq!((h, w), (2, 3));
         let firsts: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(firsts, vec![1, 2, 2, 1, 2, 2]);
     }
@@ -148,33 +353,131 @@ mod tests {
     fn resize_halves_and_doubles() {
         // 2×2 frame: pixel values 0, 1 / 2, 3.
         let src: Vec<u8> = [0u8, 1, 2, 3].iter().flat_map(|&v| [v; 3]).collect();
-        let (down, h) = resize_to_width(&src, 2, 2, 1);
+        let (down, h) = resize_to_width(&src, 2, 2, 1, ANY).unwrap();
         assert_eq!((h, &down[..]), (1, &[0u8, 0, 0][..]));
-        let (up, h) = resize_to_width(&src, 2, 2, 4);
+        let (up, h) = resize_to_width(&src, 2, 2, 4, ANY).unwrap();
         assert_eq!(h, 4);
         let firsts: Vec<u8> = up.chunks(3).map(|p| p[0]).collect();
         assert_eq!(&firsts[..8], &[0, 0, 1, 1, 0, 0, 1, 1]);
         assert_eq!(&firsts[8..], &[2, 2, 3, 3, 2, 2, 3, 3]);
-        let (tall, w) = resize_to_height(&src, 2, 2, 4);
+        let (tall, w) = resize_to_height(&src, 2, 2, 4, ANY).unwrap();
         assert_eq!((w, tall.len()), (4, 4 * 4 * 3));
+    }
+
+    #[test]
+    fn scaled_sides_round_and_saturate() {
+        assert_eq!(height_at_width(4, 8, 4), 2);
+        assert_eq!(height_at_width(3, 2, 1), 2, "1.5 rounds up");
+        assert_eq!(height_at_width(1, 1000, 3), 1, "at least 1");
+        assert_eq!(height_at_width(100_000, 1, 3840), 384_000_000);
+        assert_eq!(width_at_height(1, usize::MAX, usize::MAX), usize::MAX);
+        assert_eq!(height_at_width(usize::MAX, 1, usize::MAX), usize::MAX);
     }
 
     #[test]
     fn extreme_aspect_never_panics() {
         let src = vec![7u8; 1000 * 3];
-        let (out, h) = resize_to_width(&src, 1, 1000, 3);
+        let (out, h) = resize_to_width(&src, 1, 1000, 3, ANY).unwrap();
         assert_eq!((h, out.len()), (1, 9));
-        let out = compose_grid(&[(&src, 1, 1000)], 10, 10, Some(0));
+        let out = compose_grid(&[(&src, 1, 1000)], 10, 10, Some(0), ANY).unwrap();
         assert_eq!(out.len(), 300);
+    }
+
+    /// The shape that took the process down: 1 pixel wide, 100,000 tall, to a
+    /// room 3840 wide, is refused before anything is allocated.
+    #[test]
+    fn a_tall_sliver_to_a_wide_room_is_refused() {
+        let src = vec![1u8; 100_000 * 3];
+        let limit = 3840 * 2160;
+        let err = resize_to_width(&src, 100_000, 1, 3840, limit).unwrap_err();
+        assert_eq!(
+            err,
+            MosaicError::TooLarge {
+                height: 384_000_000,
+                width: 3840,
+                limit
+            }
+        );
+        assert!(err.to_string().contains("over the limit of 8294400 pixels"));
+        let err = resize_to_height(&vec![1u8; 100_000 * 3], 1, 100_000, 2160, limit);
+        assert!(matches!(err, Err(MosaicError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn extreme_shapes_are_errors_not_panics() {
+        let px = [0u8; 3];
+        let huge = [usize::MAX, usize::MAX / 3, 1 << 32, (1 << 32) + 1, 0, 1];
+        for &h in &huge {
+            for &w in &huge {
+                // Dimensions that do not match the buffer: always refused.
+                if (h, w) != (1, 1) {
+                    assert!(resize(&px, h, w, 1, 1, ANY).is_err(), "{h}x{w}");
+                    assert!(resize_to_width(&px, h, w, 2, ANY).is_err());
+                    assert!(stack_vertically(&[(Bytes::from_static(&[0; 3]), h, w)], ANY).is_err());
+                    assert!(
+                        stack_horizontally(&[(Bytes::from_static(&[0; 3]), h, w)], ANY).is_err()
+                    );
+                    assert!(compose_grid(&[(&px, h, w)], 4, 4, None, ANY).is_err());
+                }
+                // Any output size: within the limit, or refused before allocating.
+                let r = resize(&px, 1, 1, h, w, 1 << 20);
+                assert_eq!(r.is_ok(), h > 0 && w > 0 && h.saturating_mul(w) <= 1 << 20);
+                let _ = resize_to_width(&px, 1, 1, w, 1 << 20);
+                let _ = resize_to_height(&px, 1, 1, h, 1 << 20);
+                // Even with no limit, sizes past what memory can address are refused.
+                if h.checked_mul(w).and_then(|p| p.checked_mul(3)).is_none() {
+                    assert!(resize(&px, 1, 1, h, w, ANY).is_err());
+                    assert!(compose_grid(&[], h, w, None, ANY).is_err());
+                }
+                let mut frame = [0u8; 4 * 4 * 3];
+                draw_border(&mut frame, w, (h, w, h, w));
+                draw_border(&mut frame, 4, (0, 0, h, w));
+                draw_border(&mut frame, 4, (h, w, 2, 2));
+            }
+        }
+        assert!(stack_vertically(&[], ANY).is_err());
+        assert!(stack_horizontally(&[], ANY).is_err());
+        assert_eq!(grid_shape(usize::MAX).1, 1 << 32);
+    }
+
+    #[test]
+    fn stacks_over_the_limit_or_of_unequal_sides_are_refused() {
+        let parts = [solid(2, 3, 1), solid(2, 3, 2)];
+        assert!(stack_vertically(&parts, 12).is_ok());
+        assert_eq!(
+            stack_vertically(&parts, 11).unwrap_err(),
+            MosaicError::TooLarge {
+                height: 4,
+                width: 3,
+                limit: 11
+            }
+        );
+        assert!(stack_horizontally(&parts, 11).is_err());
+        assert!(stack_vertically(&[solid(2, 3, 1), solid(2, 4, 1)], ANY).is_err());
+        assert!(stack_horizontally(&[solid(2, 3, 1), solid(3, 3, 1)], ANY).is_err());
+        assert!(compose_grid(&[], 10, 10, None, 99).is_err(), "canvas limit");
+    }
+
+    #[test]
+    fn border_is_clipped_to_the_frame() {
+        let mut frame = vec![0u8; 4 * 4 * 3];
+        draw_border(&mut frame, 4, (2, 2, 10, 10));
+        let green = |y: usize, x: usize| frame[(y * 4 + x) * 3..][..3] == HIGHLIGHT_BGR;
+        // The top and left edges are in the frame; the rest of the rectangle is not.
+        assert!(green(2, 2) && green(2, 3) && green(3, 2));
+        assert!(!green(3, 3), "inside the border");
+        assert!(!green(0, 0) && !green(1, 1) && !green(3, 1));
     }
 
     #[test]
     fn grid_shapes() {
+        assert_eq!(grid_shape(0), (1, 1));
         assert_eq!(grid_shape(1), (1, 1));
         assert_eq!(grid_shape(2), (1, 2));
         assert_eq!(grid_shape(3), (2, 2));
         assert_eq!(grid_shape(5), (2, 3));
         assert_eq!(grid_shape(9), (3, 3));
+        assert_eq!(grid_shape(10), (3, 4));
     }
 
     #[test]
@@ -182,10 +485,10 @@ mod tests {
         let a = [10u8; 4 * 4 * 3];
         let b = [20u8; 4 * 4 * 3];
         for tiles in [vec![(&a[..], 4, 4)], vec![(&a[..], 4, 4), (&b[..], 4, 4)]] {
-            let out = compose_grid(&tiles, 8, 16, None);
+            let out = compose_grid(&tiles, 8, 16, None, ANY).unwrap();
             assert_eq!(out.len(), 8 * 16 * 3);
         }
-        let out = compose_grid(&[(&a[..], 4, 4), (&b[..], 4, 4)], 8, 16, Some(1));
+        let out = compose_grid(&[(&a[..], 4, 4), (&b[..], 4, 4)], 8, 16, Some(1), ANY).unwrap();
         // Left cell: a 8×8 tile of 10 centred; right cell: b with a border.
         assert_eq!(out[(4 * 16 + 4) * 3], 10);
         assert_eq!(out[(4 * 16 + 12) * 3], 20);

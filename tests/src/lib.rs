@@ -536,6 +536,12 @@ pub struct RawStream {
 impl RawStream {
     /// Opens `jina.JinaRPC/Call` on `addr`.
     pub async fn connect(addr: &str) -> RawStream {
+        RawStream::try_connect(addr).await.unwrap()
+    }
+
+    /// Opens `jina.JinaRPC/Call` on `addr`, or returns the status the gateway
+    /// refuses the stream with.
+    pub async fn try_connect(addr: &str) -> Result<RawStream, tonic::Status> {
         let uri = addr.replace("grpc://", "http://");
         let mut client = JinaRpcClient::connect(uri)
             .await
@@ -545,13 +551,12 @@ impl RawStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let responses = client
             .call(UnboundedReceiverStream::new(rx))
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        RawStream {
+        Ok(RawStream {
             tx: Some(tx),
             responses: Some(responses),
-        }
+        })
     }
 
     /// Sends `req` and returns the next response.

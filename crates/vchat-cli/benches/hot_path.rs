@@ -52,9 +52,11 @@ fn decode_request(b: Bencher) {
 /// The vertical mosaic of `users` frames (byte concatenation).
 #[divan::bench(args = [3, 10, 20])]
 fn compose_vertical(b: Bencher, users: usize) {
-    let parts: Vec<Bytes> = (0..users).map(|n| frame(n).data().clone()).collect();
+    let parts: Vec<_> = (0..users)
+        .map(|n| (frame(n).data().clone(), H, W))
+        .collect();
     b.counter(divan::counter::BytesCount::new(users * H * W * 3))
-        .bench(|| stack_vertically(black_box(&parts)));
+        .bench(|| stack_vertically(black_box(&parts), usize::MAX).unwrap());
 }
 
 /// The grid of `users` frames on a 480x640 canvas (scaling included).
@@ -62,12 +64,15 @@ fn compose_vertical(b: Bencher, users: usize) {
 fn compose_grid_640x480(b: Bencher, users: usize) {
     let frames: Vec<Tensor> = (0..users).map(frame).collect();
     let tiles: Vec<_> = frames.iter().map(|t| (&t.data()[..], H, W)).collect();
-    b.bench(|| compose_grid(black_box(&tiles), 480, 640, None));
+    b.bench(|| compose_grid(black_box(&tiles), 480, 640, None, usize::MAX).unwrap());
 }
 
 fn mosaic_response(users: usize) -> DataRequestProto {
-    let parts: Vec<Bytes> = (0..users).map(|n| frame(n).data().clone()).collect();
-    let mosaic = Tensor::image(users * H, W, 3, stack_vertically(&parts)).unwrap();
+    let parts: Vec<_> = (0..users)
+        .map(|n| (frame(n).data().clone(), H, W))
+        .collect();
+    let (mosaic, ..) = stack_vertically(&parts, usize::MAX).unwrap();
+    let mosaic = Tensor::image(users * H, W, 3, mosaic).unwrap();
     request("alice", mosaic)
 }
 
@@ -99,7 +104,7 @@ fn jpeg_encode_200x300(b: Bencher) {
 fn jpeg_encode_480x640(b: Bencher) {
     let frames: Vec<Tensor> = (0..9).map(frame).collect();
     let tiles: Vec<_> = frames.iter().map(|t| (&t.data()[..], H, W)).collect();
-    let grid = compose_grid(&tiles, 480, 640, None);
+    let grid = compose_grid(&tiles, 480, 640, None, usize::MAX).unwrap();
     b.bench(|| jpeg::encode_bgr(black_box(&grid), 480, 640, 80).unwrap());
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
+use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
 use vchat_core::config::{
     DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
@@ -77,6 +78,11 @@ pub struct FlowArgs {
     /// (overrides `with.handshake_timeout_s`; default 10).
     #[arg(long)]
     handshake_timeout_s: Option<f64>,
+    /// Ceiling in MiB on the memory held for users' frames and rooms' mosaics;
+    /// over it, new streams are refused with RESOURCE_EXHAUSTED (overrides
+    /// `with.max_memory_mb`; default 1024).
+    #[arg(long)]
+    max_memory_mb: Option<usize>,
     /// PEM certificate chain: serve over TLS, for grpcs:// clients (overrides
     /// `with.ssl_certfile`; needs --ssl-keyfile).
     #[arg(long, requires = "ssl_keyfile")]
@@ -104,6 +110,15 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
     let options = BuildOptions {
         python: args.python.clone(),
     };
+    let max_memory_mb = args
+        .max_memory_mb
+        .or(spec.with.max_memory_mb)
+        .unwrap_or(DEFAULT_MAX_MEMORY_MB);
+    anyhow::ensure!(
+        max_memory_mb > 0,
+        "max_memory_mb must be at least 1 (MiB), got 0"
+    );
+    vchat_core::budget::global().set_limit_mb(max_memory_mb);
     let flow = FlowRuntime::build(&spec, &registry, &options).await?;
     let host = args
         .host

@@ -110,6 +110,12 @@ pub struct FlowWith {
     /// [`DEFAULT_MAX_FRAME_BYTES`].
     #[serde(default)]
     pub max_frame_bytes: Option<usize>,
+    /// Ceiling, in MiB, on the bytes this process's executors hold in users'
+    /// frames and rooms' cached mosaics ([`crate::budget`]); while more is held,
+    /// new streams are refused with RESOURCE_EXHAUSTED (503 on the WebSocket).
+    /// Default [`DEFAULT_MAX_MEMORY_MB`](crate::budget::DEFAULT_MAX_MEMORY_MB).
+    #[serde(default)]
+    pub max_memory_mb: Option<usize>,
     /// PEM certificate chain: serve gRPC over TLS (with `ssl_keyfile`). A
     /// relative path is relative to the Flow YAML.
     #[serde(default)]
@@ -837,5 +843,14 @@ mod tests {
             err.contains("websocket_max_fps must be a positive"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn max_memory_mb_is_a_flow_setting() {
+        let d = tmpdir("memory");
+        let flow = write(&d, "flow.yml", "jtype: Flow\nwith:\n  max_memory_mb: 512\n");
+        assert_eq!(load_flow(&flow).unwrap().with.max_memory_mb, Some(512));
+        let bad = write(&d, "bad.yml", "jtype: Flow\nwith:\n  max_memory_mb: lots\n");
+        assert!(load_flow(&bad).is_err());
     }
 }

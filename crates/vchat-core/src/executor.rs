@@ -19,6 +19,13 @@ pub const DEFAULT_ENDPOINT: &str = "/default";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u64);
 
+impl StreamId {
+    /// The stream of requests whose caller does not say which client stream they
+    /// belong to (a Jina gateway calling a vchat executor): many clients at once,
+    /// so never one user's.
+    pub const UNKNOWN: StreamId = StreamId(0);
+}
+
 /// What an executor knows of the request it is processing, beside its documents.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestContext<'a> {

@@ -52,7 +52,7 @@ pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize
     let (w, h) = decoder
         .dimensions()
         .ok_or_else(|| Error::BadRequest("not a valid JPEG: no dimensions".into()))?;
-    if w * h > max_pixels {
+    if w.checked_mul(h).is_none_or(|px| px > max_pixels) {
         return Err(Error::BadRequest(format!(
             "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
         )));
@@ -85,12 +85,13 @@ pub fn decode_bgr_to_fit(
         return decode_bgr(data, max_pixels);
     };
     let (h, w) = (usize::from(info.height), usize::from(info.width));
-    if w * h > max_pixels {
+    if w.checked_mul(h).is_none_or(|px| px > max_pixels) {
         return Err(Error::BadRequest(format!(
             "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
         )));
     }
-    let small = fit_h.max(1) * 2 <= h && fit_w.max(1) * 2 <= w;
+    // `fit` comes from a configured canvas, however large: no overflow.
+    let small = fit_h.max(1).saturating_mul(2) <= h && fit_w.max(1).saturating_mul(2) <= w;
     if !small || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
         return decode_bgr(data, max_pixels);
     }
@@ -183,6 +184,8 @@ mod tests {
             "pixel limit"
         );
         assert!(decode_bgr_to_fit(b"garbage", 1 << 20, (10, 10)).is_err());
+        let (_, fh, fw) = decode_bgr_to_fit(&jpeg, 1 << 20, (usize::MAX, usize::MAX)).unwrap();
+        assert_eq!((fh, fw), (h, w), "a huge tile: decoded at full size");
     }
 
     #[test]

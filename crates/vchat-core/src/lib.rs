@@ -9,9 +9,12 @@
 //!   key.
 //!
 //! - [`jpeg`]: JPEG frames (`blob` + `image/jpeg`) from and to BGR pixels.
+//! - [`budget`]: the process's count of bytes held in frames and mosaics, and its
+//!   ceiling.
 //!
 //! This crate has no feature flags and runs no server.
 
+pub mod budget;
 pub mod config;
 mod document;
 mod error;
@@ -32,6 +35,10 @@ pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
 pub use prost_types::{ListValue, Struct, Value, value};
+
+/// Longest user or room name, in bytes, on every door: a name is a map key, a
+/// log field and a label, so it may not be a megabyte.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// HTTP/2 flow-control window of one stream, in bytes, on every vchat link. A raw
 /// frame is hundreds of KiB and a mosaic several MiB: the default 64 KiB windows

@@ -318,6 +318,15 @@ impl CallService {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&p| p > 0)
             .map_or(self.limits.prefetch, |p| p.min(self.limits.prefetch));
+        if let Err(over) = vchat_core::budget::global().check() {
+            self.metrics.stream_rejected();
+            tracing::warn!(
+                held = over.held,
+                limit = over.limit,
+                "Stream refused: {over}"
+            );
+            return Box::pin(async move { Err(Status::resource_exhausted(over.to_string())) });
+        }
         let peer = request
             .extensions()
             .get::<ConnInfo>()

@@ -23,7 +23,7 @@ use crate::server::{CONNECTION_WINDOW, GatewayError, MAX_FRAME, STREAM_WINDOW, V
 
 /// Requests from a caller that does not say which client stream they belong to
 /// (a Jina gateway) all count as this one stream.
-pub const UNKNOWN_STREAM: StreamId = StreamId(0);
+pub const UNKNOWN_STREAM: StreamId = StreamId::UNKNOWN;
 
 struct Service {
     flow: Arc<FlowRuntime>,

@@ -168,7 +168,7 @@ impl Metrics {
         counter(
             &mut out,
             "vchat_streams_rejected_total",
-            "Streams refused because max_streams (or max_streams_per_ip) were open.",
+            "Streams refused because max_streams or max_streams_per_ip were open, or held memory was over max_memory_mb.",
             self.streams_rejected.load(Ordering::Relaxed),
         );
         counter(
@@ -188,6 +188,13 @@ impl Metrics {
             "# HELP vchat_active_streams Call streams open now.\n\
              # TYPE vchat_active_streams gauge\nvchat_active_streams {}\n",
             self.active_streams.load(Ordering::Relaxed)
+        );
+        let _ = write!(
+            out,
+            "# HELP vchat_memory_held_bytes Bytes held in users' frames and rooms' mosaics \
+             (max_memory_mb is the ceiling).\n# TYPE vchat_memory_held_bytes gauge\n\
+             vchat_memory_held_bytes {}\n",
+            vchat_core::budget::global().held()
         );
         // Room names come from peers: only the fullest rooms get a label of
         // their own, so that the series stay bounded however many rooms exist.

@@ -102,8 +102,8 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// A browser that takes longer than this to take one message (a frozen tab, a
 /// dead network) is disconnected, rather than holding its connection forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest user or room name, in bytes.
-const MAX_NAME_BYTES: usize = 128;
+/// Longest user or room name, in bytes: the same on every door.
+const MAX_NAME_BYTES: usize = vchat_core::MAX_NAME_BYTES;
 
 /// Settings of the browser side besides the Flow's [`CallLimits`].
 #[derive(Debug, Clone)]
@@ -395,6 +395,15 @@ impl Web {
             Ok(w) => w,
             Err(m) => return plain(StatusCode::BAD_REQUEST, m),
         };
+        if let Err(over) = vchat_core::budget::global().check() {
+            self.metrics.stream_rejected();
+            tracing::warn!(
+                held = over.held,
+                limit = over.limit,
+                "WebSocket refused: {over}"
+            );
+            return plain(StatusCode::SERVICE_UNAVAILABLE, over.to_string());
+        }
         let Some(ip_slot) = self.per_ip.try_acquire(peer.ip()) else {
             self.metrics.stream_rejected();
             let max = self.per_ip.max();
