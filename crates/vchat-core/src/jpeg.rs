@@ -15,7 +15,7 @@ pub const DEFAULT_QUALITY: u8 = 80;
 
 /// Encodes BGR `h`×`w`×3 pixels as a JPEG of `quality` (clamped to 1..=100).
 pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Bytes, Error> {
-    if pixels.len() != h * w * 3 {
+    if h.checked_mul(w).and_then(|n| n.checked_mul(3)) != Some(pixels.len()) {
         return Err(Error::BadRequest(format!(
             "{} bytes are not a {h}x{w}x3 frame",
             pixels.len()
@@ -52,7 +52,7 @@ pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize
     let (w, h) = decoder
         .dimensions()
         .ok_or_else(|| Error::BadRequest("not a valid JPEG: no dimensions".into()))?;
-    if w * h > max_pixels {
+    if w.checked_mul(h).is_none_or(|n| n > max_pixels) {
         return Err(Error::BadRequest(format!(
             "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
         )));
@@ -90,7 +90,8 @@ pub fn decode_bgr_to_fit(
             "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
         )));
     }
-    let small = fit_h.max(1) * 2 <= h && fit_w.max(1) * 2 <= w;
+    // Saturating: a tile as large as the address space asks for no shrinking.
+    let small = fit_h.max(1).saturating_mul(2) <= h && fit_w.max(1).saturating_mul(2) <= w;
     if !small || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
         return decode_bgr(data, max_pixels);
     }
