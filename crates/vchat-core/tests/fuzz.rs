@@ -278,7 +278,7 @@ fn max_message() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(cases(1000))]
+    #![proptest_config(cases(3000))]
 
     /// `MessageReader` splits any byte stream, however it is cut into pieces,
     /// exactly as the framing says, and never allocates by a declared length.
@@ -650,7 +650,7 @@ fn tensor_error(t: &NdArrayProto) -> Option<&'static str> {
 }
 
 proptest! {
-    #![proptest_config(cases(1000))]
+    #![proptest_config(cases(3000))]
 
     /// Tensors: shape × dtype × buffer length, with overflowing products, unknown
     /// and big-endian dtypes, sparse and empty content.
@@ -891,7 +891,7 @@ fn hostile_jpeg() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(cases(400))]
+    #![proptest_config(cases(1000))]
 
     /// Decoding any JPEG gives pixels within the limit or a clear error, and
     /// allocates no more than the limit allows, whatever the header declares.
@@ -984,7 +984,12 @@ fn check_yaml(flow: &str, executor: &str) -> Result<(), TestCaseError> {
     std::fs::write(&flow_path, flow).unwrap();
     std::fs::write(dir.join("ex.yml"), executor).unwrap();
     let result = check_loaded(&flow_path);
+    let executor = load_executor(&dir.join("ex.yml"));
     std::fs::remove_dir_all(&dir).ok();
+    match executor {
+        Ok(spec) => prop_assert_eq!(spec.deployment.replicas, 1),
+        Err(e) => prop_assert!(e.to_string().contains("ex.yml"), "names the file: {e}"),
+    }
     result
 }
 
@@ -1141,7 +1146,7 @@ fn near_valid_flow() -> impl Strategy<Value = (String, String)> {
 }
 
 proptest! {
-    #![proptest_config(cases(300))]
+    #![proptest_config(cases(800))]
 
     /// Any text as a Flow and as an executor YAML: a spec or an error that names
     /// the file.

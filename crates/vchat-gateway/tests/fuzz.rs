@@ -200,7 +200,7 @@ fn check_decoded(wire: &[u8], limit: usize) -> Result<Option<DataRequestProto>, 
 }
 
 proptest! {
-    #![proptest_config(cases(1000))]
+    #![proptest_config(cases(4000))]
 
     /// Arbitrary bytes as a `Call` request, under and over the limit.
     #[test]
@@ -343,7 +343,7 @@ fn query_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(cases(1500))]
+    #![proptest_config(cases(5000))]
 
     /// `percent_decode` is form decoding: `%XX` with two hex digits, `+`, and
     /// every other byte as it is.
@@ -436,7 +436,7 @@ fn sample_jpeg() -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(cases(1500))]
+    #![proptest_config(cases(5000))]
 
     /// `jpeg_size` of any bytes: no panic, and on a real JPEG whose header was
     /// changed, the size the header says.
