@@ -524,6 +524,18 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             format!("with.websocket_max_fps must be a positive number, got {f}"),
         ));
     }
+    // A stream's frames are at least 1/max_fps seconds apart (0 or less: no
+    // limit). A rate so small that this gap is no Duration (1e-300) is refused
+    // here, not found when a stream opens.
+    if let Some(f) = with.max_fps
+        && f > 0.0
+        && std::time::Duration::try_from_secs_f64(1.0 / f).is_err()
+    {
+        return Err(ConfigError::new(
+            Origin::file(file),
+            format!("with.max_fps: {f} frames per second is too small to be a rate"),
+        ));
+    }
     let base = file.parent().unwrap_or(Path::new("."));
     let mut executors: Vec<ExecutorSpec> = Vec::new();
     for (i, entry) in parsed.executors.into_iter().enumerate() {
@@ -589,6 +601,12 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                 external.len()
             )));
         }
+        let retries = match entry.retries {
+            None => DEFAULT_RETRIES,
+            Some(r) if r < 0 => DEFAULT_RETRIES,
+            Some(r) => u32::try_from(r)
+                .map_err(|_| at(format!("retries: {r} is more than {}", u32::MAX)))?,
+        };
         spec.deployment = Deployment {
             replicas: if external.is_empty() {
                 entry.replicas.unwrap_or(1)
@@ -599,11 +617,7 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             needs: entry.needs.map(OneOrMany::into_vec).unwrap_or_default(),
             route_by: entry.route_by,
             timeout_send: entry.timeout_send.map(std::time::Duration::from_millis),
-            retries: match entry.retries {
-                None => DEFAULT_RETRIES,
-                Some(r) if r < 0 => DEFAULT_RETRIES,
-                Some(r) => r as u32,
-            },
+            retries,
             skip_frames: entry.skip_frames.unwrap_or(false),
         };
         if spec.deployment.replicas == 0 {

@@ -15,7 +15,7 @@ pub const DEFAULT_QUALITY: u8 = 80;
 
 /// Encodes BGR `h`×`w`×3 pixels as a JPEG of `quality` (clamped to 1..=100).
 pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Bytes, Error> {
-    if pixels.len() != h * w * 3 {
+    if h.checked_mul(w).and_then(|n| n.checked_mul(3)) != Some(pixels.len()) {
         return Err(Error::BadRequest(format!(
             "{} bytes are not a {h}x{w}x3 frame",
             pixels.len()

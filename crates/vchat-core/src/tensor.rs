@@ -122,6 +122,14 @@ impl Tensor {
     /// A tensor over `data`, or [`Error::BadRequest`] when
     /// `data.len() != product(shape) * dtype.itemsize()`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Bytes) -> Result<Self, Error> {
+        // The wire carries dimensions as uint32: a larger one would be sent
+        // truncated, as another shape (an empty tensor may have any dimension).
+        if shape.iter().any(|&d| u32::try_from(d).is_err()) {
+            return Err(Error::BadRequest(format!(
+                "tensor shape {shape:?} is too large: a dimension is over {}",
+                u32::MAX
+            )));
+        }
         let expected = shape
             .iter()
             .try_fold(dtype.itemsize(), |acc, &d| acc.checked_mul(d));
@@ -211,6 +219,7 @@ impl Tensor {
         NdArrayProto {
             content: Some(nd_array_proto::Content::Dense(DenseNdArrayProto {
                 buffer: self.data,
+                // Lossless: `Tensor::new` refuses dimensions over u32::MAX.
                 shape: self.shape.iter().map(|&d| d as u32).collect(),
                 dtype: self.dtype.numpy_str().to_string(),
             })),

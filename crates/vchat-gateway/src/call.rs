@@ -136,7 +136,11 @@ impl CallService {
     ) -> Self {
         CallService {
             flow,
-            streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
+            // A larger limit than a semaphore counts is no limit: serve it as
+            // the most it counts rather than panic.
+            streams: Arc::new(Semaphore::new(
+                limits.max_streams.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             per_ip: PerIp::new(limits.max_streams_per_ip),
             limits,
             shutdown,
@@ -382,7 +386,8 @@ impl CallService {
             .limits
             .max_fps
             .filter(|f| *f > 0.0)
-            .map(|f| Duration::from_secs_f64(1.0 / f));
+            // A rate too small for its gap to be a Duration: the longest gap.
+            .map(|f| Duration::try_from_secs_f64(1.0 / f).unwrap_or(Duration::MAX));
         let mut last_processed: Option<Instant> = None;
         let mut respond = move |item: Result<Inbound, Status>| {
             let flow = flow.clone();

@@ -179,7 +179,9 @@ impl Web {
     ) -> Self {
         Web {
             flow,
-            connections: Arc::new(Semaphore::new(limits.max_streams.max(1))),
+            connections: Arc::new(Semaphore::new(
+                limits.max_streams.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             per_ip: PerIp::new(limits.max_streams_per_ip),
             limits,
             options,
@@ -288,9 +290,11 @@ fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 
 /// Who a WebSocket streams as, from its query string.
 #[derive(Debug, Clone, Default)]
-struct Who {
-    user: Option<String>,
-    room: Option<String>,
+pub struct Who {
+    /// `user`, trimmed, at most 128 bytes.
+    pub user: Option<String>,
+    /// `room`, trimmed, at most 128 bytes.
+    pub room: Option<String>,
 }
 
 impl Web {
@@ -902,7 +906,7 @@ impl Bucket {
 /// Whether a page of `origin` may open the WebSocket of a server reached as
 /// `host` over `scheme`: its own origin, an allowed one, or no origin at all
 /// (a client that is not a browser).
-fn origin_allowed(
+pub fn origin_allowed(
     origin: Option<&str>,
     host: Option<&str>,
     scheme: &str,
@@ -927,7 +931,7 @@ fn origin_allowed(
 }
 
 /// `user` and `room` of a query string (`application/x-www-form-urlencoded`).
-fn parse_who(query: &str) -> Result<Who, String> {
+pub fn parse_who(query: &str) -> Result<Who, String> {
     let mut who = Who::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -946,14 +950,19 @@ fn parse_who(query: &str) -> Result<Who, String> {
     Ok(who)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Form decoding (`%XX`, `+` for a space) of a query string's value; `None`
+/// when the bytes it stands for are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Two hex digits exactly: `from_str_radix` alone would also take a sign
+        // (`%+a` is `%`, a space and `a`, not byte 0x0a).
         let escaped = (b[i] == b'%')
             .then(|| b.get(i + 1..i + 3))
             .flatten()
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
         match (b[i], escaped) {
             (_, Some(byte)) => {
