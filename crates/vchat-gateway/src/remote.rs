@@ -171,7 +171,10 @@ impl Inner {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => status,
             };
-            if is_response_too_large(&status) {
+            if is_timeout(&status) {
+                return Err(CallError::Deadline);
+            }
+            if is_response_too_large(&status, limit) {
                 return Err(CallError::TooLarge(status.message().to_string()));
             }
             if attempt >= self.options.retries || !never_reached(&status) {
@@ -224,13 +227,32 @@ fn never_reached(status: &tonic::Status) -> bool {
 }
 
 /// Whether `status` is tonic's own refusal of a response over the decoding
-/// limit (rather than a status the executor sent, which comes with metadata).
-fn is_response_too_large(status: &tonic::Status) -> bool {
+/// `limit` (an executor refusing the request over its own limit says the same
+/// with its own limit).
+fn is_response_too_large(status: &tonic::Status, limit: usize) -> bool {
     status.code() == tonic::Code::OutOfRange
-        && status.metadata().is_empty()
         && status
             .message()
             .contains("decoded message length too large")
+        && status
+            .message()
+            .ends_with(&format!("the limit is: {limit} bytes"))
+}
+
+/// Whether `status` is the deadline passing: tonic times the response headers
+/// by the request's `grpc-timeout` itself and may be first to notice.
+fn is_timeout(status: &tonic::Status) -> bool {
+    if status.code() == tonic::Code::DeadlineExceeded {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Calls in flight to one executor, per client stream, so that the executor hears
@@ -355,10 +377,6 @@ impl Executor for RemoteExecutor {
                         "answered with a message over the limit of {} bytes (max_response_bytes): {m}",
                         inner.options.max_response_bytes
                     ),
-                    CallError::Status(s) if s.code() == tonic::Code::DeadlineExceeded => format!(
-                        "is unavailable: no answer within {:?} (timeout_send)",
-                        inner.options.timeout
-                    ),
                     CallError::Status(s) => format!("is unavailable: {}", s.message()),
                 };
                 return Err(inner.failed(format!("executor at {} {reason}", inner.addr)));
@@ -472,14 +490,11 @@ mod tests {
         let local = tonic::Status::out_of_range(
             "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
         );
-        assert!(is_response_too_large(&local));
-        let mut sent = tonic::Status::out_of_range(local.message());
-        sent.metadata_mut()
-            .insert("content-type", "application/grpc".parse().unwrap());
-        assert!(!is_response_too_large(&sent));
-        assert!(!is_response_too_large(&tonic::Status::out_of_range(
-            "other"
-        )));
+        assert!(is_response_too_large(&local, 4));
+        // The executor refusing the request over its own limit.
+        assert!(!is_response_too_large(&local, 8));
+        let other = tonic::Status::out_of_range("other");
+        assert!(!is_response_too_large(&other, 4));
     }
 
     #[tokio::test]
