@@ -46,8 +46,8 @@ pub struct RemoteOptions {
     /// Largest response message accepted, in bytes (`max_response_bytes`); a
     /// larger one is an ERROR response for its request.
     pub max_response_bytes: usize,
-    /// HTTP/2 PING interval on the executor's connection, also while no call is
-    /// in flight (`keepalive_interval_s`); `None`: no pings.
+    /// HTTP/2 PING interval on the executor's connection while calls are in
+    /// flight (`keepalive_interval_s`); `None`: no pings.
     pub keepalive_interval: Option<Duration>,
     /// A PING unanswered for this long closes the connection, failing its calls
     /// (`keepalive_timeout_s`).
@@ -100,14 +100,16 @@ pub fn channel_with(addr: &str, options: &RemoteOptions) -> Result<Channel, Stri
         .max_frame_size(MAX_FRAME)
         .connect_timeout(CONNECT_TIMEOUT.min(options.timeout));
     if let Some(interval) = options.keepalive_interval {
-        // Pings also while idle, as Jina's own gateway does towards its
-        // executors (every 10 s): a peer that vanished without closing its TCP
-        // connection (a host gone, a NAT entry expired) is found before the next
-        // frame waits on it for a whole deadline.
+        // PINGs while calls are in flight find a peer that vanished without
+        // closing its TCP connection (a host gone, a NAT entry expired). Not
+        // while idle: gRPC's own servers (grpcio, so Jina's executors) answer
+        // PINGs on an idle connection more often than every 5 minutes with
+        // GOAWAY `too_many_pings`, and a call racing that GOAWAY would fail. An
+        // idle connection found dead is replaced at the next call.
         endpoint = endpoint
             .http2_keep_alive_interval(interval)
             .keep_alive_timeout(options.keepalive_timeout)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
     }
     Ok(endpoint.connect_lazy())
 }
