@@ -61,7 +61,69 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-/// A running `vchat flow`, killed when dropped.
+/// How long a process stopped by a test helper has after SIGTERM before SIGKILL:
+/// more than a Flow's own grace for its streams and its executors' processes.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Sends `signal` (`libc::SIGTERM`, ...) to the process `child`.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// Stops `child` as a user would: SIGTERM, then SIGKILL if it is still running
+/// after `grace`; returns how it exited.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return None,
+        }
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Processes (pid, command line) whose environment holds `key=value`: the
+/// descendants of a process started with that variable, however deep, even
+/// when other tests run processes of the same programs beside them. Zombies
+/// (their environment is gone) are not counted.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<(u32, String)> {
+    let wanted = format!("{key}={value}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, cmdline.trim().to_string()));
+        }
+    }
+    found
+}
+
+/// A running `vchat flow`, stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`])
+/// when dropped.
 pub struct Flow {
     child: Child,
     addr: String,
@@ -107,8 +169,24 @@ impl Flow {
 
     /// Starts `program args...` and waits for its `vchat: listening on` line.
     pub fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> Flow {
+        Flow::spawn_with_env(program, args, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(flow: &Path, extra: &[&str], env: &[(&str, &str)]) -> Flow {
+        use std::ffi::OsStr;
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("flow"), OsStr::new("--uses"), flow.as_os_str()];
+        args.extend(["--host", "127.0.0.1", "--port", "0"].map(OsStr::new));
+        args.extend(extra.iter().map(OsStr::new));
+        Flow::spawn_with_env(&bin("vchat"), &args, env)
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables.
+    pub fn spawn_with_env(program: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Flow {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -199,6 +277,37 @@ impl Flow {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most [`PATIENCE`]).
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        self.wait_exit("SIGTERM")
+    }
+
+    /// Kills the process with SIGKILL, alone (not its children), and reaps it.
+    pub fn kill_hard(&mut self) -> ExitStatus {
+        signal(&self.child, libc::SIGKILL);
+        self.wait_exit("SIGKILL")
+    }
+
+    fn wait_exit(&mut self, after: &str) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit after {after}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -232,8 +341,8 @@ impl Flow {
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Gracefully, so that the Flow stops the processes it started.
+        terminate(&mut self.child, STOP_GRACE);
     }
 }
 
@@ -257,7 +366,8 @@ pub fn jina_python() -> PathBuf {
     py
 }
 
-/// A running process whose output lines the test can wait for; killed when dropped.
+/// A running process whose output lines the test can wait for; stopped (SIGTERM,
+/// then SIGKILL after [`STOP_GRACE`]) when dropped.
 pub struct Proc {
     child: Child,
     lines: std::sync::mpsc::Receiver<(bool, String)>,
@@ -351,8 +461,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, STOP_GRACE);
     }
 }
 

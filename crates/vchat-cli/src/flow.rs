@@ -109,6 +109,10 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
     let spec = load_flow(&args.uses)?;
     let options = BuildOptions {
         python: args.python.clone(),
+        // This very binary leads each Python executor's process group (its
+        // hidden supervise subcommand), so that the group goes with the Flow
+        // even when the Flow is killed with SIGKILL.
+        supervisor: std::env::current_exe().ok(),
     };
     let max_memory_mb = args
         .max_memory_mb
@@ -265,9 +269,14 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    let flow = gateway.flow();
     let server = tokio::spawn(gateway.serve(listener, shutdown.clone()));
     shutdown.cancelled().await;
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+    let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    // Bounded by each executor's stop grace; the supervisors would finish the
+    // job after this process's exit anyway, but a stopped Flow leaves nothing.
+    flow.stop_processes().await;
+    match served {
         Ok(Ok(Ok(()))) => {
             tracing::info!("Stopped");
             Ok(ExitCode::SUCCESS)

@@ -73,6 +73,39 @@ enum Command {
     /// frames (sent, never answered); bytes out and in. A table by default, one
     /// JSON object with --json; a progress bar on stderr while it runs.
     Bench(bench::BenchArgs),
+    /// Leads the process group of an executor the Flow starts (see
+    /// `vchat_gateway::python`); stdin is the gateway's lifeline.
+    #[command(name = vchat_gateway::SUPERVISE_COMMAND, hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SuperviseArgs {
+    /// How long the group has after SIGTERM before SIGKILL, in milliseconds.
+    #[arg(long)]
+    grace_ms: u64,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+/// Runs the supervisor: no async runtime and no logging set up, a process of its
+/// own whose only job is the group's life and end.
+#[cfg(unix)]
+fn supervise(args: SuperviseArgs) -> ExitCode {
+    let (program, rest) = args.command.split_first().expect("required by clap");
+    let code = vchat_gateway::supervise(
+        std::time::Duration::from_millis(args.grace_ms),
+        program,
+        rest,
+    );
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+#[cfg(not(unix))]
+fn supervise(_: SuperviseArgs) -> ExitCode {
+    eprintln!("vchat: process groups need a Unix system");
+    ExitCode::FAILURE
 }
 
 /// Keeps freed frame-sized buffers in the process for the next frame.
@@ -95,8 +128,12 @@ fn keep_frame_buffers() {
 
 /// Parses the command line and runs it with `registry`'s executors.
 pub fn main_with(registry: Registry) -> ExitCode {
-    keep_frame_buffers();
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Supervise(args) => return supervise(args),
+        command => Cli { command, ..cli },
+    };
+    keep_frame_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -127,6 +164,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            // Handled above, before the runtime; kept for completeness.
+            Command::Supervise(args) => Ok(supervise(args)),
         }
     });
     match result {

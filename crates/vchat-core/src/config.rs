@@ -227,6 +227,14 @@ struct ExecutorEntry {
     route_by: Option<String>,
     #[serde(default)]
     skip_frames: Option<bool>,
+    #[serde(default)]
+    max_response_bytes: Option<usize>,
+    #[serde(default)]
+    keepalive_interval_s: Option<u64>,
+    #[serde(default)]
+    keepalive_timeout_s: Option<u64>,
+    #[serde(default)]
+    stop_grace_s: Option<f64>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for
@@ -266,6 +274,16 @@ impl<T> OneOrMany<T> {
 
 /// Default retries of a call to an external executor that could not be reached.
 pub const DEFAULT_RETRIES: u32 = 2;
+/// Default largest response accepted from an external executor, in bytes: room
+/// for a mosaic of a few 4K frames.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+/// Default seconds between HTTP/2 PINGs on an external executor's connection.
+pub const DEFAULT_EXECUTOR_KEEPALIVE_INTERVAL_S: u64 = 10;
+/// Default seconds a PING may stay unanswered before the connection is closed.
+pub const DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S: u64 = 20;
+/// Default seconds a Python executor's processes have to exit after SIGTERM
+/// before they are killed.
+pub const DEFAULT_STOP_GRACE_S: f64 = 3.0;
 
 /// How an executor of a Flow is deployed: where it runs, how many copies, what it
 /// follows.
@@ -289,6 +307,20 @@ pub struct Deployment {
     /// While the executor is busy, a stream's waiting frame is replaced by its
     /// newer one instead of queueing (the replaced request is answered skipped).
     pub skip_frames: bool,
+    /// Largest response of an external executor, in bytes
+    /// (`max_response_bytes`); a larger one is an ERROR response for its request.
+    /// `None`: [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub max_response_bytes: Option<usize>,
+    /// HTTP/2 PING interval on an external executor's connection
+    /// (`keepalive_interval_s`; 0 turns pings off). `None`:
+    /// [`DEFAULT_EXECUTOR_KEEPALIVE_INTERVAL_S`].
+    pub keepalive_interval: Option<std::time::Duration>,
+    /// How long a PING may stay unanswered before the connection is closed
+    /// (`keepalive_timeout_s`). `None`: [`DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S`].
+    pub keepalive_timeout: Option<std::time::Duration>,
+    /// How long a Python executor's processes have to exit after SIGTERM before
+    /// they are killed (`stop_grace_s`). `None`: [`DEFAULT_STOP_GRACE_S`].
+    pub stop_grace: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -619,6 +651,24 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             timeout_send: entry.timeout_send.map(std::time::Duration::from_millis),
             retries,
             skip_frames: entry.skip_frames.unwrap_or(false),
+            max_response_bytes: entry.max_response_bytes,
+            keepalive_interval: entry
+                .keepalive_interval_s
+                .map(std::time::Duration::from_secs),
+            keepalive_timeout: entry
+                .keepalive_timeout_s
+                .map(std::time::Duration::from_secs),
+            stop_grace: match entry.stop_grace_s {
+                None => None,
+                Some(g) if g.is_finite() && (0.0..=3600.0).contains(&g) => {
+                    Some(std::time::Duration::from_secs_f64(g))
+                }
+                Some(g) => {
+                    return Err(at(format!(
+                        "stop_grace_s must be between 0 and 3600 seconds, got {g}"
+                    )));
+                }
+            },
         };
         if spec.deployment.replicas == 0 {
             return Err(at("replicas must be at least 1".into()));
@@ -794,6 +844,40 @@ mod tests {
         let spec = load_flow(&flow).unwrap();
         assert_eq!(spec.executors[0].jtype, "VideoChatExecutor");
         assert_eq!(spec.executors[0].name, "executor0");
+    }
+
+    #[test]
+    fn external_executor_link_settings() {
+        let d = tmpdir("link");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nexecutors:\n  - name: a\n    host: h\n    port: 7\n    max_response_bytes: 1000\n    keepalive_interval_s: 0\n    keepalive_timeout_s: 5\n    stop_grace_s: 0.5\n  - name: b\n    host: h\n    port: 8\n",
+        );
+        let spec = load_flow(&flow).unwrap();
+        let a = &spec.executors[0].deployment;
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            (
+                a.max_response_bytes,
+                a.keepalive_interval,
+                a.keepalive_timeout
+            ),
+            (Some(1000), Some(secs(0)), Some(secs(5)))
+        );
+        assert_eq!(a.stop_grace, Some(std::time::Duration::from_millis(500)));
+        let b = &spec.executors[1].deployment;
+        assert_eq!(
+            (b.max_response_bytes, b.keepalive_interval, b.stop_grace),
+            (None, None, None)
+        );
+        let bad = write(
+            &d,
+            "bad.yml",
+            "jtype: Flow\nexecutors:\n  - uses: X\n    stop_grace_s: -1\n",
+        );
+        let err = load_flow(&bad).unwrap_err().to_string();
+        assert!(err.contains("stop_grace_s"), "{err}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ use std::sync::Mutex;
 
 use futures::future::join_all;
 use futures::stream::{BoxStream, StreamExt};
-use vchat_core::config::{ExecutorSpec, FlowSpec, StreamMode};
+use std::time::Duration;
+use vchat_core::config::{DEFAULT_STOP_GRACE_S, ExecutorSpec, FlowSpec, StreamMode};
 use vchat_core::{
     ConfigError, Document, DocumentArray, Error, Executor, Registry, RequestContext, SourceContext,
     StreamId, Struct, Value, parameters_for, serves,
@@ -44,7 +45,7 @@ use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto
 use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
 use vchat_proto::{DataRequestProto, HeaderProto, StatusProto};
 
-use crate::python::PythonExecutor;
+use crate::python::{Launch, PythonExecutor};
 use crate::remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions};
 
 /// Where an executor takes its input from.
@@ -141,6 +142,11 @@ fn rendezvous(key: &str, n: usize) -> usize {
 pub struct BuildOptions {
     /// Interpreter that runs Python executors (`py_modules`) through Jina.
     pub python: PathBuf,
+    /// A program with the hidden [`SUPERVISE_COMMAND`](crate::SUPERVISE_COMMAND)
+    /// subcommand (the `vchat` binary) to lead each Python executor's process
+    /// group (see [`crate::python`]); `None`: `python` leads it, and a gateway
+    /// killed with SIGKILL leaves it running.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl Default for BuildOptions {
@@ -149,6 +155,7 @@ impl Default for BuildOptions {
             python: std::env::var_os("VCHAT_PYTHON")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("python3")),
+            supervisor: None,
         }
     }
 }
@@ -165,7 +172,7 @@ pub struct FlowRuntime {
     consumers: Vec<usize>,
     /// Stream mode of each endpoint that is not `send-receive`.
     modes: BTreeMap<String, StreamMode>,
-    _python: Vec<PythonExecutor>,
+    python: Vec<PythonExecutor>,
 }
 
 /// Parameter key flagging a response as skipped (no frame; see `skip_frames`).
@@ -235,7 +242,7 @@ impl FlowRuntime {
             sinks,
             consumers,
             modes: BTreeMap::new(),
-            _python: python,
+            python,
         })
     }
 
@@ -582,6 +589,21 @@ impl FlowRuntime {
         ))
     }
 
+    /// Stops the processes the Flow started (Python executors), each with its
+    /// whole process group: SIGTERM, its grace, then SIGKILL. Returns when they
+    /// are gone.
+    pub async fn stop_processes(&self) {
+        join_all(self.python.iter().map(PythonExecutor::stop)).await;
+    }
+
+    /// The process groups of the processes the Flow started.
+    pub fn process_groups(&self) -> Vec<i32> {
+        self.python
+            .iter()
+            .filter_map(PythonExecutor::process_group)
+            .collect()
+    }
+
     /// Tells every executor (every replica) that `stream` ended.
     pub async fn stream_closed(&self, stream: StreamId) {
         let all = self
@@ -600,9 +622,17 @@ async fn build_node(
     python: &mut Vec<PythonExecutor>,
 ) -> Result<Node, ConfigError> {
     let d = &e.deployment;
+    let defaults = RemoteOptions::default();
     let remote_options = RemoteOptions {
         timeout: d.timeout_send.unwrap_or(DEFAULT_TIMEOUT),
         retries: d.retries,
+        max_response_bytes: d.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        keepalive_interval: match d.keepalive_interval {
+            Some(i) if i.is_zero() => None,
+            Some(i) => Some(i),
+            None => defaults.keepalive_interval,
+        },
+        keepalive_timeout: d.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
     };
     let at = |m: String| ConfigError::new(e.origin.clone(), format!("executor `{}`: {m}", e.name));
     let mut addrs = d.external.clone();
@@ -619,8 +649,14 @@ async fn build_node(
                     .collect(),
             )
         });
+        let launch = Launch {
+            supervisor: options.supervisor.clone(),
+            grace: d
+                .stop_grace
+                .unwrap_or(Duration::from_secs_f64(DEFAULT_STOP_GRACE_S)),
+        };
         for _ in 0..d.replicas.max(1) {
-            let p = PythonExecutor::start(&options.python, yaml, uses_with.as_ref())
+            let p = PythonExecutor::start(&options.python, yaml, uses_with.as_ref(), &launch)
                 .await
                 .map_err(&at)?;
             addrs.push(p.addr().to_string());

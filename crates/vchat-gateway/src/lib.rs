@@ -34,7 +34,7 @@ mod executor_server;
 pub mod flow;
 pub mod metrics;
 mod outbox;
-mod python;
+pub mod python;
 mod remote;
 mod server;
 mod skip;
@@ -47,8 +47,10 @@ pub use flow::{
     BuildOptions, FlowRuntime, Node, RESULTS_PARAMETER, SKIPPED_PARAMETER, error_response,
     error_status, merge, skipped_response,
 };
-pub use python::PythonExecutor;
-pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel};
+#[cfg(unix)]
+pub use python::supervise;
+pub use python::{Launch, PythonExecutor, SUPERVISE_COMMAND};
+pub use remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel, channel_with};
 pub use server::{CONNECTION_WINDOW, Gateway, GatewayError, MAX_FRAME, STREAM_WINDOW, VERSION};
 pub use skip::SkipFrames;
 pub use tokio_util::sync::CancellationToken;

@@ -151,6 +151,11 @@ impl Gateway {
         self.metrics.clone()
     }
 
+    /// The Flow it serves (to stop its processes once serving is over).
+    pub fn flow(&self) -> Arc<FlowRuntime> {
+        self.flow.clone()
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled; then stops accepting,
     /// answers the requests in flight, ends every stream and returns.
     pub async fn serve(
