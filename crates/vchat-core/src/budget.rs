@@ -1,5 +1,5 @@
-//! The process's memory budget for what executors hold between requests: users'
-//! stored frames and cached mosaics.
+//! The process's memory budget: what executors hold between requests (users'
+//! stored frames and cached mosaics) and the responses queued for peers.
 //!
 //! Each buffer kept is accounted by a [`Held`] guard that adds its bytes to a
 //! [`Budget`] when made and takes them off when dropped, so the count follows
@@ -97,6 +97,21 @@ impl Held {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Accounts `bytes` from now on instead: for a buffer that grows and shrinks,
+    /// such as a stream's queue of responses.
+    pub fn set(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget
+                .held
+                .fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            self.budget
+                .held
+                .fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
 }
 
 impl Drop for Held {
@@ -152,5 +167,18 @@ mod tests {
         assert_eq!(B.limit(), 2 << 20);
         B.set_limit_mb(usize::MAX);
         assert_eq!(B.limit(), usize::MAX);
+    }
+
+    #[test]
+    fn a_guard_follows_a_growing_and_shrinking_buffer() {
+        static B: Budget = Budget::new(100);
+        let other = B.hold(7);
+        let mut queue = B.hold(0);
+        queue.set(50);
+        assert_eq!(B.held(), 57);
+        queue.set(20);
+        assert_eq!((B.held(), queue.bytes()), (27, 20));
+        drop(queue);
+        assert_eq!(B.held(), other.bytes());
     }
 }

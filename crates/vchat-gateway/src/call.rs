@@ -444,9 +444,12 @@ impl CallService {
                 return futures::future::ready(responses.boxed()).boxed();
             }
             // Processed inside the future, so that `buffered` runs up to
-            // `prefetch` requests of the stream at once.
+            // `prefetch` requests of the stream at once. A request in flight is
+            // memory a peer makes the process hold: it counts in max_memory_mb.
+            let held = vchat_core::budget::global().hold(size_in);
             async move {
                 let resp = flow.process(req, id).await;
+                drop(held);
                 let failed = resp
                     .header
                     .as_ref()

@@ -191,8 +191,8 @@ impl Metrics {
         );
         let _ = write!(
             out,
-            "# HELP vchat_memory_held_bytes Bytes held in users' frames and rooms' mosaics \
-             (max_memory_mb is the ceiling).\n# TYPE vchat_memory_held_bytes gauge\n\
+            "# HELP vchat_memory_held_bytes Bytes held in users' frames, rooms' mosaics, \
+             requests in flight and responses waiting for their peers (max_memory_mb is the ceiling).\n# TYPE vchat_memory_held_bytes gauge\n\
              vchat_memory_held_bytes {}\n",
             vchat_core::budget::global().held()
         );

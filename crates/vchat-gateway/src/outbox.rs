@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
+use vchat_core::budget::Held;
 use vchat_core::wire::encode_grpc_message;
 use vchat_proto::DataRequestProto;
 
@@ -36,6 +37,8 @@ use crate::conn::{later, seconds};
 struct State {
     chunks: VecDeque<Bytes>,
     bytes: usize,
+    /// `bytes` in the process's memory budget (`max_memory_mb`).
+    held: Held,
     /// The status the stream ends with, once every chunk is taken.
     end: Option<Status>,
     /// When the peer last took a chunk, or the queue last became non-empty.
@@ -76,6 +79,7 @@ where
         state: Mutex::new(State {
             chunks: VecDeque::new(),
             bytes: 0,
+            held: vchat_core::budget::global().hold(0),
             end: None,
             last_progress: Instant::now(),
             body: None,
@@ -128,6 +132,8 @@ async fn produce<S>(
                                 st.bytes += c.len();
                                 st.chunks.push_back(c);
                             }
+                            let bytes = st.bytes;
+                            st.held.set(bytes);
                             if let Some(w) = st.body.take() {
                                 w.wake();
                             }
@@ -176,6 +182,7 @@ fn finish(shared: &Shared, status: Status, discard: bool) {
     if discard {
         st.chunks.clear();
         st.bytes = 0;
+        st.held.set(0);
     }
     st.end = Some(status);
     if let Some(w) = st.body.take() {
@@ -214,6 +221,8 @@ impl hyper::body::Body for OutboxBody {
         let mut st = self.shared.lock();
         if let Some(chunk) = st.chunks.pop_front() {
             st.bytes -= chunk.len();
+            let bytes = st.bytes;
+            st.held.set(bytes);
             st.last_progress = Instant::now();
             drop(st);
             self.shared.producer.notify_one();
