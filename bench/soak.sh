@@ -12,6 +12,7 @@ cargo build --release -q -p vchat-cli
 BIN=target/release
 OUT=target/bench
 mkdir -p "$OUT"
+rm -f "$OUT/soak-flow.out"
 "$BIN/vchat" flow --uses flow.yml --host 127.0.0.1 --port 0 >"$OUT/soak-flow.out" 2>"$OUT/soak-flow.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true' EXIT

@@ -315,27 +315,13 @@ impl Flow {
 
     /// Sends SIGINT without waiting for the exit.
     pub fn signal_interrupt(&self) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -INT {pid}");
+        signal(&self.child, libc::SIGINT);
     }
 
     /// Sends SIGINT and waits for the exit.
     pub fn interrupt(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -INT {pid}");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vchat flow did not exit after SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal_interrupt();
+        self.wait_exit("SIGINT")
     }
 }
 

@@ -71,15 +71,16 @@ pub struct FlowArgs {
     #[arg(long)]
     send_timeout_s: Option<f64>,
     /// Most bytes of responses waiting for one gRPC stream's peer (overrides
-    /// `with.max_stream_queue_bytes`; default 64 MiB).
+    /// `with.max_stream_queue_bytes`; default 8 MiB).
     #[arg(long)]
     max_stream_queue_bytes: Option<usize>,
     /// Seconds a new connection has for its TLS handshake and HTTP/2 preface
     /// (overrides `with.handshake_timeout_s`; default 10).
     #[arg(long)]
     handshake_timeout_s: Option<f64>,
-    /// Ceiling in MiB on the memory held for users' frames and rooms' mosaics;
-    /// over it, new streams are refused with RESOURCE_EXHAUSTED (overrides
+    /// Ceiling in MiB on the memory held for users' frames, rooms' mosaics,
+    /// requests in flight and responses waiting for their peers; over it, new
+    /// streams are refused with RESOURCE_EXHAUSTED (overrides
     /// `with.max_memory_mb`; default 1024).
     #[arg(long)]
     max_memory_mb: Option<usize>,

@@ -38,8 +38,9 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT_S: f64 = 30.0;
 /// Default seconds a peer may take nothing of a stream's responses before it is
 /// dropped.
 pub const DEFAULT_SEND_TIMEOUT_S: f64 = 20.0;
-/// Default most bytes of responses waiting for one stream's peer to take them.
-pub const DEFAULT_MAX_STREAM_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default most bytes of responses waiting for one stream's peer to take them:
+/// a few mosaics. A response larger than this still goes out, alone.
+pub const DEFAULT_MAX_STREAM_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Default seconds a new connection has to finish its TLS handshake and send
 /// the HTTP/2 preface.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: f64 = 10.0;
@@ -110,8 +111,9 @@ pub struct FlowWith {
     /// [`DEFAULT_MAX_FRAME_BYTES`].
     #[serde(default)]
     pub max_frame_bytes: Option<usize>,
-    /// Ceiling, in MiB, on the bytes this process's executors hold in users'
-    /// frames and rooms' cached mosaics ([`crate::budget`]); while more is held,
+    /// Ceiling, in MiB, on the bytes this process holds in users' frames, rooms'
+    /// cached mosaics, requests in flight and responses waiting for their peers
+    /// ([`crate::budget`]); while more is held,
     /// new streams are refused with RESOURCE_EXHAUSTED (503 on the WebSocket).
     /// Default [`DEFAULT_MAX_MEMORY_MB`](crate::budget::DEFAULT_MAX_MEMORY_MB).
     #[serde(default)]

@@ -221,6 +221,15 @@ fn catalogue(room: &str) -> Vec<(&'static str, DataRequestProto)> {
     ]
 }
 
+/// Aborts a helper task when its owner is done.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Idle streams from `from`: each opens `Call` and sends nothing; when the
 /// gateway ends or refuses it, it is opened again after a pause.
 async fn idle_stream(addr: String, from: IpAddr, until: Instant, tally: Arc<Tally>) {
@@ -310,7 +319,8 @@ async fn bad_input(addr: String, from: IpAddr, per_s: f64, until: Instant, tally
             let (tx, rx) = mpsc::channel::<DataRequestProto>(4);
             let mut responses = client.call(ReceiverStream::new(rx)).await?.into_inner();
             // Another user's wide frame first, so that the tall sliver must be
-            // resized to the room's width; that user stays while the catalogue runs.
+            // resized to the room's width; that user keeps sending (a user
+            // without frames leaves the room) while the catalogue runs.
             let (wide_tx, wide_rx) = mpsc::channel::<DataRequestProto>(1);
             let mut wide = client.clone();
             let mut wide_responses = wide.call(ReceiverStream::new(wide_rx)).await?.into_inner();
@@ -318,6 +328,21 @@ async fn bad_input(addr: String, from: IpAddr, per_s: f64, until: Instant, tally
                 .send(request("wide", vec![frame("wide", &room, 2, 3840)]))
                 .await?;
             wide_responses.message().await?;
+            let wide_room = room.clone();
+            let _wide = AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let req = request("wide", vec![frame("wide", &wide_room, 2, 3840)]);
+                    if wide_tx.send(req).await.is_err() {
+                        break;
+                    }
+                    match wide_responses.message().await {
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                }
+            }));
             let gap = Duration::from_secs_f64(1.0 / per_s.max(0.1));
             for (name, req) in catalogue(&room).into_iter().cycle() {
                 if Instant::now() >= until {
