@@ -11,6 +11,7 @@ mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use vchat_core::Tensor;
 #[derive(Parser, Debug, Clone)]
 #[command(
     version,
-    after_help = "In the window, ESC or q leaves the chat. Examples:\n  \
+    after_help = "In the window: h shows the keys, m pauses and resumes your camera, ESC or q \
+        leaves the chat. Examples:\n  \
         vchat-client grpc://192.168.1.20:12345 alice\n  \
         vchat-client grpc://127.0.0.1:12345 bob --source clip.avi --loop\n  \
         vchat-client grpc://127.0.0.1:12345 carol --headless --source test --frames 300"
@@ -150,6 +152,13 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// `receive` mode: frames come from the server, none are captured or dropped.
     pub receive: bool,
+    /// The room's users in mosaic order, from the newest response.
+    pub participants: Mutex<Vec<String>>,
+    /// The newest frame of the user's own source, for the self-view.
+    pub self_view: Mutex<Option<Tensor>>,
+    /// `m` in the window: the camera is paused; the stream stays alive with a
+    /// tiny frame tagged `paused` a few times a second.
+    pub paused: AtomicBool,
     /// The extra inputs sent with each request; keys in the window change them.
     pub params: tokio::sync::watch::Sender<std::collections::BTreeMap<String, vchat_core::Value>>,
 }
@@ -177,7 +186,19 @@ impl Shared {
                 }
                 parts.join("  ")
             },
+            participants: lock(&self.participants).clone(),
+            self_view: lock(&self.self_view).clone(),
+            paused: self.paused.load(Ordering::Relaxed),
         }
+    }
+
+    /// `m`: pauses or resumes the camera.
+    fn toggle_pause(&self) {
+        let paused = !self.paused.fetch_xor(true, Ordering::Relaxed);
+        eprintln!(
+            "vchat-client: camera {}",
+            if paused { "paused" } else { "on" }
+        );
     }
 
     /// Captured frames replaced by newer ones before they could be sent.
@@ -253,7 +274,9 @@ fn open_sinks(args: &Args, fps: f64) -> anyhow::Result<Vec<Box<dyn MosaicSink>>>
         };
         let (h, w) = args.size;
         sinks.push(Box::new(
-            vchat_client_app::cv::Window::open(&title, h, w).map_err(anyhow::Error::msg)?,
+            vchat_client_app::cv::Window::open(&title, h, w)
+                .map_err(anyhow::Error::msg)?
+                .for_user(&args.user),
         ));
     }
     if let Some(path) = &args.record {
@@ -300,6 +323,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         status: Mutex::new(None),
         stop: CancellationToken::new(),
         receive: args.mode == "receive",
+        participants: Mutex::new(Vec::new()),
+        self_view: Mutex::new(None),
+        paused: AtomicBool::new(false),
         params: tokio::sync::watch::Sender::new(args.params.iter().cloned().collect()),
     });
     rt.spawn(stop_on_signals(shared.stop.clone()));
@@ -391,6 +417,7 @@ fn output_loop(
             for s in sinks.iter_mut() {
                 match s.poll(&overlay) {
                     Ok(Control::Continue) => {}
+                    Ok(Control::Key(b'm')) => shared.toggle_pause(),
                     Ok(Control::Key(k)) => shared.nudge(k == b']'),
                     Ok(Control::Close) => {
                         interactive = false;
