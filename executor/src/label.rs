@@ -21,7 +21,7 @@ pub const FONT: &[u8] = include_bytes!("../fonts/NotoSans-Bold.ttf");
 /// Most characters of a name drawn; a longer name ends with `…`.
 pub const MAX_LABEL_CHARS: usize = 32;
 /// Smallest text size of a label, in pixels: below it text is not legible.
-pub const MIN_LABEL_PX: u32 = 12;
+pub const MIN_LABEL_PX: u32 = 14;
 /// Largest text size of a label, in pixels.
 pub const MAX_LABEL_PX: u32 = 48;
 /// Default bytes of rasterized names kept (`label_cache_bytes`).
@@ -38,10 +38,10 @@ fn font() -> Option<&'static FontRef<'static>> {
         .as_ref()
 }
 
-/// The text size of the label of a tile `tile_h` pixels high: a sixteenth of
+/// The text size of the label of a tile `tile_h` pixels high: a twelfth of
 /// it, within [`MIN_LABEL_PX`]..=[`MAX_LABEL_PX`].
 pub fn label_px(tile_h: usize) -> u32 {
-    u32::try_from(tile_h / 16)
+    u32::try_from(tile_h / 12)
         .unwrap_or(u32::MAX)
         .clamp(MIN_LABEL_PX, MAX_LABEL_PX)
 }

@@ -219,6 +219,72 @@ pub fn mat_to_tensor(mat: &Mat, height: usize, width: usize) -> Result<Tensor, S
     Tensor::image(height, width, 3, Bytes::from(out)).map_err(|e| e.to_string())
 }
 
+/// Width of one mosaic on a [`contact_sheet`].
+pub const SHEET_CELL_W: usize = 240;
+/// Mosaics per row of a [`contact_sheet`].
+pub const SHEET_COLS: usize = 4;
+
+/// One PNG-ready frame of `moments` (seconds since the start, mosaic) in rows
+/// of [`SHEET_COLS`], each mosaic scaled to [`SHEET_CELL_W`] wide (at most
+/// twice as tall) under its time: the chat over time at a glance.
+pub fn contact_sheet(moments: &[(f64, Tensor)]) -> Result<Tensor, String> {
+    let err = cv_err("making the contact sheet");
+    if moments.is_empty() {
+        return Err("no mosaic to put on a contact sheet".into());
+    }
+    const CAPTION: i32 = 22;
+    const GAP: i32 = 6;
+    let cell_w = SHEET_CELL_W as i32;
+    let fitted: Vec<(i32, i32)> = moments
+        .iter()
+        .map(|(_, t)| {
+            let (h, w) = (t.shape()[0] as f64, t.shape()[1] as f64);
+            let scale = (cell_w as f64 / w).min(2.0 * cell_w as f64 / h);
+            (
+                ((w * scale).round() as i32).max(1),
+                ((h * scale).round() as i32).max(1),
+            )
+        })
+        .collect();
+    let cell_h = fitted.iter().map(|f| f.1).max().unwrap_or(1);
+    let cols = SHEET_COLS.min(moments.len()) as i32;
+    let rows = moments.len().div_ceil(SHEET_COLS) as i32;
+    let (sheet_w, sheet_h) = (
+        cols * (cell_w + GAP) + GAP,
+        rows * (cell_h + CAPTION + GAP) + GAP,
+    );
+    let mut sheet =
+        Mat::new_rows_cols_with_default(sheet_h, sheet_w, core::CV_8UC3, Scalar::all(24.0))
+            .map_err(&err)?;
+    for (i, ((secs, t), (w, h))) in moments.iter().zip(&fitted).enumerate() {
+        let (col, row) = (i as i32 % cols, i as i32 / cols);
+        let x = GAP + col * (cell_w + GAP);
+        let y = GAP + row * (cell_h + CAPTION + GAP);
+        outlined(
+            &mut sheet,
+            &format!("{secs:.1} s"),
+            Point::new(x + 2, y + CAPTION - 7),
+            0.5,
+            Scalar::all(230.0),
+        )
+        .map_err(&err)?;
+        let src = tensor_to_mat(t)?;
+        let mut small = Mat::default();
+        imgproc::resize(
+            &src,
+            &mut small,
+            Size::new(*w, *h),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )
+        .map_err(&err)?;
+        let mut roi = Mat::roi_mut(&mut sheet, Rect::new(x, y + CAPTION, *w, *h)).map_err(&err)?;
+        small.copy_to(&mut roi).map_err(&err)?;
+    }
+    mat_to_tensor(&sheet, sheet_h as usize, sheet_w as usize)
+}
+
 /// An H×W×3 uint8 tensor to a new (owned) BGR Mat.
 pub fn tensor_to_mat(t: &Tensor) -> Result<Mat, String> {
     let (h, w) = t.frame_dims()?;

@@ -67,6 +67,14 @@ struct Args {
     /// Save the newest mosaic to this PNG file on exit.
     #[arg(long)]
     snapshot: Option<PathBuf>,
+    /// Save a contact sheet of the chat over time to this PNG file on exit: the
+    /// mosaic each time the room's users change, and one every
+    /// --contact-sheet-every seconds (at most 16 moments, spread over the run).
+    #[arg(long)]
+    contact_sheet: Option<PathBuf>,
+    /// Seconds between two moments of --contact-sheet.
+    #[arg(long, default_value_t = 2.0)]
+    contact_sheet_every: f64,
     /// Stop after sending this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -159,8 +167,58 @@ pub(crate) struct Shared {
     /// `m` in the window: the camera is paused; the stream stays alive with a
     /// tiny frame tagged `paused` a few times a second.
     pub paused: AtomicBool,
+    /// Mosaics over time for `--contact-sheet`.
+    pub moments: Mutex<Moments>,
     /// The extra inputs sent with each request; keys in the window change them.
     pub params: tokio::sync::watch::Sender<std::collections::BTreeMap<String, vchat_core::Value>>,
+}
+
+/// Most mosaics on a contact sheet.
+const MAX_MOMENTS: usize = 16;
+
+/// The mosaics kept for a contact sheet: one whenever the room's users change
+/// and one every `every`. When [`MAX_MOMENTS`] are kept, every other one goes
+/// and the period doubles, so the sheet spans the whole run in bounded memory.
+pub(crate) struct Moments {
+    start: Instant,
+    /// `None`: no contact sheet, nothing is kept.
+    every: Option<Duration>,
+    last: Option<Instant>,
+    kept: Vec<(f64, Tensor)>,
+}
+
+impl Moments {
+    fn new(every: Option<Duration>) -> Self {
+        Moments {
+            start: Instant::now(),
+            every,
+            last: None,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Offers the newest mosaic; `changed`: the room's users differ from the
+    /// previous mosaic's.
+    pub(crate) fn offer(&mut self, frame: &Tensor, changed: bool) {
+        let Some(every) = self.every else {
+            return;
+        };
+        let now = Instant::now();
+        if !changed && self.last.is_some_and(|t| now - t < every) {
+            return;
+        }
+        if self.kept.len() >= MAX_MOMENTS {
+            let mut i = 0;
+            self.kept.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.every = Some(every * 2);
+        }
+        self.last = Some(now);
+        self.kept
+            .push(((now - self.start).as_secs_f64(), frame.clone()));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -326,6 +384,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         participants: Mutex::new(Vec::new()),
         self_view: Mutex::new(None),
         paused: AtomicBool::new(false),
+        moments: Mutex::new(Moments::new(args.contact_sheet.as_ref().map(|_| {
+            Duration::from_secs_f64(args.contact_sheet_every.clamp(0.05, 3600.0))
+        }))),
         params: tokio::sync::watch::Sender::new(args.params.iter().cloned().collect()),
     });
     rt.spawn(stop_on_signals(shared.stop.clone()));
@@ -368,6 +429,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 path.display()
             ),
         }
+    }
+    if let Some(path) = &args.contact_sheet {
+        let moments = std::mem::take(&mut lock(&shared.moments).kept);
+        let sheet = vchat_client_app::cv::contact_sheet(&moments).map_err(anyhow::Error::msg)?;
+        save_png(&sheet, path).map_err(anyhow::Error::msg)?;
     }
     let stats = lock(&shared.stats);
     println!(

@@ -251,6 +251,7 @@ fn post_options(
             let user = cfg.user.clone();
             move |resp| {
                 on_any();
+                let mut changed = false;
                 if let Some(now) = resp
                     .docs()
                     .ok()
@@ -261,6 +262,7 @@ fn post_options(
                         // One line per change: scripts wait on it for a user to be in.
                         println!("{user}: participants: {}", now.join(", "));
                         *known = now;
+                        changed = true;
                     }
                 }
                 let results = resp.results();
@@ -292,6 +294,7 @@ fn post_options(
                     *lock(&shared.latency) = Some(l);
                 }
                 if let Some(frame) = frame {
+                    lock(&shared.moments).offer(&frame, changed);
                     *lock(&shared.newest) = Some(frame.clone());
                     // Drawn by the main thread the moment it looks (within ~10 ms).
                     shared.mosaics.put(frame);
