@@ -260,3 +260,40 @@ fn the_demo_shows_the_users_in_join_order() {
         );
     }
 }
+
+/// scripts/screenshots.sh makes the README's two screenshots: the native
+/// window under Xvfb and the browser page in headless Chromium, each showing
+/// the room's users.
+#[test]
+fn the_readme_screenshots_are_made_by_the_script() {
+    let out = scratch("screenshots");
+    let bin_dir = bin("vchat").parent().unwrap().to_path_buf();
+    assert!(
+        bin_dir.join("vchat-browser-screenshot").is_file(),
+        "run `cargo build --workspace --bins` first"
+    );
+    let status = Command::new(repo_root().join("scripts/screenshots.sh"))
+        .arg(&out)
+        .env("VCHAT_BIN_DIR", &bin_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "screenshots.sh failed");
+    let window = decode_png(&out.join("native-window.png"));
+    // Three 240x320 tiles, one above the other.
+    assert_eq!(
+        (window.0, window.1),
+        (720, 320),
+        "the window fits the mosaic"
+    );
+    let page = decode_png(&out.join("browser.png"));
+    assert!(page.0 >= 800 && page.1 >= 800, "{}x{}", page.0, page.1);
+    // The page's mosaics are JPEG: close colours, not exact ones.
+    for (png, what, tolerance) in [(&window, "window", 0), (&page, "page", 16)] {
+        for who in ["alice", "bob", "carol"] {
+            let s = share_of(png, 0..png.0, user_color(who), tolerance);
+            assert!(s > 0.03, "{what}: {who}'s tile ({s})");
+        }
+        let first = &png.2[..3];
+        assert!(png.2.chunks(3).any(|p| p != first), "{what}: one colour");
+    }
+}

@@ -446,8 +446,14 @@ pub fn draw_self_view(
     Ok(())
 }
 
-/// The room's users, in mosaic order, at the top right; `me` marked.
-pub fn draw_participants(img: &mut Mat, users: &[String], me: &str) -> Result<(), String> {
+/// The room's users, in mosaic order, at the top right from row `top`; `me`
+/// marked.
+pub fn draw_participants(
+    img: &mut Mat,
+    users: &[String],
+    me: &str,
+    top: i32,
+) -> Result<(), String> {
     if users.is_empty() {
         return Ok(());
     }
@@ -477,7 +483,7 @@ pub fn draw_participants(img: &mut Mat, users: &[String], me: &str) -> Result<()
     let x = (img.cols() - width - 10).max(0);
     shade(
         img,
-        Rect::new(x - 4, 4, width + 10, 18 * lines.len() as i32 + 6),
+        Rect::new(x - 4, top, width + 10, 18 * lines.len() as i32 + 6),
     )
     .map_err(&err)?;
     for (i, l) in lines.iter().enumerate() {
@@ -486,7 +492,7 @@ pub fn draw_participants(img: &mut Mat, users: &[String], me: &str) -> Result<()
         } else {
             Scalar::new(255.0, 255.0, 255.0, 0.0)
         };
-        outlined(img, l, Point::new(x, 20 + 18 * i as i32), 0.45, color).map_err(&err)?;
+        outlined(img, l, Point::new(x, top + 16 + 18 * i as i32), 0.45, color).map_err(&err)?;
     }
     Ok(())
 }
@@ -586,18 +592,19 @@ impl Window {
         };
         let mut img = last.try_clone().map_err(cv_err("drawing"))?;
         draw_overlay(&mut img, overlay)?;
-        draw_participants(&mut img, &overlay.participants, &self.user)?;
+        // Under the headline (and the results line, if any), which start at the left.
+        let below = if overlay.results.is_empty() { 28 } else { 48 };
+        draw_participants(&mut img, &overlay.participants, &self.user, below)?;
         if let Some(me) = &overlay.self_view {
             draw_self_view(&mut img, me, overlay.paused, overlay.status.is_some())?;
         }
         if self.help {
             draw_help(&mut img)?;
         } else {
-            let y = img.rows() - if overlay.status.is_some() { 36 } else { 8 };
             outlined(
                 &mut img,
-                "h: help",
-                Point::new(8, y),
+                "h: keys",
+                Point::new(8, below + 10),
                 0.4,
                 Scalar::all(220.0),
             )
