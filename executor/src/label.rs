@@ -317,7 +317,7 @@ mod tests {
     fn the_font_parses_and_renders() {
         let m = render("alice", 20).unwrap();
         assert!(m.width > 20 && m.height >= 20, "{}x{}", m.width, m.height);
-        assert!(m.coverage.iter().any(|&c| c == 255));
+        assert!(m.coverage.contains(&255));
         let b = render("bob", 20).unwrap();
         assert!(b.width < m.width);
     }

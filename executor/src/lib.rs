@@ -1666,6 +1666,10 @@ mod tests {
         assert_eq!(c.idle_timeout_s, 2.5);
         assert_eq!(c.layout, Layout::Grid);
         assert_eq!(parse_size(&c.canvas), Some((240, 320)));
+        assert!(c.labels, "on by default");
+        let off: VideoChatConfig =
+            serde_saphyr::from_str("labels: false\nlabel_cache_bytes: 0\n").unwrap();
+        assert!(!off.labels && off.label_cache_bytes == 0);
         assert!(serde_saphyr::from_str::<VideoChatConfig>("idle: 1\n").is_err());
         assert!(serde_saphyr::from_str::<VideoChatConfig>("layout: diagonal\n").is_err());
         for bad in [
