@@ -203,6 +203,24 @@ fn the_test_flow_without_labels_is_flow_yml_but_for_labels() {
     }
 }
 
+#[test]
+fn the_test_executor_without_labels_is_executor_config_but_for_labels() {
+    use vchat_core::config::load_executor;
+    let ours = load_executor(&repo_root().join("executor/config.yml")).unwrap();
+    let tests = load_executor(&repo_root().join("tests/flows/unlabelled-executor.yml")).unwrap();
+    assert_eq!((&ours.name, &ours.jtype), (&tests.name, &tests.jtype));
+    let values = |e: &vchat_core::config::ExecutorSpec| -> Vec<(String, String)> {
+        e.with
+            .iter()
+            .filter(|(k, _)| k.as_str() != "labels")
+            .map(|(k, (v, _))| (k.clone(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(values(&ours), values(&tests));
+    assert_eq!(ours.with["labels"].0, true);
+    assert_eq!(tests.with["labels"].0, false);
+}
+
 /// Share of the pixels of rows `rows` of a decoded PNG that are `bgr`.
 fn share(png: &(usize, usize, Vec<u8>), rows: std::ops::Range<usize>, bgr: [u8; 3]) -> f64 {
     share_of(png, rows, bgr, 0)
