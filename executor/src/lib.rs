@@ -896,7 +896,8 @@ impl VideoChatExecutor {
         let mosaic = match self.layout {
             // Alone, a labelled (or paused) user gets their stored tile back.
             Layout::Vertical | Layout::Horizontal
-                if snap.tiles.len() == 1 && (self.labels || snap.labels[0].1) =>
+                if snap.tiles.len() == 1
+                    && (self.labels || snap.labels.first().is_some_and(|l| l.1)) =>
             {
                 snap.tiles[0].clone()
             }
