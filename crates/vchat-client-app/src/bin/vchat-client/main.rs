@@ -548,3 +548,30 @@ async fn print_status(shared: Arc<Shared>, user: String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mosaic(v: u8) -> Tensor {
+        Tensor::image(2, 3, 3, vec![v; 18].into()).unwrap()
+    }
+
+    #[test]
+    fn a_contact_sheet_keeps_changes_and_a_bounded_spread_of_moments() {
+        let mut off = Moments::new(None);
+        off.offer(&mosaic(1), true);
+        assert!(off.kept.is_empty(), "nothing kept without --contact-sheet");
+        let mut m = Moments::new(Some(Duration::from_secs(3600)));
+        m.offer(&mosaic(1), false);
+        m.offer(&mosaic(2), false);
+        assert_eq!(m.kept.len(), 1, "within the period: one moment");
+        for v in 0..100 {
+            m.offer(&mosaic(v), true);
+            assert!(m.kept.len() <= MAX_MOMENTS);
+        }
+        // The first moment stays: the sheet spans the whole run.
+        assert_eq!(m.kept[0].1, mosaic(1));
+        assert_eq!(m.kept.last().unwrap().1, mosaic(99));
+    }
+}
