@@ -315,3 +315,47 @@ fn the_readme_screenshots_are_made_by_the_script() {
         assert!(png.2.chunks(3).any(|p| p != first), "{what}: one colour");
     }
 }
+
+/// A client whose camera is paused stays in the room, shown as a paused tile,
+/// for longer than both the executor's and the gateway's idle timeouts: its
+/// tiny paused frames keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_client_stays_in_the_room_as_a_paused_tile() {
+    let dir = scratch("paused");
+    let flow = Flow::start(
+        &flow_with(&dir, "      idle_timeout_s: 1\n"),
+        &["--stream-idle-timeout-s", "2"],
+    );
+    let mut bob_cmd = Command::new(bin("vchat-client"));
+    bob_cmd.args([
+        flow.addr(),
+        "bob",
+        "--headless",
+        "--source",
+        "test",
+        "--size",
+        "240x320",
+        "--paused",
+    ]);
+    let mut bob = Proc::spawn(bob_cmd);
+    bob.wait_line("bob in the room", |l| l == "bob: participants: bob");
+    let mut alice = User::connect(flow.addr());
+    let start = std::time::Instant::now();
+    let mut checked = 0;
+    // Longer than idle_timeout_s and stream_idle_timeout_s.
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        let r = alice.send(frame("alice", ALICE, 240, 320)).await;
+        let doc = &r.docs().unwrap()[0];
+        assert_eq!(participants(doc), ["bob", "alice"], "bob is still in");
+        let t = doc.tensor().unwrap();
+        // Bob's tile first, at his camera's aspect: dark, with his name.
+        assert_eq!(t.shape(), [480, 320, 3]);
+        assert_eq!(&t.data()[..3], &PAUSED_BGR);
+        assert_labelled(t, (0, 0, 240, 320), "bob", "bob paused");
+        checked += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(checked > 5);
+    let (status, log) = bob.interrupt();
+    assert!(status.success(), "{log}");
+}

@@ -28,6 +28,9 @@ pub const MAX_LABEL_PX: u32 = 48;
 pub const DEFAULT_LABEL_CACHE_BYTES: usize = 1 << 20;
 /// The word on a paused tile.
 pub const PAUSED_TEXT: &str = "paused";
+/// The side (width in the vertical layout, height in the horizontal one) of a
+/// room opened by a paused user, whose stand-in frame may be tiny, at least.
+pub const PAUSED_MIN_SIDE: usize = 320;
 /// Colour of a paused tile, BGR.
 pub const PAUSED_BGR: [u8; 3] = [48, 40, 40];
 

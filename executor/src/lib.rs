@@ -668,7 +668,18 @@ impl VideoChatExecutor {
             )));
         }
         let alone = room.slots.iter().all(|s| s.user == user);
-        let side = if alone {
+        let side = if alone && *paused && room.side > 0 {
+            // A paused camera's stand-in frame is tiny: the room keeps its side.
+            room.side
+        } else if alone && *paused {
+            // A room opened by a paused user: a tile of a usable size.
+            let min = label::PAUSED_MIN_SIDE;
+            match self.layout {
+                Layout::Vertical => w.max(min).min(self.max_side),
+                Layout::Horizontal => h.max(min).min(self.max_side),
+                Layout::Grid => 0,
+            }
+        } else if alone {
             // The room takes this user's size, within max_side.
             match self.layout {
                 Layout::Vertical => w.min(self.max_side),
@@ -1270,6 +1281,35 @@ mod tests {
         let slots = &state.rooms[DEFAULT_ROOM].slots;
         let t = Tensor::image(240, 320, 3, slots[0].frame.clone()).unwrap();
         assert_eq!(white_in(&t, (0, 0, 240, 320)), full_coverage("alice", 240));
+    }
+
+    #[tokio::test]
+    async fn a_room_opened_by_a_paused_user_has_a_usable_side() {
+        let paused = |user: &str, h, w| {
+            let mut p = frame(user, h, w, 200);
+            p[0].set_tag(
+                PAUSED_TAG,
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+            p
+        };
+        let ex = labelled(VideoChatConfig::default());
+        let mut b = paused("bob", 30, 40);
+        send(&ex, &mut b, 1).await.unwrap();
+        assert_eq!(b[0].tensor().unwrap().shape(), [240, 320, 3]);
+        let mut a = frame("alice", 240, 320, 100);
+        send(&ex, &mut a, 2).await.unwrap();
+        assert_eq!(a[0].tensor().unwrap().shape(), [480, 320, 3]);
+        // Paused after streaming: the room keeps the camera's side.
+        let ex = labelled(VideoChatConfig::default());
+        send(&ex, &mut frame("carol", 480, 640, 100), 1)
+            .await
+            .unwrap();
+        let mut c = paused("carol", 60, 80);
+        send(&ex, &mut c, 1).await.unwrap();
+        assert_eq!(c[0].tensor().unwrap().shape(), [480, 640, 3]);
     }
 
     #[tokio::test]

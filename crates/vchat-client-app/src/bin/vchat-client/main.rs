@@ -75,6 +75,10 @@ struct Args {
     /// Seconds between two moments of --contact-sheet.
     #[arg(long, default_value_t = 2.0)]
     contact_sheet_every: f64,
+    /// Join with the camera paused: the others see a "paused" tile with your
+    /// name until `m` in the window resumes it.
+    #[arg(long)]
+    paused: bool,
     /// Stop after sending this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -383,7 +387,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         receive: args.mode == "receive",
         participants: Mutex::new(Vec::new()),
         self_view: Mutex::new(None),
-        paused: AtomicBool::new(false),
+        paused: AtomicBool::new(args.paused),
         moments: Mutex::new(Moments::new(args.contact_sheet.as_ref().map(|_| {
             Duration::from_secs_f64(args.contact_sheet_every.clamp(0.05, 3600.0))
         }))),
