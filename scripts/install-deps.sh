@@ -2,12 +2,13 @@
 # Installs the system packages the build and the tests need on a fresh Debian
 # machine that has only Rust: OpenCV and libclang for the `opencv` crate (the
 # webcam client), Xvfb and xauth for the window tests, Chromium for the browser
-# tests (the web client, driven headless). Does nothing when they are all there
+# tests (the web client, driven headless), ImageMagick's `import` to capture the
+# native window for the README's screenshot. Does nothing when they are all there
 # already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
 # are Rust crates: ring's C parts build with the compiler installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(libopencv-dev clang libclang-dev xvfb xauth chromium)
+packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -34,7 +34,8 @@ async fn until_rows(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn videochat_runs_as_its_own_service() {
-    let executor = Flow::executor(&repo_root().join("executor/config.yml"), 0);
+    // Without labels: the bands are compared pixel by pixel.
+    let executor = Flow::executor(&repo_root().join("tests/flows/unlabelled-executor.yml"), 0);
     let dir = scratch("remote");
     let flow_yml = write_file(
         &dir,
@@ -243,7 +244,8 @@ impl Drop for KillGroup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vchat_executor_runs_in_a_jina_flow() {
-    let executor = Flow::executor(&repo_root().join("executor/config.yml"), 0);
+    // Without labels: the bands are compared pixel by pixel.
+    let executor = Flow::executor(&repo_root().join("tests/flows/unlabelled-executor.yml"), 0);
     let dir = scratch("jinaflow");
     let port = free_port();
     let flow_yml = write_file(

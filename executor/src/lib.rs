@@ -37,7 +37,21 @@
 //!   max_side: 3840                # a room's width (vertical) or height (horizontal)
 //!   max_mosaic_pixels: 19660800   # a room's whole mosaic: 64 users of 640x480
 //!   max_rooms: 1024
+//!   labels: true                  # each user's name on their tile
+//!   label_cache_bytes: 1048576    # rasterized names kept
 //! ```
+//!
+//! ## Names on tiles
+//!
+//! With `labels` (the default) each tile carries its user's name (`tags.name`,
+//! else `tags.user`) in a dark box at its bottom-left: the executor draws it, so
+//! every client of every door (the native window, the browser page, a Jina
+//! client) shows the same names without drawing anything. In the stacked
+//! layouts the name is drawn once on each stored frame, so a mosaic is still a
+//! concatenation; the grid draws it on each scaled tile. A request tagged
+//! `tags.paused: true` (a client whose camera is paused, keeping its stream
+//! alive) shows its user as a dark "paused" tile with the name, whatever frame
+//! it carries.
 //!
 //! With `mosaic_fps`, a room's mosaic is composed (and JPEG-encoded) at most that
 //! many times a second, and every response in between shares the latest one: the
@@ -60,6 +74,7 @@
 //! mosaics, is counted in the process's [`vchat_core::budget`].
 
 pub mod builtin;
+pub mod label;
 mod mosaic;
 
 use std::collections::HashMap;
@@ -76,9 +91,10 @@ use vchat_core::{
     Tensor, Value, async_trait, string_value,
 };
 
+use label::{DEFAULT_LABEL_CACHE_BYTES, Labeller};
 pub use mosaic::{
-    HIGHLIGHT_BGR, MosaicError, Part, Tile, checked_pixels, compose_grid, draw_border, grid_shape,
-    height_at_width, resize, resize_to_height, resize_to_width, stack_horizontally,
+    HIGHLIGHT_BGR, MosaicError, Part, Tile, checked_pixels, compose_grid, draw_border, grid_rects,
+    grid_shape, height_at_width, resize, resize_to_height, resize_to_width, stack_horizontally,
     stack_vertically, width_at_height,
 };
 
@@ -108,6 +124,11 @@ pub const DEFAULT_MAX_ROOMS: usize = 1024;
 pub const PARTICIPANTS_TAG: &str = "participants";
 /// The request tag choosing the response encoding: `jpeg` or `raw`.
 pub const ACCEPT_TAG: &str = "accept";
+/// The request tag of the name drawn on a user's tile (else `tags.user`).
+pub const NAME_TAG: &str = "name";
+/// The request tag (`true`) of a user whose camera is paused: their tile is a
+/// dark "paused" tile, whatever frame the request carries.
+pub const PAUSED_TAG: &str = "paused";
 
 /// How the frames of a room are arranged.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -171,6 +192,21 @@ pub struct VideoChatConfig {
     /// Not with `highlight_self`, whose mosaics differ per user.
     #[serde(default)]
     pub mosaic_fps: f64,
+    /// Draw each user's name (`tags.name`, else `tags.user`) at the bottom-left
+    /// of their tile, in every layout and for every client.
+    #[serde(default = "default_labels")]
+    pub labels: bool,
+    /// Bytes of rasterized names kept for the labels (least recently used out
+    /// first); a name not kept is rasterized again when drawn.
+    #[serde(default = "default_label_cache_bytes")]
+    pub label_cache_bytes: usize,
+}
+
+fn default_labels() -> bool {
+    true
+}
+fn default_label_cache_bytes() -> usize {
+    DEFAULT_LABEL_CACHE_BYTES
 }
 
 fn default_idle_timeout_s() -> f64 {
@@ -212,6 +248,8 @@ impl Default for VideoChatConfig {
             max_mosaic_pixels: DEFAULT_MAX_MOSAIC_PIXELS,
             max_rooms: DEFAULT_MAX_ROOMS,
             mosaic_fps: 0.0,
+            labels: true,
+            label_cache_bytes: DEFAULT_LABEL_CACHE_BYTES,
         }
     }
 }
@@ -226,6 +264,10 @@ pub fn parse_size(s: &str) -> Option<(usize, usize)> {
 /// One user's place in a room.
 struct Slot {
     user: String,
+    /// The name on the tile.
+    name: String,
+    /// The camera is paused: the tile is a "paused" tile.
+    paused: bool,
     stream: StreamId,
     /// The latest frame, as stored for the layout (at the room's width for
     /// vertical, at its height for horizontal, as received for grid), in a
@@ -324,6 +366,8 @@ struct Snapshot {
     me: usize,
     /// `(pixels, height, width)` of each user, in mosaic order.
     tiles: Vec<(Bytes, usize, usize)>,
+    /// The name on each tile and whether it is paused, in mosaic order.
+    labels: Vec<(String, bool)>,
     raw: Option<(Bytes, usize, usize)>,
     jpeg: Option<Bytes>,
 }
@@ -343,6 +387,8 @@ pub struct VideoChatExecutor {
     max_rooms: usize,
     /// `1 / mosaic_fps`, when set and `highlight_self` is not.
     mosaic_period: Option<Duration>,
+    labels: bool,
+    labeller: Labeller,
     budget: &'static Budget,
     state: Arc<Mutex<State>>,
 }
@@ -416,6 +462,8 @@ impl VideoChatExecutor {
             max_rooms: config.max_rooms,
             mosaic_period: (config.mosaic_fps > 0.0 && !config.highlight_self)
                 .then(|| Duration::from_secs_f64(1.0 / config.mosaic_fps)),
+            labels: config.labels,
+            labeller: Labeller::new(config.label_cache_bytes),
             budget: budget::global(),
             state,
         })
@@ -476,6 +524,28 @@ impl VideoChatExecutor {
         Ok((user.to_string(), room.to_string()))
     }
 
+    /// The name on the tile of `doc`'s user (`tags.name`, else `user`), and
+    /// whether their camera is paused (`tags.paused`), checked.
+    fn tile_of(&self, doc: &vchat_core::Document, user: &str) -> Result<(String, bool), Error> {
+        let name = match (doc.tag_str(NAME_TAG), doc.tags.contains_key(NAME_TAG)) {
+            (Some(n), _) if n.len() > MAX_NAME_BYTES => {
+                return Err(self.reject(format!(
+                    "tags.{NAME_TAG} is {} bytes, over the limit of {MAX_NAME_BYTES} bytes",
+                    n.len()
+                )));
+            }
+            (Some(n), _) if !n.is_empty() => n,
+            (Some(_), _) | (None, false) => user,
+            (None, true) => return Err(self.reject("tags.name must be a string")),
+        };
+        let paused = match doc.tags.get(PAUSED_TAG).map(|v| v.kind.as_ref()) {
+            None | Some(None) => false,
+            Some(Some(Kind::BoolValue(b))) => *b,
+            Some(Some(_)) => return Err(self.reject("tags.paused must be true or false")),
+        };
+        Ok((name.to_string(), paused))
+    }
+
     /// `Err` when `stream` is already someone else, or somewhere else (never for
     /// [`StreamId::UNKNOWN`], which is not bound).
     fn check_identity(
@@ -509,6 +579,7 @@ impl VideoChatExecutor {
     /// Stores `frame` as `user`'s latest and returns the room's state. `owned`:
     /// the frame's buffer is its own (decoded here), not a slice of a request
     /// that would be kept alive with it.
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &self,
         room_name: &str,
@@ -517,6 +588,7 @@ impl VideoChatExecutor {
         frame: &Tensor,
         (h, w): (usize, usize),
         owned: bool,
+        tile: &(String, bool),
     ) -> Result<Snapshot, Error> {
         let now = Instant::now();
         let mut state = self.lock();
@@ -539,7 +611,17 @@ impl VideoChatExecutor {
             }
         }
         let room = state.rooms.entry(room_name.to_string()).or_default();
-        let result = self.store(room, room_name, user, stream, frame, (h, w), owned, now);
+        let result = self.store(
+            room,
+            room_name,
+            user,
+            stream,
+            frame,
+            (h, w),
+            owned,
+            tile,
+            now,
+        );
         // A refused first frame leaves no empty room behind.
         if room.slots.is_empty() {
             state.rooms.remove(room_name);
@@ -566,6 +648,7 @@ impl VideoChatExecutor {
         frame: &Tensor,
         (h, w): (usize, usize),
         owned: bool,
+        (name, paused): &(String, bool),
         now: Instant,
     ) -> Result<Snapshot, Error> {
         let before = room.version;
@@ -585,7 +668,18 @@ impl VideoChatExecutor {
             )));
         }
         let alone = room.slots.iter().all(|s| s.user == user);
-        let side = if alone {
+        let side = if alone && *paused && room.side > 0 {
+            // A paused camera's stand-in frame is tiny: the room keeps its side.
+            room.side
+        } else if alone && *paused {
+            // A room opened by a paused user: a tile of a usable size.
+            let min = label::PAUSED_MIN_SIDE;
+            match self.layout {
+                Layout::Vertical => w.max(min).min(self.max_side),
+                Layout::Horizontal => h.max(min).min(self.max_side),
+                Layout::Grid => 0,
+            }
+        } else if alone {
             // The room takes this user's size, within max_side.
             match self.layout {
                 Layout::Vertical => w.min(self.max_side),
@@ -629,7 +723,26 @@ impl VideoChatExecutor {
                 )));
             }
         }
-        let data = if (height, width) != (h, w) {
+        // The label goes on the stored frame, once per frame: the stacked
+        // layouts' mosaics stay byte concatenations. A grid scales its tiles,
+        // so it labels them as it composes.
+        let labelled = self.layout != Layout::Grid && (self.labels || *paused);
+        let data = if labelled {
+            let mut px = if *paused {
+                vec![0u8; height * width * 3]
+            } else if (height, width) != (h, w) {
+                Vec::from(
+                    resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                        .map_err(|e| self.reject(e.to_string()))?,
+                )
+            } else {
+                frame.data().to_vec()
+            };
+            let shown = self.labels.then_some(name.as_str());
+            self.labeller
+                .draw(&mut px, width, (0, 0, height, width), shown, *paused);
+            Bytes::from(px)
+        } else if (height, width) != (h, w) {
             resize(frame.data(), h, w, height, width, self.max_frame_pixels)
                 .map_err(|e| self.reject(e.to_string()))?
         } else if owned {
@@ -645,7 +758,12 @@ impl VideoChatExecutor {
             Some(slot) => {
                 // A paused source sends the same frame again: the room state, and
                 // so the cached mosaic others may share, stays the same.
-                changed |= (slot.height, slot.width) != (height, width) || slot.frame != data;
+                changed |= (slot.height, slot.width) != (height, width)
+                    || slot.frame != data
+                    || slot.name != *name
+                    || slot.paused != *paused;
+                slot.name.clone_from(name);
+                slot.paused = *paused;
                 slot._held = self.budget.hold(data.len());
                 slot.frame = data;
                 slot.height = height;
@@ -658,6 +776,8 @@ impl VideoChatExecutor {
                 tracing::info!(room = room_name, user, "User joined");
                 room.slots.push(Slot {
                     user: user.to_string(),
+                    name: name.clone(),
+                    paused: *paused,
                     stream,
                     _held: self.budget.hold(data.len()),
                     frame: data,
@@ -682,6 +802,7 @@ impl VideoChatExecutor {
                 participants: room.cache.participants.clone(),
                 me: 0,
                 tiles: Vec::new(),
+                labels: Vec::new(),
                 raw: room.cache.raw.clone(),
                 jpeg: room.cache.jpeg.clone(),
             });
@@ -699,6 +820,11 @@ impl VideoChatExecutor {
                 .slots
                 .iter()
                 .map(|s| (s.frame.clone(), s.height, s.width))
+                .collect(),
+            labels: room
+                .slots
+                .iter()
+                .map(|s| (s.name.clone(), s.paused))
                 .collect(),
             raw: shared.then(|| room.cache.raw.clone()).flatten(),
             jpeg: shared.then(|| room.cache.jpeg.clone()).flatten(),
@@ -779,6 +905,13 @@ impl VideoChatExecutor {
         let limit = self.max_mosaic_pixels;
         let failed = |e: MosaicError| self.reject(format!("cannot compose the mosaic: {e}"));
         let mosaic = match self.layout {
+            // Alone, a labelled (or paused) user gets their stored tile back.
+            Layout::Vertical | Layout::Horizontal
+                if snap.tiles.len() == 1
+                    && (self.labels || snap.labels.first().is_some_and(|l| l.1)) =>
+            {
+                snap.tiles[0].clone()
+            }
             Layout::Vertical | Layout::Horizontal if snap.tiles.len() < 2 => return Ok(None),
             Layout::Vertical => {
                 let (data, height, width) = stack_vertically(&snap.tiles, limit).map_err(failed)?;
@@ -812,6 +945,19 @@ impl VideoChatExecutor {
                     snap.tiles.iter().map(|t| (&t.0[..], t.1, t.2)).collect();
                 let (ch, cw) = self.canvas;
                 let data = compose_grid(&tiles, ch, cw, highlight, limit).map_err(failed)?;
+                let data = if self.labels || snap.labels.iter().any(|l| l.1) {
+                    let dims: Vec<(usize, usize)> = snap.tiles.iter().map(|t| (t.1, t.2)).collect();
+                    let mut m = BytesMut::from(data);
+                    for (rect, (name, paused)) in
+                        grid_rects(&dims, ch, cw).into_iter().zip(&snap.labels)
+                    {
+                        let shown = self.labels.then_some(name.as_str());
+                        self.labeller.draw(&mut m, cw, rect, shown, *paused);
+                    }
+                    m.freeze()
+                } else {
+                    data
+                };
                 (data, ch, cw)
             }
         };
@@ -917,7 +1063,8 @@ impl Executor for VideoChatExecutor {
             };
             let dims = frame.frame_dims().map_err(|m| self.reject(m))?;
             let owned = input == Encoding::Jpeg;
-            let snap = self.update(&room, &user, ctx.stream, &frame, dims, owned)?;
+            let tile = self.tile_of(doc, &user)?;
+            let snap = self.update(&room, &user, ctx.stream, &frame, dims, owned, &tile)?;
             doc.set_tag(PARTICIPANTS_TAG, participants_value(&snap.participants));
             // Composition and encoding happen outside the lock.
             let shared = !self.highlight_self;
@@ -1035,8 +1182,179 @@ mod tests {
         ex.process(docs, &ctx).await
     }
 
+    /// Without labels: these tests compare exact pixel values.
     fn with(config: VideoChatConfig) -> VideoChatExecutor {
+        labelled(VideoChatConfig {
+            labels: false,
+            ..config
+        })
+    }
+
+    fn labelled(config: VideoChatConfig) -> VideoChatExecutor {
         VideoChatExecutor::new(config, "agg").unwrap()
+    }
+
+    /// Pixels of the `h`x`w` tile at `(top, left)` of `t` that are pure white.
+    fn white_in(t: &Tensor, (top, left, h, w): (usize, usize, usize, usize)) -> usize {
+        let width = t.shape()[1];
+        (top..top + h)
+            .flat_map(|y| (left..left + w).map(move |x| (y, x)))
+            .filter(|&(y, x)| t.data()[(y * width + x) * 3..][..3] == [255, 255, 255])
+            .count()
+    }
+
+    /// Pixels of full coverage in the rendering of `name` for a `tile_h` tile:
+    /// those a label turns pure white.
+    fn full_coverage(name: &str, tile_h: usize) -> usize {
+        let m = label::render(&label::shown(name), label::label_px(tile_h)).unwrap();
+        m.coverage.iter().filter(|&&c| c == 255).count()
+    }
+
+    #[tokio::test]
+    async fn every_tile_carries_its_name_in_every_layout() {
+        for layout in [Layout::Vertical, Layout::Horizontal, Layout::Grid] {
+            let ex = labelled(VideoChatConfig {
+                layout,
+                canvas: "480x640".into(),
+                ..Default::default()
+            });
+            send(&ex, &mut frame("alice", 240, 320, 100), 1)
+                .await
+                .unwrap();
+            let mut b = frame("bob", 240, 320, 60);
+            send(&ex, &mut b, 2).await.unwrap();
+            let t = b[0].tensor().unwrap();
+            // Each user's tile, and the tile height their label was sized for.
+            let (tiles, tile_h) = match layout {
+                Layout::Vertical => ([(0, 0, 240, 320), (240, 0, 240, 320)], 240),
+                Layout::Horizontal => ([(0, 0, 240, 320), (0, 320, 240, 320)], 240),
+                Layout::Grid => ([(120, 0, 240, 320), (120, 320, 240, 320)], 240),
+            };
+            for (tile, name) in tiles.into_iter().zip(["alice", "bob"]) {
+                assert_eq!(
+                    white_in(t, tile),
+                    full_coverage(name, tile_h),
+                    "{layout:?}: {name}'s label"
+                );
+                // Only the bottom of the tile is written on.
+                let (top, left, h, w) = tile;
+                assert_eq!(white_in(t, (top, left, h / 2, w)), 0);
+            }
+            assert_ne!(full_coverage("alice", 240), full_coverage("bob", 240));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_alone_sees_their_name_and_tags_name_wins_over_the_user_id() {
+        let ex = labelled(VideoChatConfig::default());
+        let mut a = frame("u-1", 240, 320, 100);
+        a[0].set_tag_str(NAME_TAG, "Alice Doe");
+        send(&ex, &mut a, 1).await.unwrap();
+        let t = a[0].tensor().unwrap();
+        assert_eq!(t.shape(), [240, 320, 3]);
+        assert_eq!(
+            white_in(t, (0, 0, 240, 320)),
+            full_coverage("Alice Doe", 240)
+        );
+        assert_eq!(
+            participants(&a),
+            ["u-1"],
+            "the user id still names the stream"
+        );
+        let mut long = frame("u-1", 240, 320, 100);
+        long[0].set_tag_str(NAME_TAG, "n".repeat(MAX_NAME_BYTES + 1));
+        let err = send(&ex, &mut long, 1).await.unwrap_err().to_string();
+        assert!(err.contains("tags.name is 129 bytes"), "{err}");
+        let mut odd = frame("u-1", 240, 320, 100);
+        odd[0].set_tag_str(NAME_TAG, "🙂\u{0}名前\u{10FFFF}");
+        send(&ex, &mut odd, 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn labels_are_drawn_on_the_stored_frame_once() {
+        let ex = labelled(VideoChatConfig::default());
+        send(&ex, &mut frame("alice", 240, 320, 100), 1)
+            .await
+            .unwrap();
+        send(&ex, &mut frame("bob", 240, 320, 60), 2).await.unwrap();
+        let state = ex.lock();
+        let slots = &state.rooms[DEFAULT_ROOM].slots;
+        let t = Tensor::image(240, 320, 3, slots[0].frame.clone()).unwrap();
+        assert_eq!(white_in(&t, (0, 0, 240, 320)), full_coverage("alice", 240));
+    }
+
+    #[tokio::test]
+    async fn a_room_opened_by_a_paused_user_has_a_usable_side() {
+        let paused = |user: &str, h, w| {
+            let mut p = frame(user, h, w, 200);
+            p[0].set_tag(
+                PAUSED_TAG,
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+            p
+        };
+        let ex = labelled(VideoChatConfig::default());
+        let mut b = paused("bob", 30, 40);
+        send(&ex, &mut b, 1).await.unwrap();
+        assert_eq!(b[0].tensor().unwrap().shape(), [240, 320, 3]);
+        let mut a = frame("alice", 240, 320, 100);
+        send(&ex, &mut a, 2).await.unwrap();
+        assert_eq!(a[0].tensor().unwrap().shape(), [480, 320, 3]);
+        // Paused after streaming: the room keeps the camera's side.
+        let ex = labelled(VideoChatConfig::default());
+        send(&ex, &mut frame("carol", 480, 640, 100), 1)
+            .await
+            .unwrap();
+        let mut c = paused("carol", 60, 80);
+        send(&ex, &mut c, 1).await.unwrap();
+        assert_eq!(c[0].tensor().unwrap().shape(), [480, 640, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_paused_user_is_a_dark_tile_with_their_name() {
+        for layout in [Layout::Vertical, Layout::Grid] {
+            let ex = labelled(VideoChatConfig {
+                layout,
+                ..Default::default()
+            });
+            send(&ex, &mut frame("alice", 240, 320, 100), 1)
+                .await
+                .unwrap();
+            // A tiny frame stands for the paused camera.
+            let mut p = frame("bob", 3, 4, 200);
+            p[0].set_tag(
+                PAUSED_TAG,
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+            send(&ex, &mut p, 2).await.unwrap();
+            let t = p[0].tensor().unwrap().clone();
+            let bob = match layout {
+                Layout::Vertical => (240, 0, 240, 320),
+                _ => (120, 320, 240, 320),
+            };
+            let w = t.shape()[1];
+            let (top, left, h, tw) = bob;
+            assert_eq!(&t.data()[(top * w + left) * 3..][..3], &label::PAUSED_BGR);
+            assert!(white_in(&t, bob) >= full_coverage("bob", 240));
+            // The word, in the middle of the tile.
+            let middle = (top + h / 2 - 12..top + h / 2 + 12)
+                .flat_map(|y| (left + tw / 2 - 40..left + tw / 2 + 40).map(move |x| (y, x)))
+                .filter(|&(y, x)| t.data()[(y * w + x) * 3] >= 150)
+                .count();
+            assert!(middle > 30, "{layout:?}: {middle}");
+            // Back from the pause: the camera again.
+            let mut b = frame("bob", 240, 320, 60);
+            send(&ex, &mut b, 2).await.unwrap();
+            let t = b[0].tensor().unwrap();
+            assert_eq!(t.data()[(top * w + left) * 3], 60);
+            let mut bad = frame("bob", 240, 320, 60);
+            bad[0].set_tag_str(PAUSED_TAG, "yes");
+            assert!(send(&ex, &mut bad, 2).await.is_err());
+        }
     }
 
     fn executor(idle: f64) -> VideoChatExecutor {
@@ -1389,6 +1707,10 @@ mod tests {
         assert_eq!(c.idle_timeout_s, 2.5);
         assert_eq!(c.layout, Layout::Grid);
         assert_eq!(parse_size(&c.canvas), Some((240, 320)));
+        assert!(c.labels, "on by default");
+        let off: VideoChatConfig =
+            serde_saphyr::from_str("labels: false\nlabel_cache_bytes: 0\n").unwrap();
+        assert!(!off.labels && off.label_cache_bytes == 0);
         assert!(serde_saphyr::from_str::<VideoChatConfig>("idle: 1\n").is_err());
         assert!(serde_saphyr::from_str::<VideoChatConfig>("layout: diagonal\n").is_err());
         for bad in [

@@ -257,21 +257,15 @@ pub fn compose_grid(
     }
     let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
     let mut out = vec![0u8; px * 3];
+    let dims: Vec<(usize, usize)> = tiles.iter().map(|t| (t.1, t.2)).collect();
     let (rows, cols) = grid_shape(tiles.len());
-    let (cell_h, cell_w) = (canvas_h / rows, canvas_w / cols);
-    if cell_h == 0 || cell_w == 0 {
-        return Ok(Bytes::from(out));
-    }
-    for (i, &(px, h, w)) in tiles.iter().enumerate() {
-        // The larger of the two scales that fit: the tile's height at the cell's
-        // width, else its width at the cell's height.
-        let (th, tw) = match height_at_width(h, w, cell_w) {
-            th if th <= cell_h => (th, cell_w),
-            _ => (cell_h, width_at_height(h, w, cell_h).min(cell_w)),
-        };
-        let scaled = resize(px, h, w, th, tw, cell_h * cell_w)?;
-        let top = (i / cols) * cell_h + (cell_h - th) / 2;
-        let left = (i % cols) * cell_w + (cell_w - tw) / 2;
+    let cell = (canvas_h / rows) * (canvas_w / cols);
+    for (i, (&(px, h, w), (top, left, th, tw))) in tiles
+        .iter()
+        .zip(grid_rects(&dims, canvas_h, canvas_w))
+        .enumerate()
+    {
+        let scaled = resize(px, h, w, th, tw, cell)?;
         for y in 0..th {
             let dst = ((top + y) * canvas_w + left) * 3;
             out[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
@@ -281,6 +275,35 @@ pub fn compose_grid(
         }
     }
     Ok(Bytes::from(out))
+}
+
+/// Where [`compose_grid`] places tiles of these `(height, width)`s in a
+/// `canvas_h`×`canvas_w` canvas: `(top, left, height, width)` of each, in
+/// order; none when the cells would have no pixels.
+pub fn grid_rects(
+    dims: &[(usize, usize)],
+    canvas_h: usize,
+    canvas_w: usize,
+) -> Vec<(usize, usize, usize, usize)> {
+    let (rows, cols) = grid_shape(dims.len());
+    let (cell_h, cell_w) = (canvas_h / rows, canvas_w / cols);
+    if cell_h == 0 || cell_w == 0 {
+        return Vec::new();
+    }
+    dims.iter()
+        .enumerate()
+        .map(|(i, &(h, w))| {
+            // The larger of the two scales that fit: the tile's height at the
+            // cell's width, else its width at the cell's height.
+            let (th, tw) = match height_at_width(h, w, cell_w) {
+                th if th <= cell_h => (th, cell_w),
+                _ => (cell_h, width_at_height(h, w, cell_h).min(cell_w)),
+            };
+            let top = (i / cols) * cell_h + (cell_h - th) / 2;
+            let left = (i % cols) * cell_w + (cell_w - tw) / 2;
+            (top, left, th, tw)
+        })
+        .collect()
 }
 
 /// Draws a border inside the rectangle `(top, left, height, width)` of a frame

@@ -327,6 +327,11 @@ impl Page {
         }
     }
 
+    /// The DevTools session of this tab, for [`Cdp::call`].
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
     /// Saves a PNG screenshot to `path`.
     pub async fn screenshot(&self, path: &Path) {
         let r = self

@@ -219,6 +219,72 @@ pub fn mat_to_tensor(mat: &Mat, height: usize, width: usize) -> Result<Tensor, S
     Tensor::image(height, width, 3, Bytes::from(out)).map_err(|e| e.to_string())
 }
 
+/// Width of one mosaic on a [`contact_sheet`].
+pub const SHEET_CELL_W: usize = 240;
+/// Mosaics per row of a [`contact_sheet`].
+pub const SHEET_COLS: usize = 4;
+
+/// One PNG-ready frame of `moments` (seconds since the start, mosaic) in rows
+/// of [`SHEET_COLS`], each mosaic scaled to [`SHEET_CELL_W`] wide (at most
+/// twice as tall) under its time: the chat over time at a glance.
+pub fn contact_sheet(moments: &[(f64, Tensor)]) -> Result<Tensor, String> {
+    let err = cv_err("making the contact sheet");
+    if moments.is_empty() {
+        return Err("no mosaic to put on a contact sheet".into());
+    }
+    const CAPTION: i32 = 22;
+    const GAP: i32 = 6;
+    let cell_w = SHEET_CELL_W as i32;
+    let fitted: Vec<(i32, i32)> = moments
+        .iter()
+        .map(|(_, t)| {
+            let (h, w) = (t.shape()[0] as f64, t.shape()[1] as f64);
+            let scale = (cell_w as f64 / w).min(2.0 * cell_w as f64 / h);
+            (
+                ((w * scale).round() as i32).max(1),
+                ((h * scale).round() as i32).max(1),
+            )
+        })
+        .collect();
+    let cell_h = fitted.iter().map(|f| f.1).max().unwrap_or(1);
+    let cols = SHEET_COLS.min(moments.len()) as i32;
+    let rows = moments.len().div_ceil(SHEET_COLS) as i32;
+    let (sheet_w, sheet_h) = (
+        cols * (cell_w + GAP) + GAP,
+        rows * (cell_h + CAPTION + GAP) + GAP,
+    );
+    let mut sheet =
+        Mat::new_rows_cols_with_default(sheet_h, sheet_w, core::CV_8UC3, Scalar::all(24.0))
+            .map_err(&err)?;
+    for (i, ((secs, t), (w, h))) in moments.iter().zip(&fitted).enumerate() {
+        let (col, row) = (i as i32 % cols, i as i32 / cols);
+        let x = GAP + col * (cell_w + GAP);
+        let y = GAP + row * (cell_h + CAPTION + GAP);
+        outlined(
+            &mut sheet,
+            &format!("{secs:.1} s"),
+            Point::new(x + 2, y + CAPTION - 7),
+            0.5,
+            Scalar::all(230.0),
+        )
+        .map_err(&err)?;
+        let src = tensor_to_mat(t)?;
+        let mut small = Mat::default();
+        imgproc::resize(
+            &src,
+            &mut small,
+            Size::new(*w, *h),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )
+        .map_err(&err)?;
+        let mut roi = Mat::roi_mut(&mut sheet, Rect::new(x, y + CAPTION, *w, *h)).map_err(&err)?;
+        small.copy_to(&mut roi).map_err(&err)?;
+    }
+    mat_to_tensor(&sheet, sheet_h as usize, sheet_w as usize)
+}
+
 /// An H×W×3 uint8 tensor to a new (owned) BGR Mat.
 pub fn tensor_to_mat(t: &Tensor) -> Result<Mat, String> {
     let (h, w) = t.frame_dims()?;
@@ -290,12 +356,187 @@ pub fn draw_overlay(img: &mut Mat, overlay: &Overlay) -> Result<(), String> {
     Ok(())
 }
 
-/// The chat window: shows each mosaic with the overlay; ESC or q, or closing the
-/// window, asks to leave.
+/// The keys of the chat window, as its help (`h`) lists them.
+pub const HELP: [&str; 5] = [
+    "h      show / hide this help",
+    "m      pause / resume your camera",
+    "] [    raise / lower the first --param",
+    "q ESC  leave the chat",
+    "drag the window's edge to resize it",
+];
+
+/// Text with a dark outline, readable on any background.
+fn outlined(img: &mut Mat, s: &str, at: Point, scale: f64, color: Scalar) -> opencv::Result<()> {
+    let font = imgproc::FONT_HERSHEY_SIMPLEX;
+    imgproc::put_text(
+        img,
+        s,
+        at,
+        font,
+        scale,
+        Scalar::all(0.0),
+        3,
+        imgproc::LINE_AA,
+        false,
+    )?;
+    imgproc::put_text(img, s, at, font, scale, color, 1, imgproc::LINE_AA, false)
+}
+
+/// Darkens `rect` of `img` to a third, for text drawn over it.
+fn shade(img: &mut Mat, rect: Rect) -> opencv::Result<()> {
+    let rect = rect & Rect::new(0, 0, img.cols(), img.rows());
+    if rect.width <= 0 || rect.height <= 0 {
+        return Ok(());
+    }
+    let mut roi = Mat::roi_mut(img, rect)?;
+    let mut dark = Mat::default();
+    roi.convert_to(&mut dark, -1, 0.35, 0.0)?;
+    dark.copy_to(&mut roi)
+}
+
+/// The user's own camera, small, in the bottom-right corner (above the status
+/// band, if any), framed; dimmed and marked while paused.
+pub fn draw_self_view(
+    img: &mut Mat,
+    me: &Tensor,
+    paused: bool,
+    status: bool,
+) -> Result<(), String> {
+    let err = cv_err("drawing the self-view");
+    let (ih, iw) = (img.rows(), img.cols());
+    let (h, w) = (me.shape()[0] as i32, me.shape()[1] as i32);
+    let vw = (iw / 4).max(48).min(iw - 16);
+    let vh = (vw * h / w.max(1)).max(1);
+    let below = if status { 28 } else { 0 };
+    let (x, y) = (iw - vw - 8, ih - vh - 8 - below);
+    if vw < 16 || x < 0 || y < 0 {
+        return Ok(());
+    }
+    let src = tensor_to_mat(me)?;
+    let mut small = Mat::default();
+    imgproc::resize(
+        &src,
+        &mut small,
+        Size::new(vw, vh),
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )
+    .map_err(&err)?;
+    let rect = Rect::new(x, y, vw, vh);
+    {
+        let mut roi = Mat::roi_mut(img, rect).map_err(&err)?;
+        small.copy_to(&mut roi).map_err(&err)?;
+    }
+    let frame = if paused {
+        shade(img, rect).map_err(&err)?;
+        outlined(
+            img,
+            "paused (m)",
+            Point::new(x + 4, y + vh / 2 + 5),
+            0.45,
+            Scalar::new(255.0, 255.0, 255.0, 0.0),
+        )
+        .map_err(&err)?;
+        Scalar::new(0.0, 0.0, 220.0, 0.0)
+    } else {
+        Scalar::new(255.0, 255.0, 255.0, 0.0)
+    };
+    imgproc::rectangle(img, rect, frame, 1, imgproc::LINE_8, 0).map_err(&err)?;
+    Ok(())
+}
+
+/// The room's users, in mosaic order, at the top right from row `top`; `me`
+/// marked.
+pub fn draw_participants(
+    img: &mut Mat,
+    users: &[String],
+    me: &str,
+    top: i32,
+) -> Result<(), String> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let err = cv_err("drawing the participants");
+    let mut lines = vec![format!("{} in the room", users.len())];
+    const SHOWN: usize = 12;
+    for u in users.iter().take(SHOWN) {
+        let name: String = u.chars().take(24).collect();
+        lines.push(if u == me {
+            format!("{name} (you)")
+        } else {
+            name
+        });
+    }
+    if users.len() > SHOWN {
+        lines.push(format!("and {} more", users.len() - SHOWN));
+    }
+    let mut base = 0;
+    let width = lines
+        .iter()
+        .filter_map(|l| {
+            imgproc::get_text_size(l, imgproc::FONT_HERSHEY_SIMPLEX, 0.45, 1, &mut base).ok()
+        })
+        .map(|s| s.width)
+        .max()
+        .unwrap_or(0);
+    let x = (img.cols() - width - 10).max(0);
+    shade(
+        img,
+        Rect::new(x - 4, top, width + 10, 18 * lines.len() as i32 + 6),
+    )
+    .map_err(&err)?;
+    for (i, l) in lines.iter().enumerate() {
+        let color = if i == 0 {
+            Scalar::new(0.0, 255.0, 255.0, 0.0)
+        } else {
+            Scalar::new(255.0, 255.0, 255.0, 0.0)
+        };
+        outlined(img, l, Point::new(x, top + 16 + 18 * i as i32), 0.45, color).map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// The keys ([`HELP`]) in a shaded box in the middle of the frame.
+pub fn draw_help(img: &mut Mat) -> Result<(), String> {
+    let err = cv_err("drawing the help");
+    let lines: Vec<&str> = std::iter::once("Keys").chain(HELP).collect();
+    let line_h = 20;
+    let (w, h) = (img.cols(), img.rows());
+    let box_h = line_h * lines.len() as i32 + 12;
+    let top = ((h - box_h) / 2).max(0);
+    shade(img, Rect::new(0, top, w, box_h)).map_err(&err)?;
+    for (i, l) in lines.iter().enumerate() {
+        let color = if i == 0 {
+            Scalar::new(0.0, 255.0, 255.0, 0.0)
+        } else {
+            Scalar::new(255.0, 255.0, 255.0, 0.0)
+        };
+        outlined(
+            img,
+            l,
+            Point::new(12, top + 20 + line_h * i as i32),
+            0.45,
+            color,
+        )
+        .map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// The chat window: shows each mosaic with the overlay, the user's own camera
+/// small in a corner, the room's users and, on `h`, the keys. It can be resized
+/// and keeps the mosaic's aspect ratio. ESC or q, or closing the window, asks to
+/// leave; `m` (pause the camera) and `[` `]` are handed to the caller.
 pub struct Window {
     name: String,
+    user: String,
     last: Option<Mat>,
     drawn_status: Option<String>,
+    drawn_paused: bool,
+    help: bool,
+    /// The size of the mosaic last shown, `(width, height)`.
+    shown: Option<(i32, i32)>,
     open: bool,
     // highgui is single-threaded: keep the window on the thread that opened it.
     _not_send: PhantomData<*const ()>,
@@ -307,8 +548,12 @@ impl Window {
     /// aborts the process when there is none.
     pub fn open(title: &str, height: usize, width: usize) -> Result<Self, String> {
         let err = cv_err("opening the window");
-        highgui::named_window(title, highgui::WINDOW_AUTOSIZE | highgui::WINDOW_GUI_NORMAL)
-            .map_err(&err)?;
+        highgui::named_window(
+            title,
+            highgui::WINDOW_NORMAL | highgui::WINDOW_KEEPRATIO | highgui::WINDOW_GUI_NORMAL,
+        )
+        .map_err(&err)?;
+        highgui::resize_window(title, width as i32, height as i32).map_err(&err)?;
         let blank = Mat::new_rows_cols_with_default(
             height as i32,
             width as i32,
@@ -318,8 +563,12 @@ impl Window {
         .map_err(&err)?;
         let mut w = Window {
             name: title.to_string(),
+            user: String::new(),
             last: Some(blank),
             drawn_status: None,
+            drawn_paused: false,
+            help: false,
+            shown: Some((width as i32, height as i32)),
             open: true,
             _not_send: PhantomData,
         };
@@ -331,14 +580,55 @@ impl Window {
         Ok(w)
     }
 
+    /// The chat's user, marked in the participants list.
+    pub fn for_user(mut self, user: &str) -> Self {
+        self.user = user.to_string();
+        self
+    }
+
     fn redraw(&mut self, overlay: &Overlay) -> Result<(), String> {
         let Some(last) = &self.last else {
             return Ok(());
         };
         let mut img = last.try_clone().map_err(cv_err("drawing"))?;
         draw_overlay(&mut img, overlay)?;
+        // Under the headline (and the results line, if any), which start at the left.
+        let below = if overlay.results.is_empty() { 28 } else { 48 };
+        draw_participants(&mut img, &overlay.participants, &self.user, below)?;
+        if let Some(me) = &overlay.self_view {
+            draw_self_view(&mut img, me, overlay.paused, overlay.status.is_some())?;
+        }
+        if self.help {
+            draw_help(&mut img)?;
+        } else {
+            outlined(
+                &mut img,
+                "h: keys",
+                Point::new(8, below + 10),
+                0.4,
+                Scalar::all(220.0),
+            )
+            .map_err(cv_err("drawing"))?;
+        }
+        let size = (img.cols(), img.rows());
+        if self.shown.is_some_and(|s| s != size) {
+            // The mosaic changed size (users came or went): the window follows,
+            // at the zoom the user gave it.
+            let (old_w, _) = self.shown.unwrap_or(size);
+            let zoom = highgui::get_window_image_rect(&self.name)
+                .ok()
+                .filter(|r| r.width > 0 && old_w > 0)
+                .map_or(1.0, |r| r.width as f64 / old_w as f64);
+            let (w, h) = (
+                (size.0 as f64 * zoom).round().max(1.0) as i32,
+                (size.1 as f64 * zoom).round().max(1.0) as i32,
+            );
+            let _ = highgui::resize_window(&self.name, w, h);
+        }
+        self.shown = Some(size);
         highgui::imshow(&self.name, &img).map_err(cv_err("showing the mosaic"))?;
         self.drawn_status = overlay.status.clone();
+        self.drawn_paused = overlay.paused;
         Ok(())
     }
 
@@ -374,13 +664,21 @@ impl MosaicSink for Window {
         if key >= 0 && matches!(key & 0xff, 0x5b | 0x5d) {
             return Ok(Control::Key((key & 0xff) as u8));
         }
+        if key >= 0 && matches!(key & 0xff, 0x6d | 0x4d) {
+            return Ok(Control::Key(b'm'));
+        }
+        if key >= 0 && matches!(key & 0xff, 0x68 | 0x48) {
+            self.help = !self.help;
+            self.redraw(overlay)?;
+            return Ok(Control::Continue);
+        }
         let visible =
             highgui::get_window_property(&self.name, highgui::WND_PROP_VISIBLE).unwrap_or(0.0);
         if visible < 1.0 {
             self.open = false;
             return Ok(Control::Close);
         }
-        if overlay.status != self.drawn_status {
+        if overlay.status != self.drawn_status || overlay.paused != self.drawn_paused {
             self.redraw(overlay)?;
         }
         Ok(Control::Continue)

@@ -22,6 +22,13 @@ pub struct Overlay {
     /// The executors' extra outputs of the newest response, `key=value ...`, and the
     /// live parameters, drawn under the headline.
     pub results: String,
+    /// The room's users in mosaic order (`tags.participants` of the newest
+    /// response).
+    pub participants: Vec<String>,
+    /// The newest frame of the user's own camera, for a self-view.
+    pub self_view: Option<Tensor>,
+    /// The user paused their camera: the others see a "paused" tile.
+    pub paused: bool,
 }
 
 impl Overlay {
@@ -261,6 +268,7 @@ mod tests {
             latency: Some(Duration::from_micros(3100)),
             dropped: 4,
             status: None,
+            ..Default::default()
         };
         assert_eq!(o.headline(), "2.0 fps  3.1 ms  dropped 4");
     }

@@ -11,6 +11,7 @@ mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use vchat_core::Tensor;
 #[derive(Parser, Debug, Clone)]
 #[command(
     version,
-    after_help = "In the window, ESC or q leaves the chat. Examples:\n  \
+    after_help = "In the window: h shows the keys, m pauses and resumes your camera, ESC or q \
+        leaves the chat. Examples:\n  \
         vchat-client grpc://192.168.1.20:12345 alice\n  \
         vchat-client grpc://127.0.0.1:12345 bob --source clip.avi --loop\n  \
         vchat-client grpc://127.0.0.1:12345 carol --headless --source test --frames 300"
@@ -65,6 +67,18 @@ struct Args {
     /// Save the newest mosaic to this PNG file on exit.
     #[arg(long)]
     snapshot: Option<PathBuf>,
+    /// Save a contact sheet of the chat over time to this PNG file on exit: the
+    /// mosaic each time the room's users change, and one every
+    /// --contact-sheet-every seconds (at most 16 moments, spread over the run).
+    #[arg(long)]
+    contact_sheet: Option<PathBuf>,
+    /// Seconds between two moments of --contact-sheet.
+    #[arg(long, default_value_t = 2.0)]
+    contact_sheet_every: f64,
+    /// Join with the camera paused: the others see a "paused" tile with your
+    /// name until `m` in the window resumes it.
+    #[arg(long)]
+    paused: bool,
     /// Stop after sending this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -150,8 +164,65 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// `receive` mode: frames come from the server, none are captured or dropped.
     pub receive: bool,
+    /// The room's users in mosaic order, from the newest response.
+    pub participants: Mutex<Vec<String>>,
+    /// The newest frame of the user's own source, for the self-view.
+    pub self_view: Mutex<Option<Tensor>>,
+    /// `m` in the window: the camera is paused; the stream stays alive with a
+    /// tiny frame tagged `paused` a few times a second.
+    pub paused: AtomicBool,
+    /// Mosaics over time for `--contact-sheet`.
+    pub moments: Mutex<Moments>,
     /// The extra inputs sent with each request; keys in the window change them.
     pub params: tokio::sync::watch::Sender<std::collections::BTreeMap<String, vchat_core::Value>>,
+}
+
+/// Most mosaics on a contact sheet.
+const MAX_MOMENTS: usize = 16;
+
+/// The mosaics kept for a contact sheet: one whenever the room's users change
+/// and one every `every`. When [`MAX_MOMENTS`] are kept, every other one goes
+/// and the period doubles, so the sheet spans the whole run in bounded memory.
+pub(crate) struct Moments {
+    start: Instant,
+    /// `None`: no contact sheet, nothing is kept.
+    every: Option<Duration>,
+    last: Option<Instant>,
+    kept: Vec<(f64, Tensor)>,
+}
+
+impl Moments {
+    fn new(every: Option<Duration>) -> Self {
+        Moments {
+            start: Instant::now(),
+            every,
+            last: None,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Offers the newest mosaic; `changed`: the room's users differ from the
+    /// previous mosaic's.
+    pub(crate) fn offer(&mut self, frame: &Tensor, changed: bool) {
+        let Some(every) = self.every else {
+            return;
+        };
+        let now = Instant::now();
+        if !changed && self.last.is_some_and(|t| now - t < every) {
+            return;
+        }
+        if self.kept.len() >= MAX_MOMENTS {
+            let mut i = 0;
+            self.kept.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.every = Some(every * 2);
+        }
+        self.last = Some(now);
+        self.kept
+            .push(((now - self.start).as_secs_f64(), frame.clone()));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,7 +248,19 @@ impl Shared {
                 }
                 parts.join("  ")
             },
+            participants: lock(&self.participants).clone(),
+            self_view: lock(&self.self_view).clone(),
+            paused: self.paused.load(Ordering::Relaxed),
         }
+    }
+
+    /// `m`: pauses or resumes the camera.
+    fn toggle_pause(&self) {
+        let paused = !self.paused.fetch_xor(true, Ordering::Relaxed);
+        eprintln!(
+            "vchat-client: camera {}",
+            if paused { "paused" } else { "on" }
+        );
     }
 
     /// Captured frames replaced by newer ones before they could be sent.
@@ -253,7 +336,9 @@ fn open_sinks(args: &Args, fps: f64) -> anyhow::Result<Vec<Box<dyn MosaicSink>>>
         };
         let (h, w) = args.size;
         sinks.push(Box::new(
-            vchat_client_app::cv::Window::open(&title, h, w).map_err(anyhow::Error::msg)?,
+            vchat_client_app::cv::Window::open(&title, h, w)
+                .map_err(anyhow::Error::msg)?
+                .for_user(&args.user),
         ));
     }
     if let Some(path) = &args.record {
@@ -300,6 +385,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         status: Mutex::new(None),
         stop: CancellationToken::new(),
         receive: args.mode == "receive",
+        participants: Mutex::new(Vec::new()),
+        self_view: Mutex::new(None),
+        paused: AtomicBool::new(args.paused),
+        moments: Mutex::new(Moments::new(args.contact_sheet.as_ref().map(|_| {
+            Duration::from_secs_f64(args.contact_sheet_every.clamp(0.05, 3600.0))
+        }))),
         params: tokio::sync::watch::Sender::new(args.params.iter().cloned().collect()),
     });
     rt.spawn(stop_on_signals(shared.stop.clone()));
@@ -342,6 +433,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 path.display()
             ),
         }
+    }
+    if let Some(path) = &args.contact_sheet {
+        let moments = std::mem::take(&mut lock(&shared.moments).kept);
+        let sheet = vchat_client_app::cv::contact_sheet(&moments).map_err(anyhow::Error::msg)?;
+        save_png(&sheet, path).map_err(anyhow::Error::msg)?;
     }
     let stats = lock(&shared.stats);
     println!(
@@ -391,6 +487,7 @@ fn output_loop(
             for s in sinks.iter_mut() {
                 match s.poll(&overlay) {
                     Ok(Control::Continue) => {}
+                    Ok(Control::Key(b'm')) => shared.toggle_pause(),
                     Ok(Control::Key(k)) => shared.nudge(k == b']'),
                     Ok(Control::Close) => {
                         interactive = false;
@@ -453,5 +550,32 @@ async fn print_status(shared: Arc<Shared>, user: String) {
             Some(problem) => println!("{user}: {line} ({problem})"),
             None => println!("{user}: {line}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mosaic(v: u8) -> Tensor {
+        Tensor::image(2, 3, 3, vec![v; 18].into()).unwrap()
+    }
+
+    #[test]
+    fn a_contact_sheet_keeps_changes_and_a_bounded_spread_of_moments() {
+        let mut off = Moments::new(None);
+        off.offer(&mosaic(1), true);
+        assert!(off.kept.is_empty(), "nothing kept without --contact-sheet");
+        let mut m = Moments::new(Some(Duration::from_secs(3600)));
+        m.offer(&mosaic(1), false);
+        m.offer(&mosaic(2), false);
+        assert_eq!(m.kept.len(), 1, "within the period: one moment");
+        for v in 0..100 {
+            m.offer(&mosaic(v), true);
+            assert!(m.kept.len() <= MAX_MOMENTS);
+        }
+        // The first moment stays: the sheet spans the whole run.
+        assert_eq!(m.kept[0].1, mosaic(1));
+        assert_eq!(m.kept.last().unwrap().1, mosaic(99));
     }
 }

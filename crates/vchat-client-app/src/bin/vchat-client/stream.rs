@@ -47,6 +47,30 @@ pub struct Config {
 
 /// Largest mosaic decoded from a JPEG response, in pixels.
 const MAX_MOSAIC_PIXELS: usize = 8192 * 8192;
+/// While the camera is paused, one tiny frame tagged `paused` this often keeps
+/// the user in the room: well within the executor's `idle_timeout_s` (5 s by
+/// default) and the gateway's `stream_idle_timeout_s` (30 s).
+const PAUSED_PERIOD: Duration = Duration::from_millis(500);
+/// The paused frame is the camera's frame this many times smaller on each side:
+/// the executor draws the paused tile at the camera's aspect ratio.
+const PAUSED_SHRINK: usize = 8;
+
+/// `tags.participants` of a response document.
+fn participants_of(doc: &Document) -> Option<Vec<String>> {
+    use vchat_core::value::Kind;
+    match doc.tags.get("participants")?.kind.as_ref()? {
+        Kind::ListValue(l) => Some(
+            l.values
+                .iter()
+                .filter_map(|v| match v.kind.as_ref() {
+                    Some(Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
 
 /// Why the frame stream ended.
 #[derive(Debug, Clone)]
@@ -224,8 +248,23 @@ fn post_options(
         .on_done({
             let shared = shared.clone();
             let on_any = on_any;
+            let user = cfg.user.clone();
             move |resp| {
                 on_any();
+                let mut changed = false;
+                if let Some(now) = resp
+                    .docs()
+                    .ok()
+                    .and_then(|d| d.first().and_then(participants_of))
+                {
+                    let mut known = lock(&shared.participants);
+                    if *known != now {
+                        // One line per change: scripts wait on it for a user to be in.
+                        println!("{user}: participants: {}", now.join(", "));
+                        *known = now;
+                        changed = true;
+                    }
+                }
                 let results = resp.results();
                 if !results.is_empty() {
                     lock(&shared.stats).results = results
@@ -255,6 +294,7 @@ fn post_options(
                     *lock(&shared.latency) = Some(l);
                 }
                 if let Some(frame) = frame {
+                    lock(&shared.moments).offer(&frame, changed);
                     *lock(&shared.newest) = Some(frame.clone());
                     // Drawn by the main thread the moment it looks (within ~10 ms).
                     shared.mosaics.put(frame);
@@ -360,6 +400,53 @@ fn frames(
                     return None;
                 }
             };
+            *lock(&shared.self_view) = Some(frame.clone());
+            if shared.paused.load(Ordering::Relaxed) {
+                let deadline = async {
+                    match cfg.deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => {
+                        attempt.end(End::Done);
+                        return None;
+                    }
+                    _ = deadline => {
+                        attempt.end(End::Done);
+                        return None;
+                    }
+                    _ = tokio::time::sleep(PAUSED_PERIOD) => {}
+                }
+            }
+            if shared.paused.load(Ordering::Relaxed) {
+                let (h, w) = (frame.shape()[0], frame.shape()[1]);
+                let (h, w) = ((h / PAUSED_SHRINK).max(1), (w / PAUSED_SHRINK).max(1));
+                let Ok(tiny) = vchat_core::Tensor::image(h, w, 3, vec![0u8; h * w * 3].into())
+                else {
+                    attempt.end(End::Failed("cannot make the paused frame".into()));
+                    return None;
+                };
+                let mut doc = Document::with_tensor(tiny);
+                doc.set_tag_str("user", cfg.user.clone());
+                if let Some(r) = &cfg.room {
+                    doc.set_tag_str("room", r.clone());
+                }
+                doc.set_tag(
+                    "paused",
+                    vchat_core::Value {
+                        kind: Some(vchat_core::value::Kind::BoolValue(true)),
+                    },
+                );
+                if cfg.jpeg_quality.is_some() {
+                    doc.set_tag_str("accept", "jpeg");
+                }
+                lock(&shared.stats).sent += 1;
+                attempt.sent.fetch_add(1, Ordering::Relaxed);
+                return Some((doc, ()));
+            }
             let mut doc = match cfg.jpeg_quality {
                 None => Document::with_tensor(frame),
                 Some(q) => {
