@@ -2,12 +2,16 @@
 # Soak: USERS users x FPS fps through one `vchat flow --uses flow.yml` for SECS
 # seconds, the gateway's RSS sampled every 10 s. Passes when, after WARMUP seconds,
 # RSS stays within 10% of its post-warm-up median and no frame is lost or refused.
+# The warm-up is 3 minutes because RSS is the heap's high-water mark: the gateway
+# asks glibc to keep freed memory (trim threshold 256 MiB) rather than fault in
+# fresh pages for every frame, so RSS climbs in steps to the peak of the load's
+# fragmentation and then stays there; growth after that would be a leak.
 #   bench/soak.sh                      # 10 users, 30 fps, 600 s (the recorded run)
 #   SECS=60 bench/soak.sh              # a quick one
 # Writes target/bench/soak-rss.csv (seconds, RSS in kB) and prints a Markdown row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-USERS=${USERS:-10} FPS=${FPS:-30} SECS=${SECS:-600} WARMUP=${WARMUP:-60} SIZE=${SIZE:-200x300}
+USERS=${USERS:-10} FPS=${FPS:-30} SECS=${SECS:-600} WARMUP=${WARMUP:-180} SIZE=${SIZE:-200x300}
 cargo build --release -q -p vchat-cli
 BIN=target/release
 OUT=target/bench
