@@ -300,22 +300,9 @@ pub fn tensor_to_mat(t: &Tensor) -> Result<Mat, String> {
 /// draws its FPS counter), a status message in a red band at the bottom.
 pub fn draw_overlay(img: &mut Mat, overlay: &Overlay) -> Result<(), String> {
     let err = cv_err("drawing the overlay");
-    let font = imgproc::FONT_HERSHEY_SIMPLEX;
     let scale = 0.5;
     let text = |img: &mut Mat, s: &str, at: Point, color: Scalar| -> opencv::Result<()> {
-        // A dark outline keeps the text readable on any background.
-        imgproc::put_text(
-            img,
-            s,
-            at,
-            font,
-            scale,
-            Scalar::all(0.0),
-            3,
-            imgproc::LINE_AA,
-            false,
-        )?;
-        imgproc::put_text(img, s, at, font, scale, color, 1, imgproc::LINE_AA, false)
+        outlined(img, s, at, scale, color)
     };
     text(
         img,
