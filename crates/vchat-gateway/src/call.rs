@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::metadata::MetadataMap;
@@ -32,8 +31,9 @@ use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::status_proto::StatusCode;
 
 use crate::codec::{Inbound, decode_request};
-use crate::conn::{ConnInfo, IpSlot, PerIp, later, seconds};
+use crate::conn::{ConnInfo, later, seconds};
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER, error_response, skipped_response};
+use crate::gate::{Admitted, StreamGate};
 use crate::metrics::Metrics;
 use crate::outbox::{self, QueueLimits};
 use vchat_core::wire::{GrpcMessages, grpc_response};
@@ -120,8 +120,7 @@ pub struct CallService {
     limits: CallLimits,
     shutdown: CancellationToken,
     stream_ids: StreamIds,
-    streams: Arc<Semaphore>,
-    per_ip: PerIp,
+    gate: Arc<StreamGate>,
     metrics: Arc<Metrics>,
 }
 
@@ -136,12 +135,12 @@ impl CallService {
     ) -> Self {
         CallService {
             flow,
-            // A larger limit than a semaphore counts is no limit: serve it as
-            // the most it counts rather than panic.
-            streams: Arc::new(Semaphore::new(
-                limits.max_streams.clamp(1, Semaphore::MAX_PERMITS),
+            gate: Arc::new(StreamGate::new(
+                limits.max_streams,
+                limits.max_streams_per_ip,
+                metrics.clone(),
+                "streams",
             )),
-            per_ip: PerIp::new(limits.max_streams_per_ip),
             limits,
             shutdown,
             metrics,
@@ -182,8 +181,7 @@ struct StreamGuard {
     flow: Arc<FlowRuntime>,
     id: StreamId,
     metrics: Arc<Metrics>,
-    _permit: OwnedSemaphorePermit,
-    _ip_slot: Option<IpSlot>,
+    _admitted: Admitted,
 }
 
 impl Drop for StreamGuard {
@@ -322,44 +320,16 @@ impl CallService {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&p| p > 0)
             .map_or(self.limits.prefetch, |p| p.min(self.limits.prefetch));
-        if let Err(over) = vchat_core::budget::global().check() {
-            self.metrics.stream_rejected();
-            tracing::warn!(
-                held = over.held,
-                limit = over.limit,
-                "Stream refused: {over}"
-            );
-            return Box::pin(async move { Err(Status::resource_exhausted(over.to_string())) });
-        }
         let peer = request
             .extensions()
             .get::<ConnInfo>()
             .map(|c| c.remote_addr.ip());
-        let ip_slot = match peer {
-            Some(ip) => match self.per_ip.try_acquire(ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    self.metrics.stream_rejected();
-                    let max = self.per_ip.max();
-                    tracing::warn!(%ip, max_streams_per_ip = max, "Stream refused: too many streams from one address");
-                    return Box::pin(async move {
-                        Err(Status::resource_exhausted(format!(
-                            "too many streams from {ip}: at most {max} at once from one address (max_streams_per_ip)"
-                        )))
-                    });
-                }
-            },
-            None => None,
-        };
-        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
-            self.metrics.stream_rejected();
-            let max = self.limits.max_streams;
-            tracing::warn!(max_streams = max, "Stream refused: too many streams");
-            return Box::pin(async move {
-                Err(Status::resource_exhausted(format!(
-                    "too many streams: this gateway serves at most {max} at once (max_streams)"
-                )))
-            });
+        let admitted = match self.gate.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                let status = Status::resource_exhausted(refused.to_string());
+                return Box::pin(async move { Err(status) });
+            }
         };
         self.metrics.stream_delta(1);
         let id = self.stream_ids.next();
@@ -379,8 +349,7 @@ impl CallService {
             flow: flow.clone(),
             id,
             metrics: metrics.clone(),
-            _permit: permit,
-            _ip_slot: ip_slot,
+            _admitted: admitted,
         };
         let min_gap = self
             .limits

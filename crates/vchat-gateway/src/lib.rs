@@ -32,6 +32,7 @@ pub mod codec;
 mod conn;
 mod executor_server;
 pub mod flow;
+mod gate;
 pub mod metrics;
 mod outbox;
 pub mod python;

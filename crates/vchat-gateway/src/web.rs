@@ -59,7 +59,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -78,8 +77,8 @@ use vchat_proto::jina::status_proto::StatusCode as JinaStatus;
 use vchat_proto::{DataRequestProto, DocumentArrayProto, HeaderProto};
 
 use crate::call::{CallLimits, StreamIds};
-use crate::conn::PerIp;
 use crate::flow::{FlowRuntime, SKIPPED_PARAMETER};
+use crate::gate::{Admitted, Refused, StreamGate};
 use crate::metrics::Metrics;
 use crate::server::GatewayError;
 
@@ -163,8 +162,7 @@ pub(crate) struct Web {
     shutdown: CancellationToken,
     tls: bool,
     stream_ids: StreamIds,
-    connections: Arc<Semaphore>,
-    per_ip: PerIp,
+    gate: StreamGate,
 }
 
 impl Web {
@@ -179,10 +177,12 @@ impl Web {
     ) -> Self {
         Web {
             flow,
-            connections: Arc::new(Semaphore::new(
-                limits.max_streams.clamp(1, Semaphore::MAX_PERMITS),
-            )),
-            per_ip: PerIp::new(limits.max_streams_per_ip),
+            gate: StreamGate::new(
+                limits.max_streams,
+                limits.max_streams_per_ip,
+                metrics.clone(),
+                "connections",
+            ),
             limits,
             options,
             metrics,
@@ -399,42 +399,19 @@ impl Web {
             Ok(w) => w,
             Err(m) => return plain(StatusCode::BAD_REQUEST, m),
         };
-        if let Err(over) = vchat_core::budget::global().check() {
-            self.metrics.stream_rejected();
-            tracing::warn!(
-                held = over.held,
-                limit = over.limit,
-                "WebSocket refused: {over}"
-            );
-            return plain(StatusCode::SERVICE_UNAVAILABLE, over.to_string());
-        }
-        let Some(ip_slot) = self.per_ip.try_acquire(peer.ip()) else {
-            self.metrics.stream_rejected();
-            let max = self.per_ip.max();
-            let ip = peer.ip();
-            tracing::warn!(%ip, max_streams_per_ip = max, "WebSocket refused: too many from one address");
-            return plain(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many connections from {ip}: at most {max} at once from one address (max_streams_per_ip)"
-                ),
-            );
-        };
-        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            self.metrics.stream_rejected();
-            let max = self.limits.max_streams;
-            tracing::warn!(max_streams = max, "WebSocket refused: too many connections");
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "too many connections: this gateway serves at most {max} at once (max_streams)"
-                ),
-            );
+        let admitted = match self.gate.admit(Some(peer.ip())) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                let code = match refused {
+                    Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
+                    Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return plain(code, refused.to_string());
+            }
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let web = self.clone();
         tracker.spawn(async move {
-            let _ip_slot = ip_slot;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let hard = web.hard_limit();
@@ -447,7 +424,7 @@ impl Web {
                         Some(config),
                     )
                     .await;
-                    web.run_socket(ws, who, peer, permit).await;
+                    web.run_socket(ws, who, peer, admitted).await;
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
             }
@@ -477,7 +454,7 @@ impl Web {
         ws: WebSocketStream<S>,
         who: Who,
         peer: SocketAddr,
-        _permit: OwnedSemaphorePermit,
+        _admitted: Admitted,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
