@@ -173,7 +173,10 @@ impl Inner {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => status,
             };
-            if is_timeout(&status) {
+            // tonic's own timer (from the `grpc-timeout` set above) races ours to
+            // the same deadline, and its error does not always keep its source:
+            // any failure once the deadline has passed is the deadline.
+            if is_timeout(&status) || Instant::now() >= deadline {
                 return Err(CallError::Deadline);
             }
             if is_response_too_large(&status, limit) {
