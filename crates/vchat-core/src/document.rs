@@ -69,6 +69,24 @@ impl Document {
         self.content = Some(Content::Tensor(tensor));
     }
 
+    /// Makes the content the JPEG image `data` (a blob of type `image/jpeg`).
+    pub fn set_jpeg(&mut self, data: Bytes) {
+        self.content = Some(Content::Blob(data));
+        self.mime_type = crate::jpeg::MIME_JPEG.to_string();
+    }
+
+    /// The JPEG image, when the content is one (a blob of type `image/jpeg`).
+    pub fn jpeg(&self) -> Option<&Bytes> {
+        match &self.content {
+            Some(Content::Blob(b))
+                if self.mime_type.eq_ignore_ascii_case(crate::jpeg::MIME_JPEG) =>
+            {
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+
     /// The tag `key` when it is a string.
     pub fn tag_str(&self, key: &str) -> Option<&str> {
         match self.tags.get(key)?.kind.as_ref()? {

@@ -1,5 +1,7 @@
 //! vchat-core: the data model and plug-in interfaces of vchat.
 //!
+//! - [`Request`] and [`Reply`]: what a Flow takes and answers, the same for every
+//!   door; [`proto`] converts them from and to Jina's wire request.
 //! - [`Document`], [`Tensor`], [`DocumentArray`]: docarray v1 documents, converted
 //!   from and to the wire types of `vchat-proto` without copying pixel buffers.
 //! - [`Executor`]: the async trait every executor implements, with Jina's endpoint
@@ -20,7 +22,9 @@ mod document;
 mod error;
 mod executor;
 pub mod jpeg;
+pub mod proto;
 mod registry;
+mod request;
 mod tensor;
 pub mod wire;
 
@@ -31,6 +35,7 @@ pub use executor::{
     SourceContext, SourceStream, StreamId, parameters_for, serves,
 };
 pub use registry::Registry;
+pub use request::{Outcome, ROOT_ENDPOINT, Reply, Request};
 pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
