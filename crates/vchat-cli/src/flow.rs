@@ -5,20 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
-use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
-use vchat_core::config::{
-    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
-    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
-    DEFAULT_STREAM_IDLE_TIMEOUT_S, load_flow,
-};
-use vchat_gateway::{
-    BuildOptions, CallLimits, CancellationToken, ConnLimits, FlowRuntime, Gateway, WebOptions,
-};
+use vchat_core::config::load_flow;
+use vchat_gateway::config::{GatewayConfig, Overrides};
+use vchat_gateway::{BuildOptions, CancellationToken, FlowRuntime};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -105,6 +96,32 @@ pub struct FlowArgs {
     python: PathBuf,
 }
 
+impl FlowArgs {
+    /// The settings given on the command line.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            host: self.host.clone(),
+            port: self.port,
+            prefetch: self.prefetch,
+            max_message_bytes: self.max_message_bytes,
+            max_streams: self.max_streams,
+            max_frame_bytes: self.max_frame_bytes,
+            max_streams_per_ip: self.max_streams_per_ip,
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            stream_idle_timeout_s: self.stream_idle_timeout_s,
+            send_timeout_s: self.send_timeout_s,
+            max_stream_queue_bytes: self.max_stream_queue_bytes,
+            handshake_timeout_s: self.handshake_timeout_s,
+            max_memory_mb: self.max_memory_mb,
+            ssl_certfile: self.ssl_certfile.clone(),
+            ssl_keyfile: self.ssl_keyfile.clone(),
+            port_monitoring: self.port_monitoring,
+            http_port: self.http_port,
+        }
+    }
+}
+
 pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let spec = load_flow(&args.uses)?;
@@ -115,163 +132,38 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         // even when the Flow is killed with SIGKILL.
         supervisor: std::env::current_exe().ok(),
     };
-    let max_memory_mb = args
-        .max_memory_mb
-        .or(spec.with.max_memory_mb)
-        .unwrap_or(DEFAULT_MAX_MEMORY_MB);
-    anyhow::ensure!(
-        max_memory_mb > 0,
-        "max_memory_mb must be at least 1 (MiB), got 0"
-    );
-    vchat_core::budget::global().set_limit_mb(max_memory_mb);
+    let config = GatewayConfig::resolve(&spec.with, &args.overrides())
+        .map_err(|m| anyhow::anyhow!("{}: {m}", args.uses.display()))?;
+    vchat_core::budget::global().set_limit_mb(config.max_memory_mb);
     let flow = FlowRuntime::build(&spec, &registry, &options).await?;
-    let host = args
-        .host
-        .or(spec.with.host.clone())
-        .unwrap_or_else(|| "0.0.0.0".to_string());
-    let port = args.port.or(spec.with.port).unwrap_or(0);
-    let limits = CallLimits {
-        prefetch: args
-            .prefetch
-            .or(spec.with.prefetch)
-            .unwrap_or(DEFAULT_PREFETCH)
-            .max(1),
-        max_message_bytes: args
-            .max_message_bytes
-            .or(spec.with.max_message_bytes)
-            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
-        max_fps: spec.with.max_fps,
-        max_streams: args
-            .max_streams
-            .or(spec.with.max_streams)
-            .unwrap_or(DEFAULT_MAX_STREAMS)
-            .max(1),
-        max_frame_bytes: args
-            .max_frame_bytes
-            .or(spec.with.max_frame_bytes)
-            .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
-        max_streams_per_ip: args
-            .max_streams_per_ip
-            .or(spec.with.max_streams_per_ip)
-            .unwrap_or(DEFAULT_MAX_STREAMS_PER_IP)
-            .max(1),
-        stream_idle_timeout: seconds(
-            "stream_idle_timeout_s",
-            args.stream_idle_timeout_s
-                .or(spec.with.stream_idle_timeout_s)
-                .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_S),
-        )?,
-        send_timeout: seconds(
-            "send_timeout_s",
-            args.send_timeout_s
-                .or(spec.with.send_timeout_s)
-                .unwrap_or(DEFAULT_SEND_TIMEOUT_S),
-        )?,
-        max_stream_queue_bytes: args
-            .max_stream_queue_bytes
-            .or(spec.with.max_stream_queue_bytes)
-            .unwrap_or(DEFAULT_MAX_STREAM_QUEUE_BYTES)
-            .max(1),
+    let bound = config.bind(flow).await.map_err(|m| anyhow::anyhow!(m))?;
+    let scheme = if config.tls.is_some() {
+        "grpcs"
+    } else {
+        "grpc"
     };
-    let conn_limits = ConnLimits {
-        max_connections: args
-            .max_connections
-            .or(spec.with.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
-            .max(1),
-        max_concurrent_streams: args
-            .max_concurrent_streams
-            .or(spec.with.max_concurrent_streams)
-            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS)
-            .max(1),
-        handshake_timeout: seconds(
-            "handshake_timeout_s",
-            args.handshake_timeout_s
-                .or(spec.with.handshake_timeout_s)
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_S),
-        )?,
-        keepalive_interval: seconds(
-            "keepalive_interval_s",
-            spec.with
-                .keepalive_interval_s
-                .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL_S),
-        )?,
+    let web_scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
-    let tls = match (
-        args.ssl_certfile.or(spec.with.ssl_certfile.clone()),
-        args.ssl_keyfile.or(spec.with.ssl_keyfile.clone()),
-    ) {
-        (Some(cert), Some(key)) => {
-            let read = |p: &PathBuf, what: &str| {
-                std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
-            };
-            Some((read(&cert, "certificate")?, read(&key, "private key")?))
-        }
-        _ => None,
-    };
-    let monitoring = args.port_monitoring.is_some() || spec.with.monitoring.unwrap_or(false);
-    let port_monitoring = args
-        .port_monitoring
-        .or(spec.with.port_monitoring)
-        .unwrap_or(0);
-    let websocket = args.http_port.is_some() || spec.with.serves_websocket();
-    let port_http = args.http_port.or(spec.with.port_http).unwrap_or(0);
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot listen on {host}:{port}"))?;
-    let local = listener.local_addr()?;
-    let mut gateway = Gateway::new(flow, limits)
-        .connections(conn_limits)
-        .metrics_max_rooms(
-            spec.with
-                .metrics_max_rooms
-                .unwrap_or(DEFAULT_METRICS_MAX_ROOMS),
-        );
-    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
-    let mut web_addr = None;
-    if websocket {
-        let w = tokio::net::TcpListener::bind((host.as_str(), port_http))
-            .await
-            .with_context(|| format!("cannot listen on {host}:{port_http} for the web client"))?;
-        web_addr = Some(w.local_addr()?);
-        let options = WebOptions {
-            origins: spec.with.websocket_origins.clone(),
-            max_fps: spec
-                .with
-                .websocket_max_fps
-                .unwrap_or(WebOptions::default().max_fps),
-        };
-        gateway = gateway.web(w, options);
-    }
-    let web_scheme = if tls.is_some() { "https" } else { "http" };
-    if let Some((cert, key)) = tls {
-        gateway = gateway.tls(cert, key);
-    }
-    let mut metrics_addr = None;
-    if monitoring {
-        let m = tokio::net::TcpListener::bind((host.as_str(), port_monitoring))
-            .await
-            .with_context(|| format!("cannot listen on {host}:{port_monitoring} for metrics"))?;
-        metrics_addr = Some(m.local_addr()?);
-        gateway = gateway.monitoring(m);
-    }
     print_panel(
         &spec
             .executors
             .iter()
             .map(|e| e.name.as_str())
             .collect::<Vec<_>>(),
-        local,
+        bound.grpc,
         scheme,
-        web_addr.map(|a| (a, web_scheme)),
-        metrics_addr,
+        bound.web.map(|a| (a, web_scheme)),
+        bound.metrics,
         started,
     );
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let flow = gateway.flow();
-    let server = tokio::spawn(gateway.serve(listener, shutdown.clone()));
+    let flow = bound.gateway.flow();
+    let server = tokio::spawn(bound.gateway.serve(bound.listener, shutdown.clone()));
     shutdown.cancelled().await;
     let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     // Bounded by each executor's stop grace; the supervisors would finish the
@@ -295,14 +187,6 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
 }
 
 /// A duration setting in seconds: positive and finite, or an error naming it.
-fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    if !(s.is_finite() && s > 0.0 && s <= 86_400.0 * 365.0) {
-        anyhow::bail!("{name} must be a positive number of seconds, got {s}");
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
-/// Jina-style endpoint panel, then one machine-readable line.
 fn print_panel(
     executors: &[&str],
     local: SocketAddr,

@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use vchat_core::{STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId};
+use vchat_core::proto::{reply_into_proto, request_from_proto};
+use vchat_core::{DocumentArray, Reply, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId};
 use vchat_proto::jina::jina_discover_endpoints_rpc_server::{
     JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer,
 };
@@ -18,8 +19,10 @@ use vchat_proto::jina::jina_single_data_request_rpc_server::{
 };
 use vchat_proto::{DataRequestProto, EndpointsProto, JinaInfoProto};
 
+use crate::error::GatewayError;
 use crate::flow::FlowRuntime;
-use crate::server::{CONNECTION_WINDOW, GatewayError, MAX_FRAME, STREAM_WINDOW, VERSION};
+use crate::server::VERSION;
+use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Requests from a caller that does not say which client stream they belong to
 /// (a Jina gateway) all count as this one stream.
@@ -29,11 +32,12 @@ struct Service {
     flow: Arc<FlowRuntime>,
 }
 
-fn take_stream(req: &mut DataRequestProto) -> StreamId {
-    let raw = req
+/// The client stream a request belongs to, as the calling gateway names it
+/// (and removed from the parameters the executors see).
+fn take_stream(request: &mut vchat_core::Request) -> StreamId {
+    let raw = request
         .parameters
-        .as_mut()
-        .and_then(|p| p.fields.remove(STREAM_PARAMETER))
+        .remove(STREAM_PARAMETER)
         .and_then(|v| match v.kind {
             Some(prost_types::value::Kind::StringValue(s)) => u64::from_str_radix(&s, 16).ok(),
             _ => None,
@@ -47,18 +51,22 @@ impl JinaSingleDataRequestRpc for Service {
         &self,
         request: Request<DataRequestProto>,
     ) -> Result<Response<DataRequestProto>, Status> {
-        let mut req = request.into_inner();
-        let stream = take_stream(&mut req);
-        let endpoint = req.header.as_ref().and_then(|h| h.exec_endpoint.as_deref());
-        if endpoint == Some(STREAM_CLOSED_ENDPOINT) {
-            self.flow.stream_closed(stream).await;
-            let header = req.header.take().unwrap_or_default();
-            return Ok(Response::new(DataRequestProto {
-                header: Some(header),
-                ..Default::default()
-            }));
-        }
-        Ok(Response::new(self.flow.process(req, stream).await))
+        let (envelope, request) = request_from_proto(request.into_inner());
+        let reply = match request {
+            Ok(mut request) => {
+                let stream = take_stream(&mut request);
+                if request.endpoint == STREAM_CLOSED_ENDPOINT {
+                    self.flow.stream_closed(stream).await;
+                    return Ok(Response::new(reply_into_proto(
+                        envelope,
+                        Reply::ok(DocumentArray::new()),
+                    )));
+                }
+                self.flow.process(request, stream).await
+            }
+            Err(reply) => reply,
+        };
+        Ok(Response::new(reply_into_proto(envelope, reply)))
     }
 }
 

@@ -14,31 +14,16 @@ use vchat_proto::jina::jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer};
 use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
 use vchat_proto::{JinaInfoProto, StatusProto};
 
-use crate::call::{CallLimits, CallService, JinaRpcServer};
 use crate::conn::{self, ConnLimits};
+use crate::doors::grpc::{GrpcDoor, JinaRpcServer};
+use crate::doors::websocket::{self, WebOptions, WebSocketDoor};
+use crate::error::GatewayError;
 use crate::flow::FlowRuntime;
 use crate::metrics::{Metrics, serve_metrics};
-use crate::web::{self, Web, WebOptions};
+use crate::session::{Sessions, StreamLimits};
+use crate::tls::{tls_acceptor, tls_acceptor_for};
 
-/// Errors of the gateway crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GatewayError {
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// A socket could not be used.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The reflection service could not be built from the descriptors.
-    #[error("gRPC reflection: {0}")]
-    Reflection(String),
-    /// The TLS certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-pub use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Version reported by `_status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -89,7 +74,7 @@ impl JinaInfoRpc for Info {
 /// A gateway serving one Flow.
 pub struct Gateway {
     flow: Arc<FlowRuntime>,
-    limits: CallLimits,
+    limits: StreamLimits,
     conn_limits: ConnLimits,
     tls: Option<(Vec<u8>, Vec<u8>)>,
     monitoring: Option<TcpListener>,
@@ -99,7 +84,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway for `flow` with the per-stream `limits`.
-    pub fn new(flow: FlowRuntime, limits: CallLimits) -> Self {
+    pub fn new(flow: FlowRuntime, limits: StreamLimits) -> Self {
         let metrics = Arc::new(Metrics::default());
         metrics.set_endpoints(flow.named_endpoints());
         Gateway {
@@ -140,7 +125,7 @@ impl Gateway {
     }
 
     /// Serves the browser side on `listener`: the web client at `/` and its
-    /// WebSocket at `/ws` (see [`web`]), over TLS when [`tls`](Self::tls) is set.
+    /// WebSocket at `/ws` (see [`websocket`]), over TLS when [`tls`](Self::tls) is set.
     pub fn web(mut self, listener: TcpListener, options: WebOptions) -> Self {
         self.web = Some((listener, options));
         self
@@ -177,12 +162,8 @@ impl Gateway {
                 .collect(),
             flow: self.flow.clone(),
         });
-        let call = CallService::new(
-            self.flow.clone(),
-            self.limits,
-            shutdown.clone(),
-            self.metrics.clone(),
-        );
+        let sessions = Sessions::new(self.flow.clone(), self.limits, self.metrics.clone());
+        let grpc = GrpcDoor::new(&sessions, shutdown.clone());
         if let Some(listener) = self.monitoring {
             tokio::spawn(serve_metrics(
                 listener,
@@ -194,19 +175,16 @@ impl Gateway {
         let web_server = match self.web {
             Some((listener, options)) => {
                 let acceptor = match &self.tls {
-                    Some((cert, key)) => Some(web::tls_acceptor(cert, key)?),
+                    Some((cert, key)) => Some(tls_acceptor(cert, key)?),
                     None => None,
                 };
-                let web = Web::new(
-                    self.flow.clone(),
-                    self.limits,
-                    options,
-                    self.metrics.clone(),
-                    shutdown.clone(),
-                    acceptor.is_some(),
-                    call.stream_ids(),
-                );
-                Some(tokio::spawn(web::serve(listener, acceptor, Arc::new(web))))
+                let web =
+                    WebSocketDoor::new(&sessions, options, shutdown.clone(), acceptor.is_some());
+                Some(tokio::spawn(websocket::serve(
+                    listener,
+                    acceptor,
+                    Arc::new(web),
+                )))
             }
             None => None,
         };
@@ -223,7 +201,7 @@ impl Gateway {
             }
         };
         let tls = match &self.tls {
-            Some((cert, key)) => Some(web::tls_acceptor_for(cert, key, b"h2")?),
+            Some((cert, key)) => Some(tls_acceptor_for(cert, key, b"h2")?),
             None => None,
         };
         let limits = self.conn_limits;
@@ -241,7 +219,7 @@ impl Gateway {
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_interval))
             .add_service(health_service)
-            .add_service(JinaRpcServer::new(call))
+            .add_service(JinaRpcServer::new(grpc))
             .add_service(JinaGatewayDryRunRpcServer::from_arc(info.clone()))
             .add_service(JinaInfoRpcServer::from_arc(info))
             .serve_with_incoming_shutdown(incoming, signal)

@@ -16,9 +16,13 @@ use proptest::test_runner::Config as ProptestConfig;
 use prost::Message as _;
 use vchat_core::wire::MessageReader;
 use vchat_core::{DType, DocumentArray, Struct, Value, value::Kind};
-use vchat_gateway::codec::{Inbound, decode_request};
-use vchat_gateway::web::{jpeg_size, origin_allowed, parse_who, percent_decode};
-use vchat_gateway::{CallLimits, CallService, CancellationToken, FlowRuntime, metrics::Metrics};
+use vchat_gateway::doors::grpc::codec::{Inbound, decode_request};
+use vchat_gateway::doors::websocket::{
+    jpeg_size, origin_allowed, parse_join_query, percent_decode,
+};
+use vchat_gateway::{
+    CancellationToken, FlowRuntime, GrpcDoor, Sessions, StreamLimits, metrics::Metrics,
+};
 use vchat_proto::DataRequestProto;
 use vchat_proto::docarray::{
     DenseNdArrayProto, DocumentArrayProto, DocumentProto, NdArrayProto, document_proto,
@@ -386,7 +390,7 @@ proptest! {
                 }
             }
         }
-        match parse_who(&q) {
+        match parse_join_query(&q) {
             Ok(who) => {
                 prop_assert!(want_err.is_none(), "accepted a bad `{}`", want_err.unwrap_or_default());
                 prop_assert_eq!(&who.user, &want_user);
@@ -466,7 +470,7 @@ proptest! {
 fn regression_percent_sign_then_plus() {
     assert_eq!(percent_decode("%+a").as_deref(), Some("% a"));
     assert_eq!(percent_decode("%+0%-1").as_deref(), Some("% 0%-1"));
-    let who = parse_who("user=%+a&room=%+7e").unwrap();
+    let who = parse_join_query("user=%+a&room=%+7e").unwrap();
     assert_eq!(who.user.as_deref(), Some("% a"));
     assert_eq!(who.room.as_deref(), Some("% 7e"));
 }
@@ -476,16 +480,16 @@ fn regression_percent_sign_then_plus() {
 /// door and on the WebSocket door; it is served as the most a semaphore counts.
 #[tokio::test]
 async fn regression_huge_max_streams() {
-    let limits = CallLimits {
+    let limits = StreamLimits {
         max_streams: usize::MAX,
-        ..CallLimits::default()
+        ..StreamLimits::default()
     };
-    let _ = CallService::new(
+    let sessions = Sessions::new(
         Arc::new(FlowRuntime::new(Vec::new())),
         limits,
-        CancellationToken::new(),
         Arc::new(Metrics::default()),
     );
+    let _ = GrpcDoor::new(&sessions, CancellationToken::new());
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();

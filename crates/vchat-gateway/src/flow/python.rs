@@ -144,7 +144,7 @@ impl PythonExecutor {
             grace: launch.grace,
             addr: format!("127.0.0.1:{port}"),
         };
-        let channel = crate::remote::channel(&executor.addr)?;
+        let channel = super::remote::channel(&executor.addr)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = executor.try_wait()? {

@@ -13,17 +13,17 @@ use vchat_core::config::{
     DEFAULT_EXECUTOR_KEEPALIVE_INTERVAL_S, DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES,
 };
+use vchat_core::proto::request_into_proto;
 use vchat_core::{
-    DocumentArray, Error, Executor, RequestContext, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER,
-    StreamId, Struct, async_trait, string_value,
+    DocumentArray, Error, Executor, Request, RequestContext, STREAM_CLOSED_ENDPOINT,
+    STREAM_PARAMETER, StreamId, async_trait, string_value,
 };
-use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
+use vchat_proto::DataRequestProto;
+use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::jina::jina_info_rpc_client::JinaInfoRpcClient;
 use vchat_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
-use vchat_proto::jina::status_proto::StatusCode;
-use vchat_proto::{DataRequestProto, HeaderProto};
 
-use crate::server::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Default deadline of one call when the Flow sets no `timeout_send`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -335,18 +335,13 @@ impl Executor for RemoteExecutor {
         let inner = &self.inner;
         let mut fields = ctx.parameters.clone();
         fields.insert(STREAM_PARAMETER.to_string(), stream_param(ctx.stream));
-        let req = DataRequestProto {
-            header: Some(HeaderProto {
-                request_id: ctx.request_id.to_string(),
-                exec_endpoint: Some(ctx.endpoint.to_string()),
-                ..Default::default()
-            }),
-            parameters: Some(Struct { fields }),
-            routes: Vec::new(),
-            data: Some(DataContentProto {
-                documents: Some(Documents::Docs(std::mem::take(docs).into_proto())),
-            }),
-        };
+        let req = request_into_proto(Request {
+            id: ctx.request_id.to_string(),
+            endpoint: ctx.endpoint.to_string(),
+            target_executor: None,
+            parameters: fields,
+            docs: std::mem::take(docs),
+        });
         // The call runs in a task of its own: when the stream goes away while it
         // is in flight, it still ends (by its deadline at the latest) and only
         // then lets `stream_closed` through, instead of being cut at a point
@@ -388,7 +383,7 @@ impl Executor for RemoteExecutor {
             }
         };
         if let Some(s) = resp.header.as_ref().and_then(|h| h.status.as_ref())
-            && s.code == StatusCode::Error as i32
+            && vchat_core::proto::is_error(&resp)
         {
             return Err(inner.failed(s.description.clone()));
         }
@@ -437,15 +432,10 @@ impl Executor for RemoteExecutor {
         }
         let mut fields = std::collections::BTreeMap::new();
         fields.insert(STREAM_PARAMETER.to_string(), stream_param(stream));
-        let req = DataRequestProto {
-            header: Some(HeaderProto {
-                request_id: vchat_core::new_id(),
-                exec_endpoint: Some(STREAM_CLOSED_ENDPOINT.to_string()),
-                ..Default::default()
-            }),
-            parameters: Some(Struct { fields }),
-            ..Default::default()
-        };
+        let req = request_into_proto(Request {
+            parameters: fields,
+            ..Request::new(STREAM_CLOSED_ENDPOINT, DocumentArray::new())
+        });
         let error = match inner.call(req).await {
             Ok(_) => return,
             Err(CallError::Deadline) => "no answer in time".to_string(),

@@ -1,0 +1,328 @@
+//! A gateway's settings, resolved in one place: a command-line value wins over
+//! the Flow YAML's `with:`, which wins over the default. [`Overrides`] holds the
+//! raw command-line values; [`GatewayConfig::resolve`] merges and checks them,
+//! and [`GatewayConfig::bind`] opens the ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
+use vchat_core::config::{
+    DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
+    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S, FlowWith,
+};
+
+use crate::conn::ConnLimits;
+use crate::doors::websocket::WebOptions;
+use crate::flow::FlowRuntime;
+use crate::server::Gateway;
+use crate::session::StreamLimits;
+
+/// Address a gateway listens on when neither the command line nor the Flow
+/// names one (every interface, as Jina).
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+
+/// Settings given on the command line; each one set overrides the Flow's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub prefetch: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_streams: Option<usize>,
+    pub max_frame_bytes: Option<usize>,
+    pub max_streams_per_ip: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
+    pub stream_idle_timeout_s: Option<f64>,
+    pub send_timeout_s: Option<f64>,
+    pub max_stream_queue_bytes: Option<usize>,
+    pub handshake_timeout_s: Option<f64>,
+    pub max_memory_mb: Option<usize>,
+    pub ssl_certfile: Option<PathBuf>,
+    pub ssl_keyfile: Option<PathBuf>,
+    pub port_monitoring: Option<u16>,
+    pub http_port: Option<u16>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
+/// Everything a gateway needs, merged and checked.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address of every port.
+    pub host: String,
+    /// The gRPC port (0: any free one).
+    pub port: u16,
+    /// Limits of every stream.
+    pub streams: StreamLimits,
+    /// Limits of the gRPC port's connections.
+    pub connections: ConnLimits,
+    /// TLS on every port.
+    pub tls: Option<TlsFiles>,
+    /// The browser side: its port and settings.
+    pub web: Option<(u16, WebOptions)>,
+    /// The metrics port, when monitoring is on.
+    pub monitoring: Option<u16>,
+    /// The process's memory ceiling, in MiB.
+    pub max_memory_mb: usize,
+    /// Rooms with a label of their own in the metrics, per executor.
+    pub metrics_max_rooms: usize,
+}
+
+/// A gateway with its ports open.
+pub struct Bound {
+    /// The gateway, to [`serve`](Gateway::serve) on `listener`.
+    pub gateway: Gateway,
+    /// The gRPC port.
+    pub listener: TcpListener,
+    /// Where the gRPC port listens.
+    pub grpc: SocketAddr,
+    /// Where the browser side listens.
+    pub web: Option<SocketAddr>,
+    /// Where the metrics listen.
+    pub metrics: Option<SocketAddr>,
+}
+
+fn seconds(name: &str, s: f64) -> Result<Duration, String> {
+    if !(s.is_finite() && s > 0.0 && s <= 86_400.0 * 365.0) {
+        return Err(format!(
+            "{name} must be a positive number of seconds, got {s}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+impl GatewayConfig {
+    /// Merges the command line over the Flow's `with:` over the defaults, and
+    /// checks the result: the error names the setting.
+    pub fn resolve(with: &FlowWith, cli: &Overrides) -> Result<Self, String> {
+        let max_memory_mb = cli
+            .max_memory_mb
+            .or(with.max_memory_mb)
+            .unwrap_or(DEFAULT_MAX_MEMORY_MB);
+        if max_memory_mb == 0 {
+            return Err("max_memory_mb must be at least 1 (MiB), got 0".into());
+        }
+        let streams = StreamLimits {
+            prefetch: cli
+                .prefetch
+                .or(with.prefetch)
+                .unwrap_or(DEFAULT_PREFETCH)
+                .max(1),
+            max_message_bytes: cli
+                .max_message_bytes
+                .or(with.max_message_bytes)
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_fps: with.max_fps,
+            max_streams: cli
+                .max_streams
+                .or(with.max_streams)
+                .unwrap_or(DEFAULT_MAX_STREAMS)
+                .max(1),
+            max_frame_bytes: cli
+                .max_frame_bytes
+                .or(with.max_frame_bytes)
+                .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+            max_streams_per_ip: cli
+                .max_streams_per_ip
+                .or(with.max_streams_per_ip)
+                .unwrap_or(DEFAULT_MAX_STREAMS_PER_IP)
+                .max(1),
+            stream_idle_timeout: seconds(
+                "stream_idle_timeout_s",
+                cli.stream_idle_timeout_s
+                    .or(with.stream_idle_timeout_s)
+                    .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_S),
+            )?,
+            send_timeout: seconds(
+                "send_timeout_s",
+                cli.send_timeout_s
+                    .or(with.send_timeout_s)
+                    .unwrap_or(DEFAULT_SEND_TIMEOUT_S),
+            )?,
+            max_stream_queue_bytes: cli
+                .max_stream_queue_bytes
+                .or(with.max_stream_queue_bytes)
+                .unwrap_or(DEFAULT_MAX_STREAM_QUEUE_BYTES)
+                .max(1),
+        };
+        let connections = ConnLimits {
+            max_connections: cli
+                .max_connections
+                .or(with.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            max_concurrent_streams: cli
+                .max_concurrent_streams
+                .or(with.max_concurrent_streams)
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS)
+                .max(1),
+            handshake_timeout: seconds(
+                "handshake_timeout_s",
+                cli.handshake_timeout_s
+                    .or(with.handshake_timeout_s)
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_S),
+            )?,
+            keepalive_interval: seconds(
+                "keepalive_interval_s",
+                with.keepalive_interval_s
+                    .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL_S),
+            )?,
+        };
+        let tls = match (
+            cli.ssl_certfile.as_ref().or(with.ssl_certfile.as_ref()),
+            cli.ssl_keyfile.as_ref().or(with.ssl_keyfile.as_ref()),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert_pem: read(cert, "certificate")?,
+                key_pem: read(key, "private key")?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err("ssl_certfile is set but ssl_keyfile is not".into()),
+            (None, Some(_)) => return Err("ssl_keyfile is set but ssl_certfile is not".into()),
+        };
+        let websocket = cli.http_port.is_some() || with.serves_websocket();
+        let web = websocket.then(|| {
+            let options = WebOptions {
+                origins: with.websocket_origins.clone(),
+                max_fps: with
+                    .websocket_max_fps
+                    .unwrap_or(WebOptions::default().max_fps),
+            };
+            (cli.http_port.or(with.port_http).unwrap_or(0), options)
+        });
+        let monitoring = (cli.port_monitoring.is_some() || with.monitoring.unwrap_or(false))
+            .then(|| cli.port_monitoring.or(with.port_monitoring).unwrap_or(0));
+        Ok(GatewayConfig {
+            host: cli
+                .host
+                .clone()
+                .or(with.host.clone())
+                .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+            port: cli.port.or(with.port).unwrap_or(0),
+            streams,
+            connections,
+            tls,
+            web,
+            monitoring,
+            max_memory_mb,
+            metrics_max_rooms: with.metrics_max_rooms.unwrap_or(DEFAULT_METRICS_MAX_ROOMS),
+        })
+    }
+
+    /// Opens every port and builds the gateway for `flow`.
+    pub async fn bind(&self, flow: FlowRuntime) -> Result<Bound, String> {
+        let host = self.host.as_str();
+        let listen = |port: u16, what: &'static str| async move {
+            TcpListener::bind((host, port))
+                .await
+                .map_err(|e| format!("cannot listen on {host}:{port}{what}: {e}"))
+        };
+        let listener = listen(self.port, "").await?;
+        let grpc = listener.local_addr().map_err(|e| e.to_string())?;
+        let mut gateway = Gateway::new(flow, self.streams)
+            .connections(self.connections)
+            .metrics_max_rooms(self.metrics_max_rooms);
+        let mut web = None;
+        if let Some((port, options)) = &self.web {
+            let w = listen(*port, " for the web client").await?;
+            web = Some(w.local_addr().map_err(|e| e.to_string())?);
+            gateway = gateway.web(w, options.clone());
+        }
+        if let Some(tls) = &self.tls {
+            gateway = gateway.tls(tls.cert_pem.clone(), tls.key_pem.clone());
+        }
+        let mut metrics = None;
+        if let Some(port) = self.monitoring {
+            let m = listen(port, " for metrics").await?;
+            metrics = Some(m.local_addr().map_err(|e| e.to_string())?);
+            gateway = gateway.monitoring(m);
+        }
+        Ok(Bound {
+            gateway,
+            listener,
+            grpc,
+            web,
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_wins_over_the_flow_over_the_defaults() {
+        let with = FlowWith {
+            max_streams: Some(7),
+            prefetch: Some(3),
+            ..Default::default()
+        };
+        let cli = Overrides {
+            prefetch: Some(5),
+            ..Default::default()
+        };
+        let c = GatewayConfig::resolve(&with, &cli).unwrap();
+        assert_eq!(c.streams.prefetch, 5);
+        assert_eq!(c.streams.max_streams, 7);
+        assert_eq!(c.streams.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(c.host, DEFAULT_HOST);
+        assert!(c.web.is_none() && c.monitoring.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let cli = Overrides {
+            stream_idle_timeout_s: Some(-1.0),
+            ..Default::default()
+        };
+        let e = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap_err();
+        assert!(e.contains("stream_idle_timeout_s"), "{e}");
+        let cli = Overrides {
+            max_memory_mb: Some(0),
+            ..Default::default()
+        };
+        let e = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap_err();
+        assert!(e.contains("max_memory_mb"), "{e}");
+        let cli = Overrides {
+            ssl_certfile: Some("/nonexistent/cert.pem".into()),
+            ssl_keyfile: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        let e = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap_err();
+        assert!(e.contains("cannot read the certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_port_on_the_command_line_turns_its_side_on() {
+        let cli = Overrides {
+            http_port: Some(0),
+            port_monitoring: Some(0),
+            ..Default::default()
+        };
+        let c = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap();
+        assert!(c.web.is_some() && c.monitoring == Some(0));
+    }
+}

@@ -1,0 +1,11 @@
+//! The gateway's doors: each turns its transport's messages into
+//! [`Request`](vchat_core::Request)s for a [`Session`](crate::Session) and the
+//! [`Reply`](vchat_core::Reply)s into messages, and nothing else.
+//!
+//! | door | module | port |
+//! |---|---|---|
+//! | gRPC, `jina.JinaRPC/Call` | [`grpc`] | `port` |
+//! | WebSocket (the browser page) | [`websocket`] | `port_http` |
+
+pub mod grpc;
+pub mod websocket;
