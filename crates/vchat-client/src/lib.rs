@@ -35,7 +35,6 @@
 //! `vchat-client` binary.
 
 pub mod capture;
-pub mod display;
 pub mod latest;
 pub mod sink;
 pub mod source;

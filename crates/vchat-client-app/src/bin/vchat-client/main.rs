@@ -329,7 +329,7 @@ fn open_sinks(args: &Args, fps: f64) -> anyhow::Result<Vec<Box<dyn MosaicSink>>>
     let mut sinks: Vec<Box<dyn MosaicSink>> = Vec::new();
     if !args.headless {
         // Checked before anything touches highgui: OpenCV aborts without a display.
-        vchat_client::display::check_display().map_err(anyhow::Error::msg)?;
+        vchat_client_app::display::check_display().map_err(anyhow::Error::msg)?;
         let title = match &args.room {
             Some(r) => format!("vchat: {} in {r}", args.user),
             None => format!("vchat: {}", args.user),
