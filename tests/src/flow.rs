@@ -28,7 +28,7 @@ impl Flow {
     }
 
     /// [`start`](Self::start) on a given port: to restart a Flow where its clients
-    /// expect it (get a free one from [`free_port`]).
+    /// expect it (get a free one from [`free_port`](crate::free_port)).
     pub fn start_on_port(flow: &Path, port: u16, extra: &[&str]) -> Flow {
         use std::ffi::OsStr;
         let port = port.to_string();

@@ -14,7 +14,7 @@ pub const DEFAULT_PREFETCH: usize = 16;
 
 type Callback = Box<dyn FnMut(&Response) + Send>;
 
-/// How [`Client::post`] sends and what it does with each response.
+/// How [`Client::post`](crate::Client::post) sends and what it does with each response.
 pub struct PostOptions {
     pub(crate) request_size: usize,
     pub(crate) prefetch: usize,
@@ -93,7 +93,7 @@ impl PostOptions {
     }
 }
 
-/// What a finished [`Client::post`] did.
+/// What a finished [`Client::post`](crate::Client::post) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PostSummary {
     /// Responses received.
