@@ -46,17 +46,10 @@ impl RawStream {
     /// Sends `req` and returns the next response.
     pub async fn send(&mut self, req: DataRequestProto) -> DataRequestProto {
         self.tx.as_ref().unwrap().send(req).unwrap();
-        tokio::time::timeout(
-            PATIENCE,
-            self.responses
-                .as_mut()
-                .expect("responses not taken")
-                .message(),
-        )
-        .await
-        .expect("response in time")
-        .expect("stream still open")
-        .expect("a response, not the end of the stream")
+        self.message_within_patience("response in time")
+            .await
+            .expect("stream still open")
+            .expect("a response, not the end of the stream")
     }
 
     /// Hands the response side to the caller (to read concurrently with sending).
@@ -72,19 +65,20 @@ impl RawStream {
     /// Ends the sending side and returns what the stream ends with.
     pub async fn close(mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
         self.tx.take();
-        tokio::time::timeout(
-            PATIENCE,
-            self.responses
-                .as_mut()
-                .expect("responses not taken")
-                .message(),
-        )
-        .await
-        .expect("stream ends in time")
+        self.message_within_patience("stream ends in time").await
     }
 
     /// Waits for the next message or the end of the stream without sending.
     pub async fn next(&mut self) -> Result<Option<DataRequestProto>, tonic::Status> {
+        self.message_within_patience("stream answers in time").await
+    }
+
+    /// The next message or the end of the stream; panics with `in_time` when
+    /// nothing comes within [`PATIENCE`].
+    async fn message_within_patience(
+        &mut self,
+        in_time: &str,
+    ) -> Result<Option<DataRequestProto>, tonic::Status> {
         tokio::time::timeout(
             PATIENCE,
             self.responses
@@ -93,7 +87,7 @@ impl RawStream {
                 .message(),
         )
         .await
-        .expect("stream answers in time")
+        .expect(in_time)
     }
 }
 

@@ -65,10 +65,7 @@ impl VideoSource {
                  (on Linux the cameras are /dev/video*; --source test streams a test pattern)"
             ));
         }
-        let fps = cap
-            .get(videoio::CAP_PROP_FPS)
-            .ok()
-            .filter(|f| *f > 0.0 && *f < 1000.0);
+        let fps = native_rate(&cap);
         Ok(VideoSource {
             cap,
             what,
@@ -102,10 +99,7 @@ impl VideoSource {
         if !cap.read(&mut first).unwrap_or(false) || first.empty() {
             return Err(format!("{what} has no video frames OpenCV can decode"));
         }
-        let fps = cap
-            .get(videoio::CAP_PROP_FPS)
-            .ok()
-            .filter(|f| *f > 0.0 && *f < 1000.0);
+        let fps = native_rate(&cap);
         Ok(VideoSource {
             cap,
             what,
@@ -127,6 +121,13 @@ impl VideoSource {
         let ok = self.cap.read(&mut self.raw).map_err(cv_err(&self.what))?;
         Ok(ok && !self.raw.empty())
     }
+}
+
+/// The frame rate a camera or a file reports, when it is a plausible one.
+fn native_rate(cap: &videoio::VideoCapture) -> Option<f64> {
+    cap.get(videoio::CAP_PROP_FPS)
+        .ok()
+        .filter(|f| *f > 0.0 && *f < 1000.0)
 }
 
 impl FrameSource for VideoSource {
