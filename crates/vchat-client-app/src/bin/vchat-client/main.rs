@@ -5,7 +5,8 @@
 //! on a tokio runtime (`stream.rs`) whose on_done callback hands each mosaic, the
 //! moment it arrives, to the main thread through another such slot; the main
 //! thread owns the window (OpenCV's highgui is single-threaded) and the other
-//! sinks, and runs the window's event loop.
+//! sinks, and runs the window's event loop (`output.rs`). What both sides share
+//! is in `shared.rs`; the command line in `args.rs`.
 
 mod args;
 mod output;
