@@ -240,8 +240,8 @@ async fn the_connection_cap_refuses_one_more_connection() {
     let flow = Flow::start_default(&["--max-connections", "2", "--handshake-timeout-s", "60"]);
     let addr = flow.addr().trim_start_matches("grpc://").to_string();
     // Two connections that have not even said hello take both places.
-    let a = std::net::TcpStream::connect(&addr).unwrap();
-    let _b = std::net::TcpStream::connect(&addr).unwrap();
+    let first = std::net::TcpStream::connect(&addr).unwrap();
+    let _second = std::net::TcpStream::connect(&addr).unwrap();
     let third = async {
         let channel = endpoint(&flow).connect().await.map_err(|e| e.to_string())?;
         open(channel).await.map_err(|s| s.to_string())
@@ -251,7 +251,7 @@ async fn the_connection_cap_refuses_one_more_connection() {
         .expect("the third connection is answered in time");
     assert!(third.is_err(), "a third connection is refused");
     // One closes: a new connection is served.
-    drop(a);
+    drop(first);
     let mut served = None;
     for _ in 0..(PATIENCE.as_millis() / 100) {
         if let Ok(Ok(channel)) = tokio::time::timeout(PATIENCE, endpoint(&flow).connect()).await

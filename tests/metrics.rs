@@ -30,13 +30,13 @@ async fn metrics_move_when_frames_flow() {
 
     let mut alice = User::connect(flow.addr());
     let mut bob = User::connect(flow.addr());
-    let mut a = frame("alice", ALICE, 20, 30);
-    a.set_tag_str("room", "m");
-    let mut b = frame("bob", BOB, 20, 30);
-    b.set_tag_str("room", "m");
+    let mut alice_frame = frame("alice", ALICE, 20, 30);
+    alice_frame.set_tag_str("room", "m");
+    let mut bob_frame = frame("bob", BOB, 20, 30);
+    bob_frame.set_tag_str("room", "m");
     for _ in 0..5 {
-        alice.send(a.clone()).await;
-        bob.send(b.clone()).await;
+        alice.send(alice_frame.clone()).await;
+        bob.send(bob_frame.clone()).await;
     }
     let mut bad = frame("x", BOB, 20, 30);
     bad.tags.clear();

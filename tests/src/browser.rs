@@ -256,17 +256,17 @@ pub struct Page {
 impl Page {
     /// Opens `url` in a new tab.
     pub async fn open(cdp: &Arc<Cdp>, name: &str, url: &str) -> Page {
-        let t = cdp
+        let created = cdp
             .browser("Target.createTarget", json!({"url": url}))
             .await;
-        let target = t["targetId"].as_str().unwrap().to_string();
-        let a = cdp
+        let target = created["targetId"].as_str().unwrap().to_string();
+        let attached = cdp
             .browser(
                 "Target.attachToTarget",
                 json!({"targetId": target, "flatten": true}),
             )
             .await;
-        let session = a["sessionId"].as_str().unwrap().to_string();
+        let session = attached["sessionId"].as_str().unwrap().to_string();
         Page {
             cdp: cdp.clone(),
             session,

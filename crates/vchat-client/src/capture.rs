@@ -61,12 +61,12 @@ impl Capture {
         std::thread::Builder::new()
             .name("vchat-capture".into())
             .spawn(move || {
-                let s = thread_shared;
-                let result = run(&mut *source, &s, live, period);
+                let shared = thread_shared;
+                let result = run(&mut *source, &shared, live, period);
                 if let Err(e) = result {
-                    *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    *shared.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 }
-                s.frames.close();
+                shared.frames.close();
             })
             .expect("spawn the capture thread");
         Capture {
@@ -126,12 +126,12 @@ impl Drop for Capture {
 
 fn run(
     source: &mut dyn FrameSource,
-    s: &Shared,
+    shared: &Shared,
     live: bool,
     period: Option<Duration>,
 ) -> Result<(), String> {
     let mut next_due = Instant::now();
-    while !s.stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         if !live {
             match period {
                 Some(p) => {
@@ -144,8 +144,8 @@ fn run(
                 }
                 None => {
                     // Paced by demand: read the next frame once the last was taken.
-                    while s.frames.is_full() && !s.stop.load(Ordering::Relaxed) {
-                        s.frames.wait_until_taken(Duration::from_millis(100));
+                    while shared.frames.is_full() && !shared.stop.load(Ordering::Relaxed) {
+                        shared.frames.wait_until_taken(Duration::from_millis(100));
                     }
                 }
             }
@@ -153,7 +153,7 @@ fn run(
         let Some(frame) = source.next_frame()? else {
             return Ok(());
         };
-        s.captured.fetch_add(1, Ordering::Relaxed);
+        shared.captured.fetch_add(1, Ordering::Relaxed);
         if live && let Some(p) = period {
             let now = Instant::now();
             if now < next_due {
@@ -161,8 +161,8 @@ fn run(
             }
             next_due = (next_due + p).max(now);
         }
-        if s.frames.put(frame) {
-            s.dropped.fetch_add(1, Ordering::Relaxed);
+        if shared.frames.put(frame) {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
@@ -174,8 +174,9 @@ mod tests {
     use crate::latest::Taken;
     use crate::source::TestPattern;
 
-    struct Finite(u32);
-    impl FrameSource for Finite {
+    /// A source of N frames, then a failure.
+    struct FailsAfter(u32);
+    impl FrameSource for FailsAfter {
         fn next_frame(&mut self) -> Result<Option<Tensor>, String> {
             if self.0 == 0 {
                 return Err("the device went away".into());
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn on_demand_source_drops_nothing_and_reports_its_failure() {
-        let c = Capture::spawn(Box::new(Finite(5)), None);
+        let c = Capture::spawn(Box::new(FailsAfter(5)), None);
         let mut got = 0;
         loop {
             match c.frames().take_timeout(Duration::from_secs(10)) {

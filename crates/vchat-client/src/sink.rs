@@ -1,6 +1,7 @@
 //! What the client does with the mosaics it receives: the [`MosaicSink`] trait
-//! (a window, a recording: OpenCV ones are in `crate::cv`), statistics for the
-//! status line, the FPS counter drawn on the frame, and saving a frame as PNG.
+//! (a window, a recording: the OpenCV ones are in `vchat_client_app::cv`),
+//! statistics for the status line, the FPS counter drawn on the frame, and saving
+//! a frame as PNG.
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Where the client's frames come from. A [`FrameSource`] is read on its own
 //! thread by [`crate::capture::Capture`], which hands the newest frame to the
-//! sender; OpenCV sources (webcam, video file) are in `crate::cv`.
+//! sender; the OpenCV sources (webcam, video file) are in `vchat_client_app::cv`.
 
 use bytes::Bytes;
 use vchat_core::Tensor;

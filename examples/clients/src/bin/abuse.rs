@@ -53,7 +53,7 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut it = std::env::args().skip(1);
+    let mut words = std::env::args().skip(1);
     let mut args = Args {
         addr: String::new(),
         from: vec!["127.0.0.2".parse()?],
@@ -63,12 +63,13 @@ fn parse_args() -> anyhow::Result<Args> {
         bad_per_s: 30.0,
         duration: Duration::from_secs(30),
     };
-    while let Some(a) = it.next() {
+    while let Some(word) = words.next() {
         let mut value = || {
-            it.next()
-                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+            words
+                .next()
+                .with_context(|| format!("{word} needs a value\n{USAGE}"))
         };
-        match a.as_str() {
+        match word.as_str() {
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -104,8 +105,9 @@ struct Tally(Mutex<BTreeMap<String, BTreeMap<String, u64>>>);
 
 impl Tally {
     fn add(&self, attack: &str, outcome: impl Into<String>) {
-        let mut t = self.0.lock().unwrap();
-        *t.entry(attack.to_string())
+        let mut outcomes = self.0.lock().unwrap();
+        *outcomes
+            .entry(attack.to_string())
             .or_default()
             .entry(outcome.into())
             .or_default() += 1;
@@ -461,11 +463,11 @@ async fn main() -> anyhow::Result<()> {
     }
     // Every task ends by itself at `until`; a stuck one is abandoned shortly after.
     let grace = tokio::time::Instant::from_std(until) + Duration::from_secs(10);
-    for t in tasks {
-        let _ = tokio::time::timeout_at(grace, t).await;
+    for task in tasks {
+        let _ = tokio::time::timeout_at(grace, task).await;
     }
-    let t = tally.0.lock().unwrap();
-    let not_refused: u64 = t
+    let outcomes = tally.0.lock().unwrap();
+    let not_refused: u64 = outcomes
         .get("bad input")
         .map(|m| {
             m.iter()
@@ -474,7 +476,7 @@ async fn main() -> anyhow::Result<()> {
                 .sum()
         })
         .unwrap_or(0);
-    let json = serde_json::json!({ "outcomes": *t, "bad_input_not_refused": not_refused });
+    let json = serde_json::json!({ "outcomes": *outcomes, "bad_input_not_refused": not_refused });
     println!("{json}");
     Ok(())
 }

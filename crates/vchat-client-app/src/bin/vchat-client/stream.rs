@@ -12,7 +12,7 @@ use vchat_client::latest::Taken;
 use vchat_client::{Client, ClientError, PostOptions, PostSummary};
 use vchat_core::Document;
 
-use crate::{Shared, lock};
+use crate::shared::{Shared, lock};
 
 /// First wait before reconnecting; doubled after each failure up to the maximum.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -135,11 +135,11 @@ pub async fn run(shared: Arc<Shared>, cfg: Config) -> anyhow::Result<PostSummary
         let reason = match (outcome, ended) {
             (_, Some(End::Failed(e))) => bail!(e),
             (Some(Ok(s)), Some(End::Done)) => {
-                add(&mut total, s);
+                add_up(&mut total, s);
                 return Ok(total);
             }
             (Some(Ok(s)), None) => {
-                add(&mut total, s);
+                add_up(&mut total, s);
                 "the server ended the stream".to_string()
             }
             (Some(Err(_)), Some(End::Done)) if shared.stop.is_cancelled() => return Ok(total),
@@ -190,10 +190,10 @@ pub async fn run(shared: Arc<Shared>, cfg: Config) -> anyhow::Result<PostSummary
     }
 }
 
-fn add(total: &mut PostSummary, s: PostSummary) {
-    total.requests += s.requests;
-    total.done += s.done;
-    total.errors += s.errors;
+fn add_up(total: &mut PostSummary, attempt: PostSummary) {
+    total.requests += attempt.requests;
+    total.done += attempt.done;
+    total.errors += attempt.errors;
 }
 
 /// The gRPC status message rather than tonic's whole debug text.
@@ -207,11 +207,12 @@ fn describe(e: &ClientError) -> String {
 }
 
 /// Resolves when requests are in flight and nothing came back for [`SILENCE`].
-async fn silence(a: &Attempt) {
+async fn silence(attempt: &Attempt) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let waiting = a.sent.load(Ordering::Relaxed) > a.received.load(Ordering::Relaxed);
-        let quiet = lock(&a.last_progress).is_some_and(|t| t.elapsed() > SILENCE);
+        let waiting =
+            attempt.sent.load(Ordering::Relaxed) > attempt.received.load(Ordering::Relaxed);
+        let quiet = lock(&attempt.last_progress).is_some_and(|t| t.elapsed() > SILENCE);
         if waiting && quiet {
             return;
         }

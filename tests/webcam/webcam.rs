@@ -55,7 +55,7 @@ fn status_line(user: &str) -> impl Fn(&str) -> bool + '_ {
 
 #[test]
 fn two_windowed_clients_stream_video_files_and_see_each_other() {
-    let x = Xvfb::start();
+    let xvfb = Xvfb::start();
     let flow = Flow::start_default(&[]);
     let dir = scratch("webcam-window");
     let (a_clip, b_clip) = (clip(&dir, "alice", ALICE), clip(&dir, "bob", BOB));
@@ -73,7 +73,7 @@ fn two_windowed_clients_stream_video_files_and_see_each_other() {
     };
     let a_args = args(&a_clip, &a_png);
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
-    let mut alice = Proc::spawn(windowed(flow.addr(), "alice", x.display(), &a_args));
+    let mut alice = Proc::spawn(windowed(flow.addr(), "alice", xvfb.display(), &a_args));
     alice.wait_line("with alice alone", |l| {
         status_line("alice")(l) && l.ends_with("mosaic 200x300")
     });
@@ -81,7 +81,7 @@ fn two_windowed_clients_stream_video_files_and_see_each_other() {
     let mut b_args = args(&b_clip, &b_png);
     b_args.extend(["--record".to_string(), b_rec.display().to_string()]);
     let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
-    let mut bob = Proc::spawn(windowed(flow.addr(), "bob", x.display(), &b_args));
+    let mut bob = Proc::spawn(windowed(flow.addr(), "bob", xvfb.display(), &b_args));
     alice.wait_line("with both", |l| l.ends_with("mosaic 400x300"));
     bob.wait_line("with both", |l| l.ends_with("mosaic 400x300"));
 
