@@ -1737,7 +1737,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../executor/config.yml");
         let spec = vchat_core::config::load_executor(std::path::Path::new(path)).unwrap();
         assert_eq!(spec.jtype, JTYPE);
         assert_eq!(spec.with["idle_timeout_s"].0, 5);
