@@ -372,6 +372,17 @@ struct Snapshot {
     jpeg: Option<Bytes>,
 }
 
+/// Adds the VideoChatExecutor to `registry`.
+pub fn register(registry: &mut vchat_core::Registry) {
+    registry.register(JTYPE, VideoChatExecutor::new);
+}
+
+/// Adds every executor of this crate to `registry`: the chat and the built-ins.
+pub fn register_all(registry: &mut vchat_core::Registry) {
+    register(registry);
+    builtin::register_all(registry);
+}
+
 /// The runtime of a VideoChatExecutor, built from a [`VideoChatConfig`].
 pub struct VideoChatExecutor {
     name: String,
