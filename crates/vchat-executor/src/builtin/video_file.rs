@@ -86,8 +86,8 @@ pub fn register(registry: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::builtin::yuv4mpeg::tests::y4m_bytes;
     use super::*;
+    use crate::builtin::yuv4mpeg::tests::y4m_bytes;
     use futures::StreamExt;
 
     #[tokio::test]

@@ -64,8 +64,8 @@ impl Y4m {
     /// Reads and converts every frame of a `.y4m` file (small clips: the whole file
     /// is held as BGR).
     pub fn read(path: &Path) -> Result<Y4m, String> {
-        let file =
-            std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Y4m::from_reader(BufReader::new(file))
             .map_err(|m| format!("{}: not a usable YUV4MPEG2 file: {m}", path.display()))
     }
@@ -87,7 +87,8 @@ impl Y4m {
         let limits = y4m::Limits {
             bytes: MAX_FRAME_BYTES,
         };
-        let mut decoder = y4m::Decoder::new_with_limits(counted, limits).map_err(|e| e.to_string())?;
+        let mut decoder =
+            y4m::Decoder::new_with_limits(counted, limits).map_err(|e| e.to_string())?;
         let chroma = match decoder.get_colorspace() {
             y4m::Colorspace::C420
             | y4m::Colorspace::C420jpeg
