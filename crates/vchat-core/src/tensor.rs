@@ -356,7 +356,8 @@ mod tests {
         let four = Tensor::new(DType::U8, vec![1, 1, 1, 3], Bytes::from(vec![0u8; 3])).unwrap();
         assert!(four.image_view().is_err());
         let empty = Tensor::new(DType::U8, vec![0, 4, 3], Bytes::new()).unwrap();
-        assert!(empty.image_view().unwrap_err().to_string().contains("no pixels"));
+        let err = empty.image_view().unwrap_err().to_string();
+        assert!(err.contains("no pixels"), "{err}");
         // A buffer shorter or longer than its shape, and a shape past usize.
         let err = image_view(&[0u8; 17], &[2, 3, 3]).unwrap_err().to_string();
         assert!(err.contains("needs 18 bytes, got 17"), "{err}");
