@@ -25,21 +25,27 @@ fn pixels(t: &Tensor) -> Vec<[u8; 3]> {
     t.data().chunks(3).map(|p| [p[0], p[1], p[2]]).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flip_and_grayscale_answer_with_the_arrays_they_made() {
+/// The frame `numbered` comes back as from a Flow of `executors` (YAML list
+/// items), checked to be a success.
+async fn through(executors: &str) -> Tensor {
     let dir = scratch("ndarray-filters");
-    let mirror = write_file(
+    let yml = write_file(
         &dir,
-        "mirror.yml",
-        "jtype: Flow\nexecutors:\n  - uses: Flip\n    name: flip\n    uses_with:\n      axis: both\n",
+        "flow.yml",
+        &format!("jtype: Flow\nexecutors:\n{executors}"),
     );
-    let flow = Flow::start(&mirror, &[]);
+    let flow = Flow::start(&yml, &[]);
     let mut stream = RawStream::connect(flow.addr()).await;
     let r = stream
         .send(request("1", vec![numbered("u").into_proto()]))
         .await;
     assert_eq!(status(&r).0, 0, "{:?}", status(&r));
-    let t = response_tensor(&r);
+    response_tensor(&r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flip_and_grayscale_answer_with_the_arrays_they_made() {
+    let t = through("  - uses: Flip\n    name: flip\n    uses_with:\n      axis: both\n").await;
     assert_eq!(t.shape(), [2, 3, 3]);
     // Upside down and left to right; each pixel's channels in their order.
     assert_eq!(
@@ -53,20 +59,8 @@ async fn flip_and_grayscale_answer_with_the_arrays_they_made() {
             [0, 0, 100]
         ]
     );
-    drop(flow);
 
-    let gray = write_file(
-        &dir,
-        "gray.yml",
-        "jtype: Flow\nexecutors:\n  - uses: Flip\n    name: flip\n  - uses: Grayscale\n    name: gray\n",
-    );
-    let flow = Flow::start(&gray, &[]);
-    let mut stream = RawStream::connect(flow.addr()).await;
-    let r = stream
-        .send(request("1", vec![numbered("u").into_proto()]))
-        .await;
-    assert_eq!(status(&r).0, 0, "{:?}", status(&r));
-    let t = response_tensor(&r);
+    let t = through("  - uses: Flip\n    name: flip\n  - uses: Grayscale\n    name: gray\n").await;
     let sent = pixels(numbered("u").tensor().unwrap());
     let expected: Vec<[u8; 3]> = (0..2)
         .flat_map(|y| (0..3).map(move |x| (y, x)))
