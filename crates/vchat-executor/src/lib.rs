@@ -4,8 +4,9 @@
 //!   answered with the mosaic of them all (its config, room state, layouts,
 //!   mosaic cache and encodings, one file each).
 //! - [`builtin`]: the other built-in executors, one file each.
-//! - [`mosaic`](stack_vertically): the frame arithmetic of the mosaic, on
-//!   [`Frame`]s, every size checked before anything is allocated.
+//! - The frame arithmetic of the mosaic ([`stack_vertically`], [`compose_grid`],
+//!   [`resize`], ...) on [`Frame`]s, every size checked before anything is
+//!   allocated.
 //! - [`label`]: the names drawn on tiles.
 //!
 //! [`register_all`] adds them all to a registry. This crate has no feature flags.

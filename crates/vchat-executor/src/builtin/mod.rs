@@ -1,12 +1,12 @@
 //! Built-in executors beside the chat, one per file: simple frame filters
-//! ([`flip`], [`grayscale`], [`resize`], [`annotate`]), a deliberately slow
+//! ([`mod@flip`], [`mod@grayscale`], [`mod@resize`], [`annotate`]), a deliberately slow
 //! executor ([`slow`]), frame statistics as extra outputs ([`frame_stats`]), and
-//! sources for `receive` streams ([`test_pattern`], [`video_file`]). Each file
+//! sources for `receive` streams ([`mod@test_pattern`], [`video_file`]). Each file
 //! holds a `<Name>Config` (its `with:`), the runtime type, its tests and a
 //! `register`; [`register_all`] is the one list of them.
 //!
 //! The filters read like a Jina executor: a frame comes in as an
-//! [`ndarray::ArrayView3`](vchat_core::ndarray::ArrayView3) over its pixels
+//! [`vchat_core::ndarray::ArrayView3`] over its pixels
 //! and goes out as an array (see [`flip::mirror`]).
 
 pub mod annotate;
