@@ -46,3 +46,29 @@ pub fn register_all(registry: &mut Registry) {
     test_pattern::register(registry);
     video_file::register(registry);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_all_lists_every_builtin_once() {
+        let mut r = Registry::new();
+        register_all(&mut r);
+        let mut names: Vec<&str> = r.jtypes().collect();
+        names.sort_unstable();
+        let mut expected = [
+            annotate::JTYPE,
+            flip::JTYPE,
+            frame_stats::JTYPE,
+            grayscale::JTYPE,
+            passthrough::JTYPE,
+            resize::JTYPE,
+            slow::JTYPE,
+            test_pattern::JTYPE,
+            video_file::JTYPE,
+        ];
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+    }
+}
