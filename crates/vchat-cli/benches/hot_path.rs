@@ -7,7 +7,7 @@ use divan::{Bencher, black_box};
 use vchat_client::source::{textured, user_color};
 use vchat_core::wire::encode_grpc_message;
 use vchat_core::{Document, DocumentArray, RequestContext, StreamId, Tensor, jpeg};
-use vchat_executor::{VideoChatConfig, VideoChatExecutor, compose_grid, stack_vertically};
+use vchat_executor::{Frame, VideoChatConfig, VideoChatExecutor, compose_grid, stack_vertically};
 use vchat_proto::jina::data_request_proto::DataContentProto;
 use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
 use vchat_proto::prost::Message;
@@ -53,7 +53,7 @@ fn decode_request(b: Bencher) {
 #[divan::bench(args = [3, 10, 20])]
 fn compose_vertical(b: Bencher, users: usize) {
     let parts: Vec<_> = (0..users)
-        .map(|n| (frame(n).data().clone(), H, W))
+        .map(|n| Frame::new(frame(n).data().clone(), H, W))
         .collect();
     b.counter(divan::counter::BytesCount::new(users * H * W * 3))
         .bench(|| stack_vertically(black_box(&parts), usize::MAX).unwrap());
@@ -63,15 +63,18 @@ fn compose_vertical(b: Bencher, users: usize) {
 #[divan::bench(args = [4, 25, 100])]
 fn compose_grid_640x480(b: Bencher, users: usize) {
     let frames: Vec<Tensor> = (0..users).map(frame).collect();
-    let tiles: Vec<_> = frames.iter().map(|t| (&t.data()[..], H, W)).collect();
+    let tiles: Vec<_> = frames
+        .iter()
+        .map(|t| Frame::new(t.data().clone(), H, W))
+        .collect();
     b.bench(|| compose_grid(black_box(&tiles), 480, 640, None, usize::MAX).unwrap());
 }
 
 fn mosaic_response(users: usize) -> DataRequestProto {
     let parts: Vec<_> = (0..users)
-        .map(|n| (frame(n).data().clone(), H, W))
+        .map(|n| Frame::new(frame(n).data().clone(), H, W))
         .collect();
-    let (mosaic, ..) = stack_vertically(&parts, usize::MAX).unwrap();
+    let mosaic = stack_vertically(&parts, usize::MAX).unwrap().pixels;
     let mosaic = Tensor::image(users * H, W, 3, mosaic).unwrap();
     request("alice", mosaic)
 }
@@ -103,7 +106,10 @@ fn jpeg_encode_200x300(b: Bencher) {
 #[divan::bench]
 fn jpeg_encode_480x640(b: Bencher) {
     let frames: Vec<Tensor> = (0..9).map(frame).collect();
-    let tiles: Vec<_> = frames.iter().map(|t| (&t.data()[..], H, W)).collect();
+    let tiles: Vec<_> = frames
+        .iter()
+        .map(|t| Frame::new(t.data().clone(), H, W))
+        .collect();
     let grid = compose_grid(&tiles, 480, 640, None, usize::MAX).unwrap();
     b.bench(|| jpeg::encode_bgr(black_box(&grid), 480, 640, 80).unwrap());
 }

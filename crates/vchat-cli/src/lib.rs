@@ -20,23 +20,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vchat_core::Registry;
 
-/// The built-in executors, one line each.
+/// The built-in executors: the chat and those of `vchat_executor::builtin`.
 pub fn builtin_registry() -> Registry {
-    use vchat_executor::builtin::*;
     let mut r = Registry::new();
-    r.register(
-        vchat_executor::JTYPE,
-        vchat_executor::VideoChatExecutor::new,
-    );
-    r.register("Passthrough", Passthrough::new);
-    r.register("Flip", Flip::new);
-    r.register("Grayscale", Grayscale::new);
-    r.register("Resize", Resize::new);
-    r.register("Slow", Slow::new);
-    r.register("FrameStats", FrameStats::new);
-    r.register("Annotate", Annotate::new);
-    r.register("TestPatternSource", TestPatternSource::new);
-    r.register("VideoFileSource", VideoFileSource::new);
+    vchat_executor::register_all(&mut r);
     r
 }
 

@@ -3,7 +3,10 @@
 //! - [`Request`] and [`Reply`]: what a Flow takes and answers, the same for every
 //!   door; [`proto`] converts them from and to Jina's wire request.
 //! - [`Document`], [`Tensor`], [`DocumentArray`]: docarray v1 documents, converted
-//!   from and to the wire types of `vchat-proto` without copying pixel buffers.
+//!   from and to the wire types of `vchat-proto` without copying pixel buffers. A
+//!   frame is an [`ndarray`] view ([`Tensor::image_view`]), as a Jina executor's is
+//!   a numpy array, and an executor may answer with an array
+//!   ([`Tensor::from_array`]).
 //! - [`Executor`]: the async trait every executor implements, with Jina's endpoint
 //!   rules ([`serves`]) and per-executor parameters ([`parameters_for`]).
 //! - [`Registry`]: `jtype` to constructor, from the YAML `with:` mapping.
@@ -39,6 +42,9 @@ pub use request::{Outcome, ROOT_ENDPOINT, Reply, Request};
 pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;
+/// The array crate of [`Tensor::image_view`] and [`Tensor::from_array`], so that an
+/// executor uses the same version.
+pub use ndarray;
 pub use prost_types::{ListValue, Struct, Value, value};
 
 /// Longest user or room name, in bytes, on every door: a name is a map key, a

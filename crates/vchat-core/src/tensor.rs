@@ -1,6 +1,7 @@
 //! n-dimensional arrays as docarray sends them: a dtype, a shape and a C-order buffer.
 
 use bytes::Bytes;
+use ndarray::{Array3, ArrayView3};
 use vchat_proto::docarray::{DenseNdArrayProto, NdArrayProto, nd_array_proto};
 
 use crate::Error;
@@ -191,6 +192,41 @@ impl Tensor {
         }
     }
 
+    /// This uint8 H×W×C image as an array view of its buffer, without a copy: what
+    /// a Jina executor gets as a numpy array. An error names the dtype or shape
+    /// when this is not a uint8 image with three non-empty dimensions.
+    pub fn image_view(&self) -> Result<ArrayView3<'_, u8>, Error> {
+        if self.dtype != DType::U8 {
+            return Err(Error::BadRequest(format!(
+                "an image array must be uint8, got {} (shape {:?})",
+                self.dtype, self.shape
+            )));
+        }
+        image_view(&self.data, &self.shape)
+    }
+
+    /// A uint8 H×W×C image from an array. An array in standard (C) layout hands
+    /// over its buffer without a copy; any other layout is copied once, in C
+    /// order.
+    pub fn from_array(array: Array3<u8>) -> Result<Self, Error> {
+        let shape = array.shape().to_vec();
+        let len = array.len();
+        let data = if array.is_standard_layout() {
+            // Standard layout: the elements are `len` consecutive values of the
+            // buffer from the first one on.
+            let (mut buffer, offset) = array.into_raw_vec_and_offset();
+            let offset = offset.unwrap_or(0);
+            if offset > 0 {
+                buffer.drain(..offset);
+            }
+            buffer.truncate(len);
+            buffer
+        } else {
+            array.iter().copied().collect()
+        };
+        Tensor::new(DType::U8, shape, Bytes::from(data))
+    }
+
     /// Reads a docarray `NdArrayProto`, validating the buffer against shape and dtype.
     pub fn from_proto(proto: NdArrayProto) -> Result<Self, Error> {
         let dense = match proto.content {
@@ -226,6 +262,33 @@ impl Tensor {
             cls_name: "numpy".to_string(),
             parameters: None,
         }
+    }
+}
+
+/// `data` as a C-order array of `shape` (height, width, channels), checked: three
+/// non-empty dimensions whose product is the buffer's length.
+fn image_view<'a>(data: &'a [u8], shape: &[usize]) -> Result<ArrayView3<'a, u8>, Error> {
+    let &[height, width, channels] = shape else {
+        return Err(Error::BadRequest(format!(
+            "an image array is [height, width, channels], got shape {shape:?}"
+        )));
+    };
+    let needed = height
+        .checked_mul(width)
+        .and_then(|px| px.checked_mul(channels));
+    match needed {
+        Some(0) => Err(Error::BadRequest(format!(
+            "an image array has no pixels: shape {shape:?}"
+        ))),
+        Some(n) if n == data.len() => ArrayView3::from_shape((height, width, channels), data)
+            .map_err(|e| Error::BadRequest(format!("image array of shape {shape:?}: {e}"))),
+        Some(n) => Err(Error::BadRequest(format!(
+            "an image array of shape {shape:?} needs {n} bytes, got {}",
+            data.len()
+        ))),
+        None => Err(Error::BadRequest(format!(
+            "image array shape {shape:?} is too large"
+        ))),
     }
 }
 
@@ -266,6 +329,71 @@ mod tests {
         assert!(gray.frame_dims().unwrap_err().contains("[2, 2, 1]"));
         let f = Tensor::new(DType::F32, vec![1, 1, 3], Bytes::from(vec![0u8; 12])).unwrap();
         assert!(f.frame_dims().unwrap_err().contains("float32"));
+    }
+
+    #[test]
+    fn image_view_is_the_frame_without_a_copy() {
+        let data: Vec<u8> = (0..2 * 3 * 3).map(|v| v as u8 * 7).collect();
+        let data = Bytes::from(data);
+        let t = Tensor::image(2, 3, 3, data.clone()).unwrap();
+        let view = t.image_view().unwrap();
+        assert_eq!(view.dim(), (2, 3, 3));
+        assert_eq!(view.as_ptr(), data.as_ptr(), "a view, not a copy");
+        for ((y, x, c), &v) in view.indexed_iter() {
+            assert_eq!(v, data[(y * 3 + x) * 3 + c], "[{y}, {x}, {c}]");
+        }
+        let gray = Tensor::image(2, 2, 1, Bytes::from(vec![9u8; 4])).unwrap();
+        assert_eq!(gray.image_view().unwrap().dim(), (2, 2, 1));
+    }
+
+    #[test]
+    fn image_view_of_another_dtype_shape_or_length_is_an_error() {
+        let f = Tensor::new(DType::F32, vec![1, 1, 3], Bytes::from(vec![0u8; 12])).unwrap();
+        assert!(f.image_view().unwrap_err().to_string().contains("float32"));
+        let flat = Tensor::new(DType::U8, vec![12], Bytes::from(vec![0u8; 12])).unwrap();
+        let err = flat.image_view().unwrap_err().to_string();
+        assert!(err.contains("[height, width, channels]"), "{err}");
+        let four = Tensor::new(DType::U8, vec![1, 1, 1, 3], Bytes::from(vec![0u8; 3])).unwrap();
+        assert!(four.image_view().is_err());
+        let empty = Tensor::new(DType::U8, vec![0, 4, 3], Bytes::new()).unwrap();
+        let err = empty.image_view().unwrap_err().to_string();
+        assert!(err.contains("no pixels"), "{err}");
+        // A buffer shorter or longer than its shape, and a shape past usize.
+        let err = image_view(&[0u8; 17], &[2, 3, 3]).unwrap_err().to_string();
+        assert!(err.contains("needs 18 bytes, got 17"), "{err}");
+        assert!(image_view(&[0u8; 19], &[2, 3, 3]).is_err());
+        let err = image_view(&[], &[usize::MAX, 2, 3]).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn from_array_takes_a_standard_buffer_and_copies_any_other_once() {
+        let a = Array3::from_shape_fn((2, 3, 3), |(y, x, c)| (y * 9 + x * 3 + c) as u8);
+        let ptr = a.as_ptr();
+        let t = Tensor::from_array(a).unwrap();
+        assert_eq!(t.shape(), [2, 3, 3]);
+        assert_eq!(t.dtype(), DType::U8);
+        assert_eq!(t.data().as_ptr(), ptr, "the array's buffer, not a copy");
+        assert_eq!(&t.data()[..4], &[0, 1, 2, 3]);
+        // Round trip: view, owned array, tensor.
+        let back = Tensor::from_array(t.image_view().unwrap().to_owned()).unwrap();
+        assert_eq!(back, t);
+        // Transposed (not standard layout): the same image, in C order.
+        let mut swapped = t.image_view().unwrap().to_owned();
+        swapped.swap_axes(0, 1);
+        let s = Tensor::from_array(swapped).unwrap();
+        assert_eq!(s.shape(), [3, 2, 3]);
+        let v = s.image_view().unwrap();
+        assert_eq!(v[[2, 1, 0]], t.image_view().unwrap()[[1, 2, 0]]);
+        assert_eq!(&s.data()[..3], &[0, 1, 2]);
+        assert_eq!(&s.data()[3..6], &[9, 10, 11]);
+        // A slice of a larger array (standard layout, an offset into its buffer).
+        let big = Array3::from_shape_fn((4, 3, 3), |(y, x, c)| (y * 9 + x * 3 + c) as u8);
+        let rows = big.slice_move(ndarray::s![2.., .., ..]);
+        let r = Tensor::from_array(rows).unwrap();
+        assert_eq!(r.shape(), [2, 3, 3]);
+        assert_eq!(r.data()[0], 18);
+        assert_eq!(r.data().len(), 18);
     }
 
     #[test]

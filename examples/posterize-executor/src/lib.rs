@@ -11,8 +11,12 @@
 //! 256 leaves the frame as it is), the poster look. A client can change `levels`
 //! per request with the parameter `levels` (or `parameters: {posterize: {levels:
 //! ...}}` for this executor only).
+//!
+//! As in a Jina executor, whose frames are numpy arrays, the work is done on an
+//! array: [`Tensor::image_view`] gives the frame as an `ndarray` view of its
+//! pixels (no copy), and [`Tensor::from_array`] takes the array back.
 
-use bytes::Bytes;
+use ndarray::{Array3, ArrayView3};
 use serde::Deserialize;
 use vchat_core::{DocumentArray, Error, Executor, Registry, RequestContext, Tensor, async_trait};
 
@@ -66,18 +70,14 @@ pub fn register(registry: &mut Registry) {
     registry.register(JTYPE, PosterizeExecutor::new);
 }
 
-/// `frame` with each channel rounded to the nearest of `levels` evenly spaced values.
-pub fn posterize(frame: &Tensor, levels: u32) -> Tensor {
-    let step = 255.0 / f64::from(levels - 1);
+/// `frame` (height × width × channels) with each channel rounded to the nearest
+/// of `levels` evenly spaced values (`levels` from 2 to 256).
+pub fn posterize(frame: ArrayView3<'_, u8>, levels: u32) -> Array3<u8> {
+    let step = 255.0 / f64::from(levels.max(2) - 1);
     let table: Vec<u8> = (0..=255u32)
         .map(|v| ((f64::from(v) / step).round() * step).round().min(255.0) as u8)
         .collect();
-    let data: Vec<u8> = frame
-        .data()
-        .iter()
-        .map(|&v| table[usize::from(v)])
-        .collect();
-    Tensor::new(frame.dtype(), frame.shape().to_vec(), Bytes::from(data)).expect("same shape")
+    frame.mapv(|v| table[usize::from(v)])
 }
 
 #[async_trait]
@@ -101,7 +101,9 @@ impl Executor for PosterizeExecutor {
         for doc in docs.iter_mut() {
             let Some(frame) = doc.tensor() else { continue };
             frame.frame_dims().map_err(reject)?;
-            let out = posterize(frame, levels);
+            let pixels = frame.image_view().map_err(|e| reject(e.to_string()))?;
+            let out =
+                Tensor::from_array(posterize(pixels, levels)).map_err(|e| reject(e.to_string()))?;
             doc.set_tensor(out);
         }
         Ok(())
@@ -112,11 +114,18 @@ impl Executor for PosterizeExecutor {
 mod tests {
     use super::*;
 
+    use bytes::Bytes;
+
+    /// `posterize` on a tensor, as the executor runs it.
+    fn on_tensor(t: &Tensor, levels: u32) -> Tensor {
+        Tensor::from_array(posterize(t.image_view().unwrap(), levels)).unwrap()
+    }
+
     #[test]
     fn four_levels_and_identity_at_256() {
         let t = Tensor::image(1, 1, 3, Bytes::from_static(&[200, 100, 30])).unwrap();
-        assert_eq!(&posterize(&t, 4).data()[..], &[170, 85, 0]);
-        assert_eq!(posterize(&t, 256), t);
+        assert_eq!(&on_tensor(&t, 4).data()[..], &[170, 85, 0]);
+        assert_eq!(on_tensor(&t, 256), t);
     }
 
     #[test]

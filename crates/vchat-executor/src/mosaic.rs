@@ -11,6 +11,8 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::Frame;
+
 /// Colour of the border around a user's own tile (`highlight_self`), BGR green.
 pub const HIGHLIGHT_BGR: [u8; 3] = [0, 200, 0];
 
@@ -82,61 +84,61 @@ fn check_frame(src: &[u8], h: usize, w: usize) -> Result<(), MosaicError> {
     }
 }
 
-/// One frame of a mosaic: pixels, height, width.
-pub type Part = (Bytes, usize, usize);
-
-/// Stacks frames of equal width top to bottom: `(pixels, height, width)`. For
-/// C-order frames this is byte concatenation: one allocation, one copy per frame.
-/// Refused when the frames differ in width or the result is over `max_pixels`.
-pub fn stack_vertically(parts: &[Part], max_pixels: usize) -> Result<Part, MosaicError> {
+/// Stacks frames of equal width top to bottom. For C-order frames this is byte
+/// concatenation: one allocation, one copy per frame. Refused when the frames
+/// differ in width or the result is over `max_pixels`.
+pub fn stack_vertically(parts: &[Frame], max_pixels: usize) -> Result<Frame, MosaicError> {
     let width = parts
         .first()
-        .map(|p| p.2)
+        .map(|p| p.width)
         .ok_or_else(|| MosaicError::BadInput("no frames to stack".into()))?;
     let mut height = 0usize;
-    for (px, h, w) in parts {
-        check_frame(px, *h, *w)?;
-        if *w != width {
+    for part in parts {
+        let (h, w) = part.dims();
+        check_frame(&part.pixels, h, w)?;
+        if w != width {
             return Err(MosaicError::BadInput(format!(
                 "frames to stack vertically differ in width: {w} and {width}"
             )));
         }
-        height = height.saturating_add(*h);
+        height = height.saturating_add(h);
     }
     checked_pixels(height, width, max_pixels)?;
     let mut out = BytesMut::with_capacity(height * width * 3);
-    for (px, ..) in parts {
-        out.extend_from_slice(px);
+    for part in parts {
+        out.extend_from_slice(&part.pixels);
     }
-    Ok((out.freeze(), height, width))
+    Ok(Frame::new(out.freeze(), height, width))
 }
 
-/// Places frames of equal height side by side: `(pixels, height, width)`. One
-/// allocation, one copy per row of each frame. Refused when the frames differ in
-/// height or the result is over `max_pixels`.
-pub fn stack_horizontally(parts: &[Part], max_pixels: usize) -> Result<Part, MosaicError> {
+/// Places frames of equal height side by side. One allocation, one copy per row
+/// of each frame. Refused when the frames differ in height or the result is over
+/// `max_pixels`.
+pub fn stack_horizontally(parts: &[Frame], max_pixels: usize) -> Result<Frame, MosaicError> {
     let height = parts
         .first()
-        .map(|p| p.1)
+        .map(|p| p.height)
         .ok_or_else(|| MosaicError::BadInput("no frames to stack".into()))?;
     let mut width = 0usize;
-    for (px, h, w) in parts {
-        check_frame(px, *h, *w)?;
-        if *h != height {
+    for part in parts {
+        let (h, w) = part.dims();
+        check_frame(&part.pixels, h, w)?;
+        if h != height {
             return Err(MosaicError::BadInput(format!(
                 "frames to stack horizontally differ in height: {h} and {height}"
             )));
         }
-        width = width.saturating_add(*w);
+        width = width.saturating_add(w);
     }
     checked_pixels(height, width, max_pixels)?;
     let mut out = BytesMut::with_capacity(height * width * 3);
     for y in 0..height {
-        for (px, _, w) in parts {
-            out.extend_from_slice(&px[y * w * 3..(y + 1) * w * 3]);
+        for part in parts {
+            let row = part.width * 3;
+            out.extend_from_slice(&part.pixels[y * row..(y + 1) * row]);
         }
     }
-    Ok((out.freeze(), height, width))
+    Ok(Frame::new(out.freeze(), height, width))
 }
 
 /// `i * from / to`, the source index of destination index `i`, without overflow
@@ -237,35 +239,32 @@ pub fn grid_shape(n: usize) -> (usize, usize) {
     (n.div_ceil(cols), cols)
 }
 
-/// One frame to place in a grid: pixels, height, width.
-pub type Tile<'a> = (&'a [u8], usize, usize);
-
 /// Composes `tiles` in a `canvas_h`×`canvas_w` canvas (black), row by row in
 /// order, each scaled to fit its cell keeping its aspect ratio and centred in it.
 /// The tile at `highlight`, if any, gets a coloured border. The output size is
 /// always the canvas's, however many tiles there are; refused when the canvas is
 /// over `max_pixels` or a tile does not match its dimensions.
 pub fn compose_grid(
-    tiles: &[Tile<'_>],
+    tiles: &[Frame],
     canvas_h: usize,
     canvas_w: usize,
     highlight: Option<usize>,
     max_pixels: usize,
 ) -> Result<Bytes, MosaicError> {
-    for &(px, h, w) in tiles {
-        check_frame(px, h, w)?;
+    for t in tiles {
+        check_frame(&t.pixels, t.height, t.width)?;
     }
     let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
     let mut out = vec![0u8; px * 3];
-    let dims: Vec<(usize, usize)> = tiles.iter().map(|t| (t.1, t.2)).collect();
+    let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
     let (rows, cols) = grid_shape(tiles.len());
     let cell = (canvas_h / rows) * (canvas_w / cols);
-    for (i, (&(px, h, w), (top, left, th, tw))) in tiles
+    for (i, (tile, (top, left, th, tw))) in tiles
         .iter()
         .zip(grid_rects(&dims, canvas_h, canvas_w))
         .enumerate()
     {
-        let scaled = resize(px, h, w, th, tw, cell)?;
+        let scaled = resize(&tile.pixels, tile.height, tile.width, th, tw, cell)?;
         for y in 0..th {
             let dst = ((top + y) * canvas_w + left) * 3;
             out[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
@@ -346,27 +345,27 @@ mod tests {
 
     const ANY: usize = usize::MAX;
 
-    fn solid(h: usize, w: usize, v: u8) -> Part {
-        (Bytes::from(vec![v; h * w * 3]), h, w)
+    fn solid(h: usize, w: usize, v: u8) -> Frame {
+        Frame::new(Bytes::from(vec![v; h * w * 3]), h, w)
+    }
+
+    /// A frame of a copy of `px`, whatever its size says.
+    fn frame(px: &[u8], h: usize, w: usize) -> Frame {
+        Frame::new(Bytes::copy_from_slice(px), h, w)
     }
 
     #[test]
     fn stacking_concatenates() {
-        let (s, h, w) = stack_vertically(
-            &[
-                (Bytes::from_static(&[1, 2, 3]), 1, 1),
-                (Bytes::from_static(&[4, 5, 6]), 1, 1),
-            ],
-            ANY,
-        )
-        .unwrap();
+        let f = stack_vertically(&[frame(&[1, 2, 3], 1, 1), frame(&[4, 5, 6], 1, 1)], ANY).unwrap();
+        let (s, h, w) = (f.pixels, f.height, f.width);
         assert_eq!((&s[..], h, w), (&[1, 2, 3, 4, 5, 6][..], 2, 1));
     }
 
     #[test]
     fn horizontal_interleaves_rows() {
         // Two 2-row frames, 1 and 2 pixels wide.
-        let (out, h, w) = stack_horizontally(&[solid(2, 1, 1), solid(2, 2, 2)], ANY).unwrap();
+        let f = stack_horizontally(&[solid(2, 1, 1), solid(2, 2, 2)], ANY).unwrap();
+        let (out, h, w) = (f.pixels, f.height, f.width);
         assert_eq!((h, w), (2, 3));
         let firsts: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(firsts, vec![1, 2, 2, 1, 2, 2]);
@@ -402,7 +401,7 @@ mod tests {
         let src = vec![7u8; 1000 * 3];
         let (out, h) = resize_to_width(&src, 1, 1000, 3, ANY).unwrap();
         assert_eq!((h, out.len()), (1, 9));
-        let out = compose_grid(&[(&src, 1, 1000)], 10, 10, Some(0), ANY).unwrap();
+        let out = compose_grid(&[frame(&src, 1, 1000)], 10, 10, Some(0), ANY).unwrap();
         assert_eq!(out.len(), 300);
     }
 
@@ -436,11 +435,9 @@ mod tests {
                 if (h, w) != (1, 1) {
                     assert!(resize(&px, h, w, 1, 1, ANY).is_err(), "{h}x{w}");
                     assert!(resize_to_width(&px, h, w, 2, ANY).is_err());
-                    assert!(stack_vertically(&[(Bytes::from_static(&[0; 3]), h, w)], ANY).is_err());
-                    assert!(
-                        stack_horizontally(&[(Bytes::from_static(&[0; 3]), h, w)], ANY).is_err()
-                    );
-                    assert!(compose_grid(&[(&px, h, w)], 4, 4, None, ANY).is_err());
+                    assert!(stack_vertically(&[frame(&px, h, w)], ANY).is_err());
+                    assert!(stack_horizontally(&[frame(&px, h, w)], ANY).is_err());
+                    assert!(compose_grid(&[frame(&px, h, w)], 4, 4, None, ANY).is_err());
                 }
                 // Any output size: within the limit, or refused before allocating.
                 let r = resize(&px, 1, 1, h, w, 1 << 20);
@@ -507,11 +504,12 @@ mod tests {
     fn grid_keeps_canvas_size_and_places_tiles() {
         let a = [10u8; 4 * 4 * 3];
         let b = [20u8; 4 * 4 * 3];
-        for tiles in [vec![(&a[..], 4, 4)], vec![(&a[..], 4, 4), (&b[..], 4, 4)]] {
+        let (a, b) = (frame(&a, 4, 4), frame(&b, 4, 4));
+        for tiles in [vec![a.clone()], vec![a.clone(), b.clone()]] {
             let out = compose_grid(&tiles, 8, 16, None, ANY).unwrap();
             assert_eq!(out.len(), 8 * 16 * 3);
         }
-        let out = compose_grid(&[(&a[..], 4, 4), (&b[..], 4, 4)], 8, 16, Some(1), ANY).unwrap();
+        let out = compose_grid(&[a, b], 8, 16, Some(1), ANY).unwrap();
         // Left cell: a 8×8 tile of 10 centred; right cell: b with a border.
         assert_eq!(out[(4 * 16 + 4) * 3], 10);
         assert_eq!(out[(4 * 16 + 12) * 3], 20);

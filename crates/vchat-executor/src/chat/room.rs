@@ -1,0 +1,335 @@
+//! The state of the chat's rooms: each user's latest frame in join order, who
+//! each stream is, and how a new frame gets in (or is refused, changing
+//! nothing).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use vchat_core::budget::Held;
+use vchat_core::{Error, StreamId, Tensor};
+
+use super::VideoChatExecutor;
+use super::cache::{Cached, Snapshot};
+use super::config::Layout;
+use crate::label;
+use crate::mosaic::{checked_pixels, height_at_width, resize, width_at_height};
+
+/// One user's place in a room.
+pub(super) struct Slot {
+    pub(super) user: String,
+    /// The name on the tile.
+    pub(super) name: String,
+    /// The camera is paused: the tile is a "paused" tile.
+    pub(super) paused: bool,
+    pub(super) stream: StreamId,
+    /// The latest frame, as stored for the layout (at the room's width for
+    /// vertical, at its height for horizontal, as received for grid), in a
+    /// buffer of its own.
+    pub(super) frame: Bytes,
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) last_seen: Instant,
+    pub(super) _held: Held,
+}
+
+#[derive(Default)]
+pub(super) struct Room {
+    /// The room's frame width (vertical) or height (horizontal): the first user's,
+    /// at most `max_side`.
+    pub(super) side: usize,
+    /// In join order.
+    pub(super) slots: Vec<Slot>,
+    /// Bumped on every change of the room's frames or users.
+    pub(super) version: u64,
+    pub(super) cache: Cached,
+    /// When a request last set out to compose this room's mosaic (`mosaic_fps`).
+    pub(super) composed_at: Option<Instant>,
+}
+
+impl Room {
+    /// Removes the users without a frame for longer than `timeout`, but `keep`.
+    pub(super) fn drop_idle(
+        &mut self,
+        name: &str,
+        now: Instant,
+        timeout: Duration,
+        keep: Option<&str>,
+    ) {
+        let before = self.slots.len();
+        self.slots.retain(|s| {
+            let stay = keep == Some(s.user.as_str()) || now.duration_since(s.last_seen) <= timeout;
+            if !stay {
+                tracing::info!(room = name, user = %s.user, "User left (idle)");
+            }
+            stay
+        });
+        if self.slots.len() != before {
+            self.version += 1;
+        }
+    }
+}
+
+/// The user and room a stream is.
+pub(super) struct Identity {
+    pub(super) user: String,
+    pub(super) room: String,
+}
+
+/// Everything an executor keeps, behind one lock.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) rooms: HashMap<String, Room>,
+    /// Each stream's identity, from its first frame that got in until it ends.
+    pub(super) streams: HashMap<StreamId, Identity>,
+}
+
+impl State {
+    /// Removes idle users from every room, and the rooms left empty.
+    pub(super) fn sweep(&mut self, now: Instant, timeout: Duration) {
+        self.rooms.retain(|name, room| {
+            room.drop_idle(name, now, timeout, None);
+            !room.slots.is_empty()
+        });
+    }
+}
+
+pub(super) fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic elsewhere must not take the chat down: the state is consistent
+    // between statements, so a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every `timeout` (at most a second), drops idle users and empty rooms from
+/// every room of `state`, until the executor is gone.
+pub(super) async fn sweep_idle(state: std::sync::Weak<Mutex<State>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(timeout.min(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        lock_state(&state).sweep(Instant::now(), timeout);
+    }
+}
+
+impl VideoChatExecutor {
+    /// Stores `frame` as `user`'s latest and returns the room's state. `owned`:
+    /// the frame's buffer is its own (decoded here), not a slice of a request
+    /// that would be kept alive with it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn update(
+        &self,
+        room_name: &str,
+        user: &str,
+        stream: StreamId,
+        frame: &Tensor,
+        (h, w): (usize, usize),
+        owned: bool,
+        tile: &(String, bool),
+    ) -> Result<Snapshot, Error> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        self.check_identity(&state.streams, stream, user, room_name)?;
+        if !state.rooms.contains_key(room_name) && state.rooms.len() >= self.max_rooms {
+            // Rooms whose users all went silent do not count.
+            state.sweep(now, self.idle_timeout);
+            if state.rooms.len() >= self.max_rooms {
+                tracing::info!(
+                    room = room_name,
+                    user,
+                    max_rooms = self.max_rooms,
+                    "Room refused: too many rooms"
+                );
+                return Err(self.reject(format!(
+                    "too many rooms: this executor holds at most {} at once (max_rooms); room \
+                     {room_name:?} cannot open until another one empties",
+                    self.max_rooms
+                )));
+            }
+        }
+        let room = state.rooms.entry(room_name.to_string()).or_default();
+        let result = self.store(
+            room,
+            room_name,
+            user,
+            stream,
+            frame,
+            (h, w),
+            owned,
+            tile,
+            now,
+        );
+        // A refused first frame leaves no empty room behind.
+        if room.slots.is_empty() {
+            state.rooms.remove(room_name);
+        }
+        // Requests of an unknown stream come from many clients (a Jina gateway):
+        // there is no one to bind.
+        if result.is_ok() && stream != StreamId::UNKNOWN {
+            state.streams.entry(stream).or_insert_with(|| Identity {
+                user: user.to_string(),
+                room: room_name.to_string(),
+            });
+        }
+        result
+    }
+
+    /// The part of [`update`](Self::update) within the room.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        room: &mut Room,
+        room_name: &str,
+        user: &str,
+        stream: StreamId,
+        frame: &Tensor,
+        (h, w): (usize, usize),
+        owned: bool,
+        (name, paused): &(String, bool),
+        now: Instant,
+    ) -> Result<Snapshot, Error> {
+        let before = room.version;
+        room.drop_idle(room_name, now, self.idle_timeout, Some(user));
+        let present = room.slots.iter().any(|s| s.user == user);
+        if !present && room.slots.len() >= self.max_users {
+            let full = room.slots.len();
+            tracing::info!(
+                room = room_name,
+                user,
+                max_users = self.max_users,
+                "Room full"
+            );
+            return Err(self.reject(format!(
+                "room {room_name:?} is full: {full} users, max_users is {}",
+                self.max_users
+            )));
+        }
+        let alone = room.slots.iter().all(|s| s.user == user);
+        let side = if alone && *paused && room.side > 0 {
+            // A paused camera's stand-in frame is tiny: the room keeps its side.
+            room.side
+        } else if alone && *paused {
+            // A room opened by a paused user: a tile of a usable size.
+            let min = label::PAUSED_MIN_SIDE;
+            match self.layout {
+                Layout::Vertical => w.max(min).min(self.max_side),
+                Layout::Horizontal => h.max(min).min(self.max_side),
+                Layout::Grid => 0,
+            }
+        } else if alone {
+            // The room takes this user's size, within max_side.
+            match self.layout {
+                Layout::Vertical => w.min(self.max_side),
+                Layout::Horizontal => h.min(self.max_side),
+                Layout::Grid => 0,
+            }
+        } else {
+            room.side
+        };
+        // The stored frame's size, checked before anything is allocated.
+        let (height, width) = match self.layout {
+            Layout::Vertical if w != side => (height_at_width(h, w, side), side),
+            Layout::Horizontal if h != side => (side, width_at_height(h, w, side)),
+            _ => (h, w),
+        };
+        if checked_pixels(height, width, self.max_frame_pixels).is_err() {
+            let (what, side_name) = match self.layout {
+                Layout::Horizontal => ("height", height),
+                _ => ("width", width),
+            };
+            return Err(self.reject(format!(
+                "a {h}x{w} frame at the room's {what} of {side_name} would be {height}x{width} \
+                 pixels, over the limit of {} pixels (max_frame_pixels)",
+                self.max_frame_pixels
+            )));
+        }
+        if self.layout != Layout::Grid && !alone {
+            // Frames of one room share its side: the mosaic is the sum of them.
+            let others: usize = room
+                .slots
+                .iter()
+                .filter(|s| s.user != user)
+                .map(|s| s.height * s.width)
+                .fold(0, usize::saturating_add);
+            let total = others.saturating_add(height * width);
+            if total > self.max_mosaic_pixels {
+                return Err(self.reject(format!(
+                    "room {room_name:?} is full: its mosaic would be {total} pixels with this \
+                     {height}x{width} frame, over the limit of {} pixels (max_mosaic_pixels)",
+                    self.max_mosaic_pixels
+                )));
+            }
+        }
+        // The label goes on the stored frame, once per frame: the stacked
+        // layouts' mosaics stay byte concatenations. A grid scales its tiles,
+        // so it labels them as it composes.
+        let labelled = self.layout != Layout::Grid && (self.labels || *paused);
+        let data = if labelled {
+            let mut px = if *paused {
+                vec![0u8; height * width * 3]
+            } else if (height, width) != (h, w) {
+                Vec::from(
+                    resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                        .map_err(|e| self.reject(e.to_string()))?,
+                )
+            } else {
+                frame.data().to_vec()
+            };
+            let shown = self.labels.then_some(name.as_str());
+            self.labeller
+                .draw(&mut px, width, (0, 0, height, width), shown, *paused);
+            Bytes::from(px)
+        } else if (height, width) != (h, w) {
+            resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                .map_err(|e| self.reject(e.to_string()))?
+        } else if owned {
+            frame.data().clone()
+        } else {
+            // A slice of the request would keep the whole request in memory, out
+            // of sight of the budget, for as long as the frame is the latest.
+            Bytes::copy_from_slice(frame.data())
+        };
+        room.side = side;
+        let mut changed = room.version != before;
+        match room.slots.iter_mut().find(|s| s.user == user) {
+            Some(slot) => {
+                // A paused source sends the same frame again: the room state, and
+                // so the cached mosaic others may share, stays the same.
+                changed |= (slot.height, slot.width) != (height, width)
+                    || slot.frame != data
+                    || slot.name != *name
+                    || slot.paused != *paused;
+                slot.name.clone_from(name);
+                slot.paused = *paused;
+                slot._held = self.budget.hold(data.len());
+                slot.frame = data;
+                slot.height = height;
+                slot.width = width;
+                slot.stream = stream;
+                slot.last_seen = now;
+            }
+            None => {
+                changed = true;
+                tracing::info!(room = room_name, user, "User joined");
+                room.slots.push(Slot {
+                    user: user.to_string(),
+                    name: name.clone(),
+                    paused: *paused,
+                    stream,
+                    _held: self.budget.hold(data.len()),
+                    frame: data,
+                    height,
+                    width,
+                    last_seen: now,
+                });
+            }
+        }
+        if changed {
+            room.version = before + 1;
+        }
+        Ok(self.snapshot(room, user, now))
+    }
+}
