@@ -132,8 +132,7 @@ fn prepare(args: &BenchArgs, u: usize, h: usize, w: usize) -> anyhow::Result<Vec
         let mut doc = if args.encoding == "jpeg" {
             let jpeg = vchat_core::jpeg::encode_bgr(frame.data(), h, w, args.quality)?;
             let mut d = Document::new();
-            d.content = Some(vchat_core::Content::Blob(jpeg));
-            d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+            d.set_jpeg(jpeg);
             d
         } else {
             Document::with_tensor(frame)

@@ -127,7 +127,7 @@ pub fn frame_of(doc: &Document, max_pixels: usize) -> Option<Result<Tensor, Erro
 
 /// Whether `doc` holds a JPEG blob (its MIME type says so).
 pub fn is_jpeg(doc: &Document) -> bool {
-    matches!(doc.content, Some(Content::Blob(_))) && doc.mime_type.eq_ignore_ascii_case(MIME_JPEG)
+    doc.jpeg().is_some()
 }
 
 #[cfg(test)]

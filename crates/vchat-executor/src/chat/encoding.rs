@@ -2,8 +2,8 @@
 //! its answer goes out the same way unless `tags.accept` says otherwise. A JPEG
 //! mosaic is encoded once per room state and shared.
 
-use vchat_core::jpeg::{self, MIME_JPEG};
-use vchat_core::{Content, Document, Error, Tensor};
+use vchat_core::jpeg;
+use vchat_core::{Document, Error, Tensor};
 
 use super::VideoChatExecutor;
 use super::cache::Snapshot;
@@ -54,8 +54,7 @@ impl VideoChatExecutor {
             (Encoding::Raw, Encoding::Jpeg) => {
                 let j = jpeg::encode_bgr(frame.data(), h, w, self.quality)
                     .map_err(|e| self.reject(e.to_string()))?;
-                doc.content = Some(Content::Blob(j));
-                doc.mime_type = MIME_JPEG.to_string();
+                doc.set_jpeg(j);
             }
             _ => {}
         }
@@ -95,8 +94,7 @@ impl VideoChatExecutor {
                 if shared {
                     self.remember(room, snap, &mosaic, Some(&j));
                 }
-                doc.content = Some(Content::Blob(j));
-                doc.mime_type = MIME_JPEG.to_string();
+                doc.set_jpeg(j);
             }
         }
         Ok(())

@@ -455,8 +455,7 @@ fn frames(
                     match vchat_core::jpeg::encode_bgr(frame.data(), h, w, q) {
                         Ok(jpeg) => {
                             let mut d = Document::new();
-                            d.content = Some(vchat_core::Content::Blob(jpeg));
-                            d.mime_type = vchat_core::jpeg::MIME_JPEG.to_string();
+                            d.set_jpeg(jpeg);
                             d
                         }
                         Err(e) => {
