@@ -16,7 +16,11 @@
 //! A stream is one user in one room: the first frame it gets in with binds it to
 //! that user and room until it ends, and a frame of another user or room on it
 //! (or a request whose documents name several) gets an ERROR status, so one
-//! peer cannot fill a room with made-up names or wander between rooms.
+//! peer cannot fill a room with made-up names or wander between rooms. A newer
+//! stream of a user already in the room takes over their tile; the older
+//! stream's frames are then refused ("replaced by a newer connection"), and its
+//! end leaves the newer one in place. A request tagged `tags.viewer: true` gets
+//! the room's mosaic without its frame being stored: a viewer is not in the room.
 //!
 //! Frames are uint8 H×W×3 BGR tensors, or JPEG blobs (`mime_type: image/jpeg`).
 //! Each response is in the encoding its request used, unless `tags.accept` says
@@ -126,6 +130,11 @@ pub const PARTICIPANTS_TAG: &str = "participants";
 pub const ACCEPT_TAG: &str = "accept";
 /// The request tag of the name drawn on a user's tile (else `tags.user`).
 pub const NAME_TAG: &str = "name";
+/// The request tag (`true`) of a viewer: the answer is the room's mosaic, and
+/// nothing of the request is stored, so the viewer is not in the room. The
+/// gateway sets it for an access token with `canPublish: false`.
+pub const VIEWER_TAG: &str = "viewer";
+
 /// The request tag (`true`) of a user whose camera is paused: their tile is a
 /// dark "paused" tile, whatever frame the request carries.
 pub const PAUSED_TAG: &str = "paused";
@@ -610,6 +619,16 @@ impl VideoChatExecutor {
                 )));
             }
         }
+        // One stream per user in a room: once a newer stream has taken the
+        // user's tile, the older one (bound to the user already) is refused
+        // instead of taking it back, so its end cannot remove the newer one.
+        let taken = state
+            .rooms
+            .get(room_name)
+            .is_some_and(|r| r.slots.iter().any(|s| s.user == user && s.stream != stream));
+        if taken && stream != StreamId::UNKNOWN && state.streams.contains_key(&stream) {
+            return Err(self.reject(format!("replaced by a newer connection of {user}")));
+        }
         let room = state.rooms.entry(room_name.to_string()).or_default();
         let result = self.store(
             room,
@@ -901,7 +920,10 @@ impl VideoChatExecutor {
     /// The mosaic of `snap` as seen by its requester: `None` while the requester
     /// is alone in a layout that answers with the frame itself.
     fn compose(&self, snap: &Snapshot) -> Result<Option<(Bytes, usize, usize)>, Error> {
-        let highlight = self.highlight_self.then_some(snap.me);
+        let highlight = self
+            .highlight_self
+            .then_some(snap.me)
+            .filter(|&me| me < snap.tiles.len());
         let limit = self.max_mosaic_pixels;
         let failed = |e: MosaicError| self.reject(format!("cannot compose the mosaic: {e}"));
         let mosaic = match self.layout {
@@ -965,6 +987,61 @@ impl VideoChatExecutor {
     }
 }
 
+impl VideoChatExecutor {
+    /// Answers a viewer's `doc` with `room`'s mosaic as it is, storing nothing:
+    /// no frame when the room is empty.
+    fn view(&self, doc: &mut vchat_core::Document, room: &str) -> Result<(), Error> {
+        let output = match doc.tag_str(ACCEPT_TAG) {
+            Some(a) if a.eq_ignore_ascii_case("raw") => Encoding::Raw,
+            Some(a) if a.eq_ignore_ascii_case("jpeg") => Encoding::Jpeg,
+            _ if jpeg::is_jpeg(doc) => Encoding::Jpeg,
+            _ => Encoding::Raw,
+        };
+        let snap = self.lock().rooms.get(room).map(|r| Snapshot {
+            version: r.version,
+            participants: r.slots.iter().map(|s| s.user.clone()).collect(),
+            // Nobody's tile is the viewer's.
+            me: usize::MAX,
+            tiles: r
+                .slots
+                .iter()
+                .map(|s| (s.frame.clone(), s.height, s.width))
+                .collect(),
+            labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
+            raw: None,
+            jpeg: None,
+        });
+        doc.content = None;
+        doc.mime_type.clear();
+        let snap = snap.filter(|s| !s.tiles.is_empty());
+        doc.set_tag(
+            PARTICIPANTS_TAG,
+            participants_value(snap.as_ref().map_or(&[][..], |s| &s.participants)),
+        );
+        let Some(snap) = snap else {
+            return Ok(());
+        };
+        let (data, h, w) = match self.compose(&snap)? {
+            Some(m) => m,
+            None => snap.tiles[0].clone(),
+        };
+        match output {
+            Encoding::Raw => {
+                let t = Tensor::image(h, w, 3, data)
+                    .map_err(|e| self.reject(format!("internal: {e}")))?;
+                doc.set_tensor(t);
+            }
+            Encoding::Jpeg => {
+                let j = jpeg::encode_bgr(&data, h, w, self.quality)
+                    .map_err(|e| self.reject(e.to_string()))?;
+                doc.content = Some(Content::Blob(j));
+                doc.mime_type = MIME_JPEG.to_string();
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every `timeout` (at most a second), drops idle users and empty rooms from
 /// every room of `state`, until the executor is gone.
 async fn sweep_idle(state: std::sync::Weak<Mutex<State>>, timeout: Duration) {
@@ -1024,6 +1101,17 @@ impl Executor for VideoChatExecutor {
         let Some((user, room)) = who else {
             return Ok(());
         };
+        if docs.iter().any(|d| {
+            matches!(
+                d.tags.get(VIEWER_TAG).and_then(|v| v.kind.as_ref()),
+                Some(Kind::BoolValue(true))
+            )
+        }) {
+            for doc in docs.iter_mut() {
+                self.view(doc, &room)?;
+            }
+            return Ok(());
+        }
         // Before decoding anything; `update` checks again under its lock.
         self.check_identity(&self.lock().streams, ctx.stream, &user, &room)?;
         for doc in docs.iter_mut() {
@@ -1310,6 +1398,66 @@ mod tests {
         let mut c = paused("carol", 60, 80);
         send(&ex, &mut c, 1).await.unwrap();
         assert_eq!(c[0].tensor().unwrap().shape(), [480, 640, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_stream_of_a_user_replaces_the_older_one() {
+        let ex = with(VideoChatConfig::default());
+        send(&ex, &mut frame("alice", 4, 4, 10), 1).await.unwrap();
+        send(&ex, &mut frame("bob", 4, 4, 20), 3).await.unwrap();
+        // A second stream of alice takes her tile.
+        send(&ex, &mut frame("alice", 4, 4, 30), 2).await.unwrap();
+        let err = send(&ex, &mut frame("alice", 4, 4, 40), 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replaced by a newer connection of alice"),
+            "{err}"
+        );
+        // The older stream's end leaves the newer one in place.
+        ex.stream_closed(StreamId(1)).await;
+        assert_eq!(ex.users(DEFAULT_ROOM), ["alice", "bob"]);
+        let mut docs = frame("bob", 4, 4, 20);
+        send(&ex, &mut docs, 3).await.unwrap();
+        let t = docs[0].tensor().unwrap();
+        assert_eq!(
+            t.data()[0],
+            30,
+            "alice's tile holds the newer stream's frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_viewer_sees_the_room_without_being_in_it() {
+        let ex = with(VideoChatConfig::default());
+        let viewer = |value| {
+            let mut d = frame("carol", 4, 4, value);
+            d[0].set_tag(
+                VIEWER_TAG,
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            );
+            d
+        };
+        // An empty room: no frame comes back.
+        let mut v = viewer(99);
+        send(&ex, &mut v, 9).await.unwrap();
+        assert!(v[0].content.is_none());
+        send(&ex, &mut frame("alice", 4, 4, 10), 1).await.unwrap();
+        send(&ex, &mut frame("bob", 4, 4, 20), 2).await.unwrap();
+        let mut v = viewer(99);
+        send(&ex, &mut v, 9).await.unwrap();
+        assert_eq!(participants(&v), ["alice", "bob"]);
+        let t = v[0].tensor().unwrap();
+        assert_eq!(t.shape()[..2], [8, 4]);
+        assert!(
+            !t.data().contains(&99),
+            "the viewer's frame is not in the mosaic"
+        );
+        assert_eq!(ex.users(DEFAULT_ROOM), ["alice", "bob"]);
+        assert!(!ex.lock().streams.contains_key(&StreamId(9)));
     }
 
     #[tokio::test]

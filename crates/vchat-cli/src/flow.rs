@@ -13,7 +13,7 @@ use vchat_core::config::{
     DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
-    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_MONITORING_HOST, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
     DEFAULT_STREAM_IDLE_TIMEOUT_S, load_flow,
 };
 use vchat_gateway::{
@@ -103,6 +103,14 @@ pub struct FlowArgs {
     /// (executor YAMLs with `py_modules`).
     #[arg(long, env = "VCHAT_PYTHON", default_value = "python3")]
     python: PathBuf,
+    /// Access control from a file of `KEY_ID: SECRET` lines (added to
+    /// `with.auth.keys`): every stream then needs an access token (`vchat token`).
+    #[arg(long)]
+    auth_keys_file: Option<PathBuf>,
+    /// Address the metrics endpoint listens on (overrides
+    /// `with.monitoring_host`; default 127.0.0.1, this machine only).
+    #[arg(long)]
+    monitoring_host: Option<String>,
 }
 
 pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode> {
@@ -124,6 +132,8 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         "max_memory_mb must be at least 1 (MiB), got 0"
     );
     vchat_core::budget::global().set_limit_mb(max_memory_mb);
+    // Before the executors start: a bad key is a configuration error.
+    let verifier = crate::auth::verifier(spec.with.auth.as_ref(), args.auth_keys_file.as_deref())?;
     let flow = FlowRuntime::build(&spec, &registry, &options).await?;
     let host = args
         .host
@@ -214,6 +224,10 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         .port_monitoring
         .or(spec.with.port_monitoring)
         .unwrap_or(0);
+    let monitoring_host = args
+        .monitoring_host
+        .or(spec.with.monitoring_host.clone())
+        .unwrap_or_else(|| DEFAULT_MONITORING_HOST.to_string());
     let websocket = args.http_port.is_some() || spec.with.serves_websocket();
     let port_http = args.http_port.or(spec.with.port_http).unwrap_or(0);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
@@ -227,6 +241,16 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
                 .metrics_max_rooms
                 .unwrap_or(DEFAULT_METRICS_MAX_ROOMS),
         );
+    match verifier {
+        Some(v) => {
+            tracing::info!("Access control on: every stream needs an access token");
+            gateway = gateway.auth(v);
+        }
+        None => tracing::warn!(
+            "Access control off (no with.auth): anyone who reaches the gateway joins any room \
+             under any name"
+        ),
+    }
     let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
     let mut web_addr = None;
     if websocket {
@@ -249,9 +273,11 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
     }
     let mut metrics_addr = None;
     if monitoring {
-        let m = tokio::net::TcpListener::bind((host.as_str(), port_monitoring))
+        let m = tokio::net::TcpListener::bind((monitoring_host.as_str(), port_monitoring))
             .await
-            .with_context(|| format!("cannot listen on {host}:{port_monitoring} for metrics"))?;
+            .with_context(|| {
+                format!("cannot listen on {monitoring_host}:{port_monitoring} for metrics")
+            })?;
         metrics_addr = Some(m.local_addr()?);
         gateway = gateway.monitoring(m);
     }

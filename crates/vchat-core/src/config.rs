@@ -49,6 +49,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL_S: f64 = 20.0;
 /// Default most rooms given a label of their own in the metrics.
 pub const DEFAULT_METRICS_MAX_ROOMS: usize = 64;
 
+/// Default address of the metrics endpoint: this machine only, since the
+/// metrics name rooms and count users.
+pub const DEFAULT_MONITORING_HOST: &str = "127.0.0.1";
+
 /// The gateway protocols a Flow may name in `with.protocol`.
 pub const PROTOCOLS: [&str; 2] = ["grpc", "websocket"];
 
@@ -184,6 +188,26 @@ pub struct FlowWith {
     /// [`DEFAULT_METRICS_MAX_ROOMS`].
     #[serde(default)]
     pub metrics_max_rooms: Option<usize>,
+    /// Address the metrics endpoint listens on. Default
+    /// [`DEFAULT_MONITORING_HOST`] (this machine only); `0.0.0.0` for a
+    /// Prometheus on another machine.
+    #[serde(default)]
+    pub monitoring_host: Option<String>,
+    /// Access control: streams need a signed access token. Absent: anyone who
+    /// reaches the gateway joins any room under any name.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `with.auth` of a Flow.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key id (a token's `iss`) → its secret, at least 32 bytes; `${ENV_VAR}`
+    /// reads the secret from the environment at start-up, so that it stays out
+    /// of the YAML file.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
 }
 
 /// How a stream flows on an endpoint.
@@ -237,6 +261,10 @@ struct ExecutorEntry {
     keepalive_timeout_s: Option<u64>,
     #[serde(default)]
     stop_grace_s: Option<f64>,
+    #[serde(default)]
+    tls: Option<bool>,
+    #[serde(default)]
+    executor_secret: Option<String>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for
@@ -323,6 +351,13 @@ pub struct Deployment {
     /// How long a Python executor's processes have to exit after SIGTERM before
     /// they are killed (`stop_grace_s`). `None`: [`DEFAULT_STOP_GRACE_S`].
     pub stop_grace: Option<std::time::Duration>,
+    /// Calls an external executor over TLS (`tls: true`), checking its
+    /// certificate against the system's roots and `VCHAT_EXECUTOR_CA` (a PEM file).
+    pub tls: bool,
+    /// The shared secret sent on every call to an external executor
+    /// (`executor_secret`, `${ENV_VAR}` read at start-up), which
+    /// `vchat executor --secret-env` requires.
+    pub secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -635,6 +670,12 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                 external.len()
             )));
         }
+        if external.is_empty() && (entry.tls.is_some() || entry.executor_secret.is_some()) {
+            return Err(at(
+                "`tls` and `executor_secret` are settings of an external executor (`host` and `port`)"
+                    .into(),
+            ));
+        }
         let retries = match entry.retries {
             None => DEFAULT_RETRIES,
             Some(r) if r < 0 => DEFAULT_RETRIES,
@@ -660,6 +701,8 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             keepalive_timeout: entry
                 .keepalive_timeout_s
                 .map(std::time::Duration::from_secs),
+            tls: entry.tls.unwrap_or(false),
+            secret: entry.executor_secret,
             stop_grace: match entry.stop_grace_s {
                 None => None,
                 Some(g) if g.is_finite() && (0.0..=3600.0).contains(&g) => {

@@ -139,6 +139,7 @@ impl CallService {
                 limits.max_streams,
                 limits.max_streams_per_ip,
                 metrics.clone(),
+                crate::access::Access::open(),
                 "streams",
             )),
             limits,
@@ -146,6 +147,19 @@ impl CallService {
             metrics,
             stream_ids: StreamIds::new(),
         }
+    }
+
+    /// Checks who each stream is with `access` (shared with the other doors)
+    /// instead of serving everyone under any name.
+    pub fn with_access(mut self, access: Arc<crate::access::Access>) -> Self {
+        self.gate = Arc::new(StreamGate::new(
+            self.limits.max_streams,
+            self.limits.max_streams_per_ip,
+            self.metrics.clone(),
+            access,
+            "streams",
+        ));
+        self
     }
 
     /// The ids this service gives its streams, to share with the gateway's other
@@ -324,10 +338,22 @@ impl CallService {
             .extensions()
             .get::<ConnInfo>()
             .map(|c| c.remote_addr.ip());
-        let admitted = match self.gate.admit(peer) {
+        let creds = crate::access::Credentials {
+            token: request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(vchat_auth::bearer)
+                .map(str::to_string),
+            ..Default::default()
+        };
+        let admitted = match self.gate.admit(peer, creds) {
             Ok(admitted) => admitted,
             Err(refused) => {
-                let status = Status::resource_exhausted(refused.to_string());
+                let status = match &refused {
+                    crate::gate::Refused::Auth(e) => crate::access::status_of(e),
+                    _ => Status::resource_exhausted(refused.to_string()),
+                };
                 return Box::pin(async move { Err(status) });
             }
         };
@@ -338,12 +364,14 @@ impl CallService {
         let frame_limit = self.limits.max_frame_bytes;
         let metrics = self.metrics.clone();
         let activity = Activity::new();
+        let seat = admitted.seat.clone();
         let inbound = IdleLimit::new(
             request.into_inner(),
             activity.clone(),
             self.limits.stream_idle_timeout,
         )
         .take_until(self.shutdown.clone().cancelled_owned());
+        let inbound = crate::access::until_replaced(inbound, &seat);
         tracing::debug!(stream = id.0, prefetch, "Stream opened");
         let guard = StreamGuard {
             flow: flow.clone(),
@@ -362,7 +390,8 @@ impl CallService {
             let flow = flow.clone();
             let metrics = metrics.clone();
             let started = Instant::now();
-            let req = match item {
+            let seat = seat.clone();
+            let mut req = match item {
                 Ok(Inbound::Request(req)) => req,
                 Ok(Inbound::Oversized { header, size }) => {
                     let endpoint = header.exec_endpoint.clone().unwrap_or_else(|| "/".into());
@@ -381,6 +410,17 @@ impl CallService {
                 .and_then(|h| h.exec_endpoint.clone())
                 .unwrap_or_else(|| "/".to_string());
             let size_in = req.encoded_len();
+            if let Err(m) = seat.check(&mut req) {
+                let resp = error_response(req.header.unwrap_or_default(), &Error::BadRequest(m));
+                metrics.request(
+                    &endpoint,
+                    started.elapsed(),
+                    true,
+                    size_in,
+                    resp.encoded_len(),
+                );
+                return one(Ok(resp));
+            }
             if let Some(size) = oversized_frame(&req, frame_limit) {
                 let e = Error::BadRequest(format!(
                     "a frame of {size} bytes is over the limit of {frame_limit} bytes (max_frame_bytes)"
@@ -409,7 +449,10 @@ impl CallService {
                 last_processed = Some(now);
             }
             if mode == StreamMode::Receive {
-                let responses = flow.respond(req, id).map(Ok);
+                let responses = flow.respond(req, id).map(move |mut r| {
+                    seat.reply(&mut r);
+                    Ok(r)
+                });
                 return futures::future::ready(responses.boxed()).boxed();
             }
             // Processed inside the future, so that `buffered` runs up to
@@ -417,8 +460,9 @@ impl CallService {
             // memory a peer makes the process hold: it counts in max_memory_mb.
             let held = vchat_core::budget::global().hold(size_in);
             async move {
-                let resp = flow.process(req, id).await;
+                let mut resp = flow.process(req, id).await;
                 drop(held);
+                seat.reply(&mut resp);
                 let failed = resp
                     .header
                     .as_ref()

@@ -25,8 +25,12 @@
 //!   WebSocket at `/ws` that streams JPEG frames through the same Flow, on their
 //!   own port (hyper and tokio-tungstenite; the same certificate as gRPC).
 //!
+//! - [`access`]: who a stream is, for every door: the identity and room of its
+//!   access token ([`Gateway::auth`]), and one stream per user and room.
+//!
 //! This crate has no feature flags.
 
+pub mod access;
 mod call;
 pub mod codec;
 mod conn;

@@ -14,6 +14,7 @@ use vchat_proto::jina::jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer};
 use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
 use vchat_proto::{JinaInfoProto, StatusProto};
 
+use crate::access::Access;
 use crate::call::{CallLimits, CallService, JinaRpcServer};
 use crate::conn::{self, ConnLimits};
 use crate::flow::FlowRuntime;
@@ -95,6 +96,7 @@ pub struct Gateway {
     monitoring: Option<TcpListener>,
     web: Option<(TcpListener, WebOptions)>,
     metrics: Arc<Metrics>,
+    access: Arc<Access>,
 }
 
 impl Gateway {
@@ -110,7 +112,15 @@ impl Gateway {
             monitoring: None,
             web: None,
             metrics,
+            access: Access::open(),
         }
+    }
+
+    /// Streams need an access token verified by `verifier` (see [`crate::access`]);
+    /// without it the gateway is open and names are not verified.
+    pub fn auth(mut self, verifier: vchat_auth::Verifier) -> Self {
+        self.access = Access::new(Some(verifier));
+        self
     }
 
     /// At most `n` rooms per executor get a label of their own in the metrics
@@ -182,7 +192,8 @@ impl Gateway {
             self.limits,
             shutdown.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_access(self.access.clone());
         if let Some(listener) = self.monitoring {
             tokio::spawn(serve_metrics(
                 listener,
@@ -205,6 +216,7 @@ impl Gateway {
                     shutdown.clone(),
                     acceptor.is_some(),
                     call.stream_ids(),
+                    self.access.clone(),
                 );
                 Some(tokio::spawn(web::serve(listener, acceptor, Arc::new(web))))
             }

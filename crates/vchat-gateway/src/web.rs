@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /` | the web client (`web/index.html` and `web/app.js`, built into the binary) |
 //! | `GET /ws?user=NAME&room=ROOM` | the WebSocket; `room` is optional (the shared room) |
+//! | `GET /ws?access_token=TOKEN` | the WebSocket of a Flow with `with.auth`: user and room are the token's |
 //!
 //! # Wire format
 //!
@@ -86,6 +87,9 @@ use crate::server::GatewayError;
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
 /// The web client's script.
 pub const APP_JS: &str = include_str!("../web/app.js");
+/// The close code of a WebSocket replaced by a newer connection of its user in
+/// its room: a client should not reconnect on it.
+pub const CLOSE_REPLACED: u16 = 4000;
 /// Path of the WebSocket.
 pub const WS_PATH: &str = "/ws";
 /// Endpoint every browser frame is sent to, and the latency metric's label.
@@ -174,6 +178,7 @@ impl Web {
         shutdown: CancellationToken,
         tls: bool,
         stream_ids: StreamIds,
+        access: Arc<crate::access::Access>,
     ) -> Self {
         Web {
             flow,
@@ -181,6 +186,7 @@ impl Web {
                 limits.max_streams,
                 limits.max_streams_per_ip,
                 metrics.clone(),
+                access,
                 "connections",
             ),
             limits,
@@ -295,6 +301,8 @@ pub struct Who {
     pub user: Option<String>,
     /// `room`, trimmed, at most 128 bytes.
     pub room: Option<String>,
+    /// `access_token`, at most [`vchat_auth::MAX_TOKEN_BYTES`].
+    pub token: Option<String>,
 }
 
 impl Web {
@@ -395,20 +403,33 @@ impl Web {
                 ),
             );
         }
-        let who = match parse_who(req.uri().query().unwrap_or("")) {
+        let mut who = match parse_who(req.uri().query().unwrap_or("")) {
             Ok(w) => w,
             Err(m) => return plain(StatusCode::BAD_REQUEST, m),
         };
-        let admitted = match self.gate.admit(Some(peer.ip())) {
+        let creds = crate::access::Credentials {
+            token: who.token.take(),
+            user: who.user.clone(),
+            room: who.room.clone(),
+        };
+        let admitted = match self.gate.admit(Some(peer.ip()), creds) {
             Ok(admitted) => admitted,
             Err(refused) => {
-                let code = match refused {
+                let code = match &refused {
                     Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
                     Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    Refused::Auth(e) => match e.denial() {
+                        vchat_auth::Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
+                        vchat_auth::Denial::PermissionDenied => StatusCode::FORBIDDEN,
+                    },
                 };
                 return plain(code, refused.to_string());
             }
         };
+        if let Some(g) = admitted.seat.grant() {
+            who.user = Some(g.identity.clone());
+            who.room = Some(g.room.clone());
+        }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let web = self.clone();
         tracker.spawn(async move {
@@ -454,11 +475,14 @@ impl Web {
         ws: WebSocketStream<S>,
         who: Who,
         peer: SocketAddr,
-        _admitted: Admitted,
+        admitted: Admitted,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let id = self.stream_ids.next();
+        let seat = admitted.seat.clone();
+        let replaced = seat.replaced();
+        tokio::pin!(replaced);
         self.metrics.stream_delta(1);
         let _leave = Leave {
             flow: self.flow.clone(),
@@ -523,7 +547,7 @@ impl Web {
                             active = Instant::now();
                             seq += 1;
                             let reply = if bucket.take(Instant::now()) {
-                                self.clone().frame(data, seq, who.clone(), id).boxed()
+                                self.clone().frame(data, seq, who.clone(), id, seat.clone()).boxed()
                             } else {
                                 self.metrics.frame_skipped();
                                 let m = json!({
@@ -572,6 +596,13 @@ impl Web {
                         reason: format!("no frame for {s} s (stream_idle_timeout_s)").into(),
                     });
                 }
+                _ = &mut replaced, if reading => {
+                    reading = false;
+                    close = Some(CloseFrame {
+                        code: CloseCode::Library(CLOSE_REPLACED),
+                        reason: seat.replaced_reason().into(),
+                    });
+                }
                 _ = self.shutdown.cancelled(), if reading => {
                     reading = false;
                     close = Some(CloseFrame {
@@ -613,6 +644,7 @@ impl Web {
         seq: u64,
         who: Arc<Who>,
         id: StreamId,
+        seat: Arc<crate::access::Seat>,
     ) -> Vec<Message> {
         let started = Instant::now();
         let size_in = data.len();
@@ -642,8 +674,15 @@ impl Web {
                 .request(ENDPOINT, started.elapsed(), true, size_in, n);
             return out;
         }
-        let req = request(data, &who);
-        let resp = self.flow.process(req, id).await;
+        let mut req = request(data, &who);
+        if let Err(text) = seat.check(&mut req) {
+            let (out, n) = error(text);
+            self.metrics
+                .request(ENDPOINT, started.elapsed(), true, size_in, n);
+            return out;
+        }
+        let mut resp = self.flow.process(req, id).await;
+        seat.reply(&mut resp);
         let server_ms = started.elapsed().as_secs_f64() * 1e3;
         let (out, failed, size_out) = reply(resp, seq, server_ms);
         match out {
@@ -914,11 +953,17 @@ pub fn parse_who(query: &str) -> Result<Who, String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let value =
             percent_decode(v).ok_or_else(|| format!("`{k}` is not valid UTF-8 once decoded"))?;
-        if value.len() > MAX_NAME_BYTES {
-            return Err(format!("`{k}` is longer than {MAX_NAME_BYTES} bytes"));
+        let max = if k == "access_token" {
+            vchat_auth::MAX_TOKEN_BYTES
+        } else {
+            MAX_NAME_BYTES
+        };
+        if value.len() > max {
+            return Err(format!("`{k}` is longer than {max} bytes"));
         }
         let value = value.trim().to_string();
         match k {
+            "access_token" if !value.is_empty() => who.token = Some(value),
             "user" if !value.is_empty() => who.user = Some(value),
             "room" if !value.is_empty() => who.room = Some(value),
             _ => {}
