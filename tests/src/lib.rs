@@ -579,10 +579,19 @@ impl User {
 
     /// Opens a stream with `client` (e.g. one for grpcs:// with a private CA).
     pub fn with_client(client: Client) -> User {
+        User::with_options(client, PostOptions::new())
+    }
+
+    /// Opens a stream to `addr` with an access token.
+    pub fn with_token(addr: &str, token: &str) -> User {
+        User::with_options(Client::new(addr).unwrap(), PostOptions::new().token(token))
+    }
+
+    fn with_options(client: Client, options: PostOptions) -> User {
         let (tx, rx) = mpsc::channel(4);
         let (resp_tx, responses) = mpsc::unbounded_channel();
         let err_tx = resp_tx.clone();
-        let options = PostOptions::new()
+        let options = options
             .request_size(1)
             .on_done(move |r| {
                 let _ = resp_tx.send(r.clone());
@@ -639,6 +648,15 @@ impl RawStream {
     /// Opens `jina.JinaRPC/Call` on `addr`, or returns the status the gateway
     /// refuses the stream with.
     pub async fn try_connect(addr: &str) -> Result<RawStream, tonic::Status> {
+        RawStream::try_connect_with(addr, None).await
+    }
+
+    /// Opens `jina.JinaRPC/Call` on `addr` with `authorization: Bearer TOKEN`
+    /// metadata, or returns the status the gateway refuses the stream with.
+    pub async fn try_connect_with(
+        addr: &str,
+        token: Option<&str>,
+    ) -> Result<RawStream, tonic::Status> {
         let uri = addr.replace("grpc://", "http://");
         let mut client = JinaRpcClient::connect(uri)
             .await
@@ -646,10 +664,12 @@ impl RawStream {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
-        let responses = client
-            .call(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut call = tonic::Request::new(UnboundedReceiverStream::new(rx));
+        if let Some(t) = token {
+            call.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let responses = client.call(call).await?.into_inner();
         Ok(RawStream {
             tx: Some(tx),
             responses: Some(responses),

@@ -234,6 +234,7 @@ pub struct PostOptions {
     on_error: Option<Callback>,
     on_always: Option<Callback>,
     live: Option<tokio::sync::watch::Receiver<BTreeMap<String, Value>>>,
+    token: Option<String>,
 }
 
 impl Default for PostOptions {
@@ -246,6 +247,7 @@ impl Default for PostOptions {
             on_error: None,
             on_always: None,
             live: None,
+            token: None,
         }
     }
 }
@@ -259,6 +261,13 @@ impl PostOptions {
     /// Documents per request (at least 1); the chat sends 1.
     pub fn request_size(mut self, n: usize) -> Self {
         self.request_size = n.max(1);
+        self
+    }
+
+    /// The access token of a Flow with access control, sent as the stream's
+    /// `authorization: Bearer` metadata (see `vchat token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into()).filter(|t: &String| !t.is_empty());
         self
     }
 
@@ -427,6 +436,7 @@ impl Client {
     async fn open_call<S>(
         &self,
         prefetch: usize,
+        token: Option<&str>,
         requests: S,
     ) -> Result<impl Stream<Item = Result<DataRequestProto, Status>> + Send + use<S>, Status>
     where
@@ -448,6 +458,11 @@ impl Client {
         );
         headers.insert("te", http::HeaderValue::from_static("trailers"));
         headers.insert("__prefetch__", http::HeaderValue::from(prefetch));
+        if let Some(token) = token {
+            let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Status::invalid_argument("the access token is not a header value"))?;
+            headers.insert("authorization", value);
+        }
         headers.insert(
             "__results_in_order__",
             http::HeaderValue::from_static("true"),
@@ -580,7 +595,7 @@ impl Client {
             }
         });
         let mut responses = self
-            .open_call(options.prefetch, outbound)
+            .open_call(options.prefetch, options.token.as_deref(), outbound)
             .await
             .map_err(|s| self.rpc_error(s))?;
         let mut summary = PostSummary::default();

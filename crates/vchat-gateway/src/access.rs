@@ -5,7 +5,10 @@
 //! A door hands the stream's [`Credentials`] to the gate, which verifies them
 //! ([`Access::seat`]) and gives the stream a [`Seat`]. The door then passes every
 //! request through [`Seat::check`] and every reply through [`Seat::reply`], and
-//! ends the stream once [`Seat::replaced`] fires.
+//! ends the stream once [`Seat::replaced`] fires. A stream takes its user's
+//! place once the Flow has answered its first request without an error: the
+//! executor has then moved the user's tile to it, and the older stream's end
+//! leaves the user where they are.
 //!
 //! What a grant changes in requests, so that executors need not know tokens:
 //!
@@ -27,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use vchat_auth::{AuthError, Grant, Verifier};
 use vchat_proto::DataRequestProto;
 use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
+use vchat_proto::jina::status_proto::StatusCode;
 
 /// The request tag (`true`) that makes the chat answer without storing the
 /// frame: set on every request of a token with `canPublish: false`.
@@ -105,13 +109,9 @@ impl Access {
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             ending: Arc::new(Ending::default()),
             claimed: Mutex::new(None),
+            pending: Mutex::new(None),
             grant,
         };
-        match (&seat.grant, creds.user) {
-            (Some(g), _) => seat.claim(&g.room, &g.identity),
-            (None, Some(user)) => seat.claim(creds.room.as_deref().unwrap_or(""), &user),
-            (None, None) => {}
-        }
         Ok(Arc::new(seat))
     }
 }
@@ -123,6 +123,11 @@ pub(crate) struct Seat {
     serial: u64,
     ending: Arc<Ending>,
     claimed: Mutex<Option<(String, String)>>,
+    /// The room and user of the first request, until a reply to it succeeds:
+    /// only then does this stream take the place of an older one, so that the
+    /// executor has given the user's tile to this stream before the older one
+    /// ends (its end then leaves the user in place).
+    pending: Mutex<Option<(String, String)>>,
     grant: Option<Grant>,
 }
 
@@ -188,11 +193,12 @@ impl Seat {
                     _ => None,
                 };
                 if let Some(user) = text("user") {
-                    self.claim(&text("room").unwrap_or_default(), &user);
+                    self.expect((text("room").unwrap_or_default(), user));
                 }
             }
             return Ok(());
         };
+        self.expect((grant.room.clone(), grant.identity.clone()));
         for doc in &mut da.docs {
             let fields = &mut doc.tags.get_or_insert_with(Default::default).fields;
             for (tag, granted) in [("user", &grant.identity), ("room", &grant.room)] {
@@ -233,9 +239,41 @@ impl Seat {
         Ok(())
     }
 
-    /// Takes the frames out of a reply when the grant does not let the peer
-    /// subscribe.
+    /// Remembers the identity of the stream's first request.
+    fn expect(&self, key: (String, String)) {
+        if self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(key);
+    }
+
+    /// Once the Flow answered a request of the stream without an error, makes
+    /// the stream its user's one in its room; takes the frames out of a reply
+    /// when the grant does not let the peer subscribe.
     pub(crate) fn reply(&self, resp: &mut DataRequestProto) {
+        let failed = resp
+            .header
+            .as_ref()
+            .and_then(|h| h.status.as_ref())
+            .is_some_and(|s| s.code == StatusCode::Error as i32);
+        if !failed {
+            let pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some((room, user)) = pending {
+                self.claim(&room, &user);
+            }
+        }
         if self.grant.as_ref().is_none_or(|g| g.can_subscribe) {
             return;
         }
@@ -313,8 +351,13 @@ mod tests {
             room: Some("r".into()),
             ..Default::default()
         };
-        let a = access.seat(creds("alice")).unwrap();
-        let b = access.seat(creds("alice")).unwrap();
+        let seat = |u: &str| {
+            let s = access.seat(creds(u)).unwrap();
+            s.claim("r", u);
+            s
+        };
+        let a = seat("alice");
+        let b = seat("alice");
         assert!(a.ending.token.is_cancelled());
         assert_eq!(
             a.replaced_reason(),
@@ -327,7 +370,7 @@ mod tests {
             1,
             "b still holds alice"
         );
-        let c = access.seat(creds("bob")).unwrap();
+        let c = seat("bob");
         assert!(!b.ending.token.is_cancelled() && !c.ending.token.is_cancelled());
         drop((b, c));
         assert!(access.holders.lock().unwrap().is_empty());

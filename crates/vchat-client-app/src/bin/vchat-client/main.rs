@@ -108,6 +108,10 @@ struct Args {
     /// CA or a self-signed certificate [default: the system's roots].
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Access token for a Flow with access control (`vchat token` makes one);
+    /// USER must be the token's identity.
+    #[arg(long, env = "VCHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// How frames travel: `raw` (uint8 tensors) or `jpeg` (blobs with mime_type
     /// image/jpeg; the mosaics come back as JPEG too).
     #[arg(long, default_value = "raw", value_parser = ["raw", "jpeg"])]
@@ -410,6 +414,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         receive: args.mode == "receive",
         ca: args.ca.clone(),
         jpeg_quality: (args.encoding == "jpeg").then_some(args.quality),
+        token: args.token.clone().filter(|t| !t.is_empty()),
     };
     let task = rt.spawn(stream::run(shared.clone(), config));
 
