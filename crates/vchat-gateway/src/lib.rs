@@ -37,6 +37,7 @@ mod conn;
 mod executor_server;
 pub mod flow;
 mod gate;
+pub mod link;
 pub mod metrics;
 mod outbox;
 pub mod python;
@@ -47,11 +48,12 @@ pub mod web;
 
 pub use call::{CallLimits, CallService, JinaRpcServer, PREFETCH_METADATA};
 pub use conn::{ConnInfo, ConnLimits};
-pub use executor_server::{UNKNOWN_STREAM, serve_executor};
+pub use executor_server::{UNKNOWN_STREAM, serve_executor, serve_executor_with};
 pub use flow::{
     BuildOptions, FlowRuntime, Node, RESULTS_PARAMETER, SKIPPED_PARAMETER, error_response,
     error_status, merge, skipped_response,
 };
+pub use link::LinkOptions;
 #[cfg(unix)]
 pub use python::supervise;
 pub use python::{Launch, PythonExecutor, SUPERVISE_COMMAND};
