@@ -617,3 +617,10 @@ async fn the_link_to_an_external_executor_can_be_tls_with_a_private_ca() {
     let r = bob.send(frame("bob", BOB, 20, 30)).await;
     assert!(r.is_error(), "an untrusted executor must not be used");
 }
+
+#[test]
+fn the_example_flow_with_auth_loads() {
+    let spec = vchat_core::config::load_flow(&repo_root().join("examples/flows/auth.yml")).unwrap();
+    let auth = spec.with.auth.expect("with.auth");
+    assert_eq!(auth.keys["main"], "${VCHAT_KEY_SECRET}");
+}
