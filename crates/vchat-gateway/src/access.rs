@@ -47,11 +47,14 @@ pub struct Credentials {
     pub room: Option<String>,
 }
 
+/// A user in a room: `(room, user)`.
+type Place = (String, String);
+
 /// The identities of every open stream of a gateway, across its doors.
 pub struct Access {
     verifier: Option<Verifier>,
     /// `(room, user)` → the seat that holds it and how to end its stream.
-    holders: Mutex<HashMap<(String, String), (u64, Arc<Ending>)>>,
+    holders: Mutex<HashMap<Place, (u64, Arc<Ending>)>>,
     serial: AtomicU64,
 }
 

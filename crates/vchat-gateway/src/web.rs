@@ -170,6 +170,7 @@ pub(crate) struct Web {
 }
 
 impl Web {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         flow: Arc<FlowRuntime>,
         limits: CallLimits,
