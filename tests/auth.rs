@@ -624,3 +624,53 @@ fn the_example_flow_with_auth_loads() {
     let auth = spec.with.auth.expect("with.auth");
     assert_eq!(auth.keys["main"], "${VCHAT_KEY_SECRET}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_joins_with_its_token_and_a_replaced_tab_stops() {
+    use vchat_e2e::browser::{Chromium, Page};
+    let patience = PATIENCE * 3;
+    let flow = auth_flow();
+    let dir = scratch("auth-browser");
+    let chromium = Chromium::launch(&dir);
+    let cdp = chromium.connect().await;
+    let url = format!(
+        "{}/?token={}&autojoin=1&fps=10",
+        flow.web_url(),
+        token("alice", "standup")
+    );
+    let first = Page::open(&cdp, "first", &url).await;
+    first
+        .wait_for(
+            "alice's mosaic",
+            "vchat.hello && vchat.hello.user === 'alice' && vchat.hello.room === 'standup' \
+             && vchat.lastMosaic && vchat.lastMosaic.participants.join() === 'alice'",
+            patience,
+        )
+        .await;
+    // The same token in a second tab: it takes alice's place, and the first
+    // tab stops instead of reconnecting (which would take it back).
+    let second = Page::open(&cdp, "second", &url).await;
+    second
+        .wait_for("a mosaic", "vchat.frames > 0", patience)
+        .await;
+    first
+        .wait_for(
+            "the first tab stopped as replaced",
+            "vchat.state === 'error' && vchat.lastError.kind === 'replaced' \
+             && vchat.closes.some(c => c.code === 4000 && c.reason.includes('replaced by a newer connection of alice'))",
+            patience,
+        )
+        .await;
+    let frames = second.eval("vchat.frames").await.as_u64().unwrap();
+    second
+        .wait_for(
+            "the second tab streams on, alone as alice",
+            &format!(
+                "vchat.state === 'streaming' && vchat.frames > {frames} + 5 \
+                 && vchat.lastMosaic.participants.join() === 'alice'"
+            ),
+            patience,
+        )
+        .await;
+    assert_eq!(first.eval("vchat.reconnects").await, 0);
+}
