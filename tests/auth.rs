@@ -674,3 +674,45 @@ async fn the_page_joins_with_its_token_and_a_replaced_tab_stops() {
         .await;
     assert_eq!(first.eval("vchat.reconnects").await, 0);
 }
+
+#[test]
+fn vchat_bench_streams_with_a_token_per_user() {
+    let flow = auth_flow();
+    let (a, b) = (token("bench-a", "load"), token("bench-b", "load"));
+    let run = |tokens: &[&str]| {
+        let mut c = Command::new(bin("vchat"));
+        c.args([
+            "bench",
+            flow.addr(),
+            "--users",
+            "2",
+            "--fps",
+            "10",
+            "--duration",
+            "1",
+        ])
+        .args(["--warmup", "0.5", "--json"]);
+        for t in tokens {
+            c.args(["--token", t]);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[&a, &b]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["errors"], 0, "{stdout}");
+    assert!(v["answered"].as_u64().unwrap() > 0, "{stdout}");
+    // One token for two users would make them replace each other: refused.
+    let out = run(&[&a]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a token of its own"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
