@@ -110,7 +110,7 @@ impl StreamGate {
                 "too many {noun}: this gateway serves at most {max} at once (max_streams)"
             )));
         };
-        // Last: a stream refused for a limit must not end its user's other one.
+        // Last: the counters above turn a flood away before any token is decoded.
         let seat = match self.access.seat(creds) {
             Ok(seat) => seat,
             Err(e) => return refused(Refused::Auth(e)),
