@@ -716,3 +716,44 @@ fn vchat_bench_streams_with_a_token_per_user() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The local address `port` listens on, from /proc/net/tcp (IPv4).
+fn listening_address(port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        let (addr, p) = cols.get(1)?.split_once(':')?;
+        (u16::from_str_radix(p, 16).ok()? == port && cols.get(3) == Some(&"0A"))
+            .then(|| addr.to_string())
+    })
+}
+
+#[test]
+fn metrics_listen_on_loopback_unless_configured() {
+    use std::ffi::OsStr;
+    let yml = repo_root().join("tests/flows/unlabelled.yml");
+    let start = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = ["flow", "--uses"].map(OsStr::new).to_vec();
+        args.push(yml.as_os_str());
+        args.extend(["--host", "0.0.0.0", "--port", "0", "--port-monitoring", "0"].map(OsStr::new));
+        args.extend(extra.iter().map(OsStr::new));
+        Flow::spawn(&bin("vchat"), &args)
+    };
+    let port = |flow: &Flow| -> u16 {
+        let url = flow.metrics_url();
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches("/metrics")
+            .parse()
+            .unwrap()
+    };
+    let flow = start(&[]);
+    // 127.0.0.1, as /proc/net/tcp writes it; the gRPC port is on every address.
+    assert_eq!(listening_address(port(&flow)).as_deref(), Some("0100007F"));
+    let grpc: u16 = flow.addr().rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(listening_address(grpc).as_deref(), Some("00000000"));
+    let open = start(&["--monitoring-host", "0.0.0.0"]);
+    assert_eq!(listening_address(port(&open)).as_deref(), Some("00000000"));
+    assert!(http_get(open.metrics_url()).contains("vchat_requests_total"));
+}
