@@ -26,6 +26,15 @@ impl RawStream {
     /// Opens `jina.JinaRPC/Call` on `addr`, or returns the status the gateway
     /// refuses the stream with.
     pub async fn try_connect(addr: &str) -> Result<RawStream, tonic::Status> {
+        RawStream::try_connect_with(addr, None).await
+    }
+
+    /// Opens `jina.JinaRPC/Call` on `addr` with `authorization: Bearer TOKEN`
+    /// metadata, or returns the status the gateway refuses the stream with.
+    pub async fn try_connect_with(
+        addr: &str,
+        token: Option<&str>,
+    ) -> Result<RawStream, tonic::Status> {
         let uri = addr.replace("grpc://", "http://");
         let mut client = JinaRpcClient::connect(uri)
             .await
@@ -33,10 +42,12 @@ impl RawStream {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
-        let responses = client
-            .call(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut call = tonic::Request::new(UnboundedReceiverStream::new(rx));
+        if let Some(t) = token {
+            call.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let responses = client.call(call).await?.into_inner();
         Ok(RawStream {
             tx: Some(tx),
             responses: Some(responses),

@@ -24,10 +24,19 @@ impl User {
 
     /// Opens a stream with `client` (e.g. one for grpcs:// with a private CA).
     pub fn with_client(client: Client) -> User {
+        User::with_options(client, PostOptions::new())
+    }
+
+    /// Opens a stream to `addr` with an access token.
+    pub fn with_token(addr: &str, token: &str) -> User {
+        User::with_options(Client::new(addr).unwrap(), PostOptions::new().token(token))
+    }
+
+    fn with_options(client: Client, options: PostOptions) -> User {
         let (tx, rx) = mpsc::channel(4);
         let (resp_tx, responses) = mpsc::unbounded_channel();
         let err_tx = resp_tx.clone();
-        let options = PostOptions::new()
+        let options = options
             .request_size(1)
             .on_done(move |r| {
                 let _ = resp_tx.send(r.clone());

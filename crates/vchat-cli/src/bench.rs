@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Access token for a Flow with access control, one per simulated user
+    /// (repeat it): user N streams with the Nth token, as its identity in its
+    /// room (frames then carry no user or room tag of their own).
+    #[arg(long)]
+    token: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -137,9 +142,12 @@ fn prepare(args: &BenchArgs, u: usize, h: usize, w: usize) -> anyhow::Result<Vec
         } else {
             Document::with_tensor(frame)
         };
-        doc.set_tag_str("user", name.clone());
-        if let Some(r) = &args.room {
-            doc.set_tag_str("room", r.clone());
+        // With tokens, the gateway takes the user and room from each one.
+        if args.token.is_empty() {
+            doc.set_tag_str("user", name.clone());
+            if let Some(r) = &args.room {
+                doc.set_tag_str("room", r.clone());
+            }
         }
         let bytes = doc.clone().into_proto().encoded_len() as u64 + 64;
         docs.push((doc, bytes));
@@ -158,6 +166,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let duration_ok = args.duration.is_finite() && args.duration > 0.0;
     if args.users == 0 || !fps_ok || !duration_ok {
         bail!("--users must be positive, --fps 0 or more, --duration more than 0");
+    }
+    if !args.token.is_empty() && args.token.len() < args.users {
+        bail!(
+            "--users {} with {} --token: give each user a token of its own (a second stream of \
+             one identity replaces the first)",
+            args.users,
+            args.token.len()
+        );
     }
     let client = Client::open(&args.addr, args.ca.as_deref())?;
     // Every frame is rendered (and encoded) before the clock starts, so that
@@ -209,7 +225,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         let shared_out = shared.clone();
-        let options = PostOptions::new()
+        let options = match args.token.get(u) {
+            Some(t) => PostOptions::new().token(t.clone()),
+            None => PostOptions::new(),
+        };
+        let options = options
             .request_size(1)
             .prefetch(args.window.max(1))
             .on_always(move |resp| {

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use vchat_core::Registry;
 use vchat_core::config::{DEFAULT_MAX_MESSAGE_BYTES, load_executor};
-use vchat_gateway::{CancellationToken, FlowRuntime, Node, serve_executor};
+use vchat_gateway::{CancellationToken, FlowRuntime, Node, serve_executor_with};
 
 #[derive(Args, Debug)]
 pub struct ExecutorArgs {
@@ -26,6 +26,18 @@ pub struct ExecutorArgs {
     /// Largest request in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Environment variable holding a shared secret that every call must carry
+    /// (the Flow's `executor_secret` on this executor); without it, anyone who
+    /// reaches the port can send frames and end streams.
+    #[arg(long, value_name = "VAR")]
+    secret_env: Option<String>,
+    /// PEM certificate chain: serve over TLS (`tls: true` on the executor in the
+    /// Flow); needs --ssl-keyfile.
+    #[arg(long, requires = "ssl_keyfile")]
+    ssl_certfile: Option<PathBuf>,
+    /// PEM private key of --ssl-certfile.
+    #[arg(long, requires = "ssl_certfile")]
+    ssl_keyfile: Option<PathBuf>,
 }
 
 pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitCode> {
@@ -40,6 +52,29 @@ pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitC
             args.uses.display()
         );
     }
+    let secret = match &args.secret_env {
+        Some(var) => {
+            let s = std::env::var(var)
+                .with_context(|| format!("environment variable {var} (--secret-env) is not set"))?;
+            anyhow::ensure!(
+                !s.is_empty(),
+                "environment variable {var} (--secret-env) is empty"
+            );
+            Some(s)
+        }
+        None => None,
+    };
+    let tls = match (&args.ssl_certfile, &args.ssl_keyfile) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf, what: &str| {
+                std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+            };
+            Some((read(cert, "certificate")?, read(key, "private key")?))
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    let link = vchat_gateway::LinkOptions { secret, tls };
     let executor = registry.build(&spec)?;
     let flow = FlowRuntime::new(vec![Node::new(spec.name.clone(), executor)]);
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -57,9 +92,9 @@ pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitC
         spec.name,
         spec.jtype
     );
-    println!("vchat: listening on grpc://{shown}");
+    println!("vchat: listening on {scheme}://{shown}");
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::flow::wait_for_signal(shutdown.clone()));
-    serve_executor(flow, args.max_message_bytes, listener, shutdown).await?;
+    serve_executor_with(flow, args.max_message_bytes, listener, shutdown, link).await?;
     Ok(ExitCode::SUCCESS)
 }

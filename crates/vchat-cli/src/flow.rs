@@ -94,6 +94,14 @@ pub struct FlowArgs {
     /// (executor YAMLs with `py_modules`).
     #[arg(long, env = "VCHAT_PYTHON", default_value = "python3")]
     python: PathBuf,
+    /// Access control from a file of `KEY_ID: SECRET` lines (added to
+    /// `with.auth.keys`): every stream then needs an access token (`vchat token`).
+    #[arg(long)]
+    auth_keys_file: Option<PathBuf>,
+    /// Address the metrics endpoint listens on (overrides
+    /// `with.monitoring_host`; default 127.0.0.1, this machine only).
+    #[arg(long)]
+    monitoring_host: Option<String>,
 }
 
 impl FlowArgs {
@@ -117,7 +125,9 @@ impl FlowArgs {
             ssl_certfile: self.ssl_certfile.clone(),
             ssl_keyfile: self.ssl_keyfile.clone(),
             port_monitoring: self.port_monitoring,
+            monitoring_host: self.monitoring_host.clone(),
             http_port: self.http_port,
+            auth_keys_file: self.auth_keys_file.clone(),
         }
     }
 }

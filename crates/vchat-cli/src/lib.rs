@@ -14,6 +14,7 @@ mod bench;
 mod executor;
 mod flow;
 mod ping;
+mod token;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,21 @@ enum Command {
     /// frames (sent, never answered); bytes out and in. A table by default, one
     /// JSON object with --json; a progress bar on stderr while it runs.
     Bench(bench::BenchArgs),
+    /// Print an access token for a Flow with access control (`with.auth`).
+    ///
+    /// The token is an HS256 JWT with LiveKit's claims: the identity (`sub`),
+    /// a display name, the key id (`iss`), `exp` and `nbf`, and a `video` grant
+    /// of one room (`roomJoin`, `canPublish`, `canSubscribe`). Its holder joins
+    /// that room as that identity, and nothing else: give each user their own.
+    /// The secret is read from an environment variable, never the command line:
+    ///
+    ///   export VCHAT_KEY_SECRET=$(openssl rand -hex 32)
+    ///
+    ///   vchat token --key main --secret-env VCHAT_KEY_SECRET --room standup --identity alice --name "Alice"
+    ///
+    /// Clients send it as `vchat-client --token T` (or VCHAT_TOKEN), gRPC metadata
+    /// `authorization: Bearer T`, or the browser page's `?token=T`.
+    Token(token::TokenArgs),
     /// Leads the process group of an executor the Flow starts (see
     /// `vchat_gateway::python`); stdin is the gateway's lifeline.
     #[command(name = vchat_gateway::SUPERVISE_COMMAND, hide = true)]
@@ -151,6 +167,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Token(args) => token::run(args),
             // Handled above, before the runtime; kept for completeness.
             Command::Supervise(args) => Ok(supervise(args)),
         }

@@ -23,6 +23,7 @@ pub struct PostOptions {
     pub(crate) on_error: Option<Callback>,
     pub(crate) on_always: Option<Callback>,
     pub(crate) live: Option<tokio::sync::watch::Receiver<BTreeMap<String, Value>>>,
+    pub(crate) token: Option<String>,
 }
 
 impl Default for PostOptions {
@@ -35,6 +36,7 @@ impl Default for PostOptions {
             on_error: None,
             on_always: None,
             live: None,
+            token: None,
         }
     }
 }
@@ -48,6 +50,13 @@ impl PostOptions {
     /// Documents per request (at least 1); the chat sends 1.
     pub fn request_size(mut self, n: usize) -> Self {
         self.request_size = n.max(1);
+        self
+    }
+
+    /// The access token of a Flow with access control, sent as the stream's
+    /// `authorization: Bearer` metadata (see `vchat token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into()).filter(|t: &String| !t.is_empty());
         self
     }
 

@@ -29,6 +29,7 @@ impl Client {
     async fn open_call<S>(
         &self,
         prefetch: usize,
+        token: Option<&str>,
         requests: S,
     ) -> Result<impl Stream<Item = Result<DataRequestProto, Status>> + Send + use<S>, Status>
     where
@@ -50,6 +51,11 @@ impl Client {
         );
         headers.insert("te", http::HeaderValue::from_static("trailers"));
         headers.insert("__prefetch__", http::HeaderValue::from(prefetch));
+        if let Some(token) = token {
+            let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Status::invalid_argument("the access token is not a header value"))?;
+            headers.insert("authorization", value);
+        }
         headers.insert(
             "__results_in_order__",
             http::HeaderValue::from_static("true"),
@@ -165,7 +171,7 @@ impl Client {
             }
         });
         let mut responses = self
-            .open_call(options.prefetch, outbound)
+            .open_call(options.prefetch, options.token.as_deref(), outbound)
             .await
             .map_err(|s| self.rpc_error(s))?;
         let mut summary = PostSummary::default();

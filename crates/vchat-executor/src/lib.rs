@@ -21,7 +21,7 @@ pub use chat::{
     ACCEPT_TAG, DEFAULT_CANVAS, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_MOSAIC_PIXELS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_SIDE,
     DEFAULT_MAX_USERS, DEFAULT_ROOM, JTYPE, Layout, NAME_TAG, PARTICIPANTS_TAG, PAUSED_TAG,
-    VideoChatConfig, VideoChatExecutor, parse_size, register,
+    VIEWER_TAG, VideoChatConfig, VideoChatExecutor, parse_size, register,
 };
 pub use frame::Frame;
 pub use mosaic::{

@@ -21,7 +21,9 @@ use vchat_proto::{DataRequestProto, EndpointsProto, JinaInfoProto};
 
 use crate::error::GatewayError;
 use crate::flow::FlowRuntime;
+use crate::link::LinkOptions;
 use crate::server::VERSION;
+use tonic::service::interceptor::InterceptedService;
 use vchat_core::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 /// Requests from a caller that does not say which client stream they belong to
@@ -104,6 +106,25 @@ pub async fn serve_executor(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    serve_executor_with(
+        flow,
+        max_message_bytes,
+        listener,
+        shutdown,
+        LinkOptions::default(),
+    )
+    .await
+}
+
+/// [`serve_executor`] with its link protected: a secret required on every
+/// call, TLS (see [`crate::link`]).
+pub async fn serve_executor_with(
+    flow: FlowRuntime,
+    max_message_bytes: usize,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    link: LinkOptions,
+) -> Result<(), GatewayError> {
     let service = Arc::new(Service {
         flow: Arc::new(flow),
     });
@@ -124,19 +145,36 @@ pub async fn serve_executor(
         .register_encoded_file_descriptor_set(vchat_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| GatewayError::Reflection(e.to_string()))?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &link.tls {
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .map_err(|e| GatewayError::Tls(e.to_string()))?;
+    }
+    let check = crate::link::require(link.secret.clone());
+    builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             JinaSingleDataRequestRpcServer::from_arc(service.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(JinaDiscoverEndpointsRpcServer::from_arc(service.clone()))
-        .add_service(JinaInfoRpcServer::from_arc(service))
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            JinaDiscoverEndpointsRpcServer::from_arc(service.clone()),
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            JinaInfoRpcServer::from_arc(service),
+            check,
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await?;
     Ok(())

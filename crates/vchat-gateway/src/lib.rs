@@ -22,6 +22,9 @@
 //!   gateway's own accept loop ([`conn`]) so that it is timed with the HTTP/2
 //!   preface.
 //!
+//! - [`session::access`]: who a stream is, for every door: the identity and room
+//!   of its access token ([`Gateway::auth`]), and one stream per user and room.
+//!
 //! This crate has no feature flags.
 
 pub mod config;
@@ -30,6 +33,7 @@ pub mod doors;
 mod error;
 mod executor_server;
 pub mod flow;
+pub mod link;
 pub mod metrics;
 mod server;
 pub mod session;
@@ -39,13 +43,14 @@ pub use conn::{ConnInfo, ConnLimits};
 pub use doors::grpc::{GrpcDoor, JinaRpcServer, PREFETCH_METADATA};
 pub use doors::websocket::WebOptions;
 pub use error::GatewayError;
-pub use executor_server::{UNKNOWN_STREAM, serve_executor};
+pub use executor_server::{UNKNOWN_STREAM, serve_executor, serve_executor_with};
 #[cfg(unix)]
 pub use flow::python::supervise;
 pub use flow::python::{self, Launch, PythonExecutor, SUPERVISE_COMMAND};
 pub use flow::remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions, channel, channel_with};
 pub use flow::skip::SkipFrames;
 pub use flow::{BuildOptions, FlowRuntime, Node, merge};
+pub use link::LinkOptions;
 pub use server::{Gateway, VERSION};
 pub use session::{Session, Sessions, StreamLimits};
 pub use tls::tls_acceptor;

@@ -20,6 +20,7 @@ use crate::doors::websocket::{self, WebOptions, WebSocketDoor};
 use crate::error::GatewayError;
 use crate::flow::FlowRuntime;
 use crate::metrics::{Metrics, serve_metrics};
+use crate::session::Access;
 use crate::session::{Sessions, StreamLimits};
 use crate::tls::{tls_acceptor, tls_acceptor_for};
 
@@ -80,6 +81,7 @@ pub struct Gateway {
     monitoring: Option<TcpListener>,
     web: Option<(TcpListener, WebOptions)>,
     metrics: Arc<Metrics>,
+    access: Arc<Access>,
 }
 
 impl Gateway {
@@ -95,7 +97,15 @@ impl Gateway {
             monitoring: None,
             web: None,
             metrics,
+            access: Access::open(),
         }
+    }
+
+    /// Streams need an access token verified by `verifier` (see [`crate::access`]);
+    /// without it the gateway is open and names are not verified.
+    pub fn auth(mut self, verifier: vchat_auth::Verifier) -> Self {
+        self.access = Access::new(Some(verifier));
+        self
     }
 
     /// At most `n` rooms per executor get a label of their own in the metrics
@@ -162,7 +172,12 @@ impl Gateway {
                 .collect(),
             flow: self.flow.clone(),
         });
-        let sessions = Sessions::new(self.flow.clone(), self.limits, self.metrics.clone());
+        let sessions = Sessions::new(
+            self.flow.clone(),
+            self.limits,
+            self.metrics.clone(),
+            self.access.clone(),
+        );
         let grpc = GrpcDoor::new(&sessions, shutdown.clone());
         if let Some(listener) = self.monitoring {
             tokio::spawn(serve_metrics(

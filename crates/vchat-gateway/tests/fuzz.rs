@@ -488,6 +488,7 @@ async fn regression_huge_max_streams() {
         Arc::new(FlowRuntime::new(Vec::new())),
         limits,
         Arc::new(Metrics::default()),
+        vchat_gateway::session::Access::open(),
     );
     let _ = GrpcDoor::new(&sessions, CancellationToken::new());
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

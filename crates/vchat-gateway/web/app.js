@@ -12,6 +12,11 @@
 'use strict';
 (() => {
   const params = new URLSearchParams(location.search);
+  // An access token for a gateway with access control: sent as the
+  // WebSocket's `access_token`.
+  const token = params.get('token') || '';
+  // The close code of a connection replaced by a newer one of the same user.
+  const CLOSE_REPLACED = 4000;
   const num = (name, dflt, lo, hi) => {
     const v = Number(params.get(name));
     return params.has(name) && Number.isFinite(v) ? Math.min(hi, Math.max(lo, v)) : dflt;
@@ -154,7 +159,8 @@
     room = (room ?? ui.room.value).trim();
     ui.user.value = user;
     ui.room.value = room;
-    if (!user) {
+    // With an access token (`?token=`), the name and room are the token's.
+    if (!user && !token) {
       say('Pick a name first.', true);
       ui.user.focus();
       return;
@@ -181,8 +187,10 @@
 
   function connect() {
     clearTimeout(reconnectTimer);
-    const q = new URLSearchParams({ user: vchat.user });
+    const q = new URLSearchParams();
+    if (vchat.user) q.set('user', vchat.user);
     if (vchat.room) q.set('room', vchat.room);
+    if (token) q.set('access_token', token);
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const sock = new WebSocket(`${scheme}://${location.host}/ws?${q}`);
     sock.binaryType = 'arraybuffer';
@@ -208,6 +216,11 @@
       vchat.closes.push({ code: ev.code, reason: ev.reason });
       vchat.inFlight = 0;
       if (!joined) return;
+      if (ev.code === CLOSE_REPLACED) {
+        // Reconnecting would end the newer connection in turn.
+        fail('replaced', 'Replaced', `${ev.reason || 'Replaced by a newer connection'}: this tab stopped.`);
+        return;
+      }
       const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] * (0.8 + 0.4 * Math.random());
       attempt += 1;
       vchat.reconnects += 1;
@@ -357,5 +370,5 @@
   ui.user.value = params.get('user') || '';
   ui.room.value = params.get('room') || '';
   setState('idle');
-  if (params.get('autojoin') === '1' && ui.user.value.trim()) join();
+  if (params.get('autojoin') === '1' && (ui.user.value.trim() || token)) join();
 })();

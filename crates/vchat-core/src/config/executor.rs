@@ -57,6 +57,13 @@ pub struct Deployment {
     /// How long a Python executor's processes have to exit after SIGTERM before
     /// they are killed (`stop_grace_s`). `None`: [`DEFAULT_STOP_GRACE_S`].
     pub stop_grace: Option<std::time::Duration>,
+    /// Calls an external executor over TLS (`tls: true`), checking its
+    /// certificate against the system's roots and `VCHAT_EXECUTOR_CA` (a PEM file).
+    pub tls: bool,
+    /// The shared secret sent on every call to an external executor
+    /// (`executor_secret`, `${ENV_VAR}` read at start-up), which
+    /// `vchat executor --secret-env` requires.
+    pub secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +103,10 @@ pub(super) struct ExecutorEntry {
     pub(super) keepalive_timeout_s: Option<u64>,
     #[serde(default)]
     pub(super) stop_grace_s: Option<f64>,
+    #[serde(default)]
+    pub(super) tls: Option<bool>,
+    #[serde(default)]
+    pub(super) executor_secret: Option<String>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for

@@ -41,6 +41,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL_S: f64 = 20.0;
 /// Default most rooms given a label of their own in the metrics.
 pub const DEFAULT_METRICS_MAX_ROOMS: usize = 64;
 
+/// Default address of the metrics endpoint: this machine only, since the
+/// metrics name rooms and count users.
+pub const DEFAULT_MONITORING_HOST: &str = "127.0.0.1";
+
 /// The gateway protocols a Flow may name in `with.protocol`.
 pub const PROTOCOLS: [&str; 2] = ["grpc", "websocket"];
 
@@ -162,6 +166,26 @@ pub struct FlowWith {
     /// [`DEFAULT_METRICS_MAX_ROOMS`].
     #[serde(default)]
     pub metrics_max_rooms: Option<usize>,
+    /// Address the metrics endpoint listens on. Default
+    /// [`DEFAULT_MONITORING_HOST`] (this machine only); `0.0.0.0` for a
+    /// Prometheus on another machine.
+    #[serde(default)]
+    pub monitoring_host: Option<String>,
+    /// Access control: streams need a signed access token. Absent: anyone who
+    /// reaches the gateway joins any room under any name.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `with.auth` of a Flow.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key id (a token's `iss`) → its secret, at least 32 bytes; `${ENV_VAR}`
+    /// reads the secret from the environment at start-up, so that it stays out
+    /// of the YAML file.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
 }
 
 /// How a stream flows on an endpoint.

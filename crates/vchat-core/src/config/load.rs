@@ -272,6 +272,12 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                 external.len()
             )));
         }
+        if external.is_empty() && (entry.tls.is_some() || entry.executor_secret.is_some()) {
+            return Err(at(
+                "`tls` and `executor_secret` are settings of an external executor (`host` and `port`)"
+                    .into(),
+            ));
+        }
         let retries = match entry.retries {
             None => DEFAULT_RETRIES,
             Some(r) if r < 0 => DEFAULT_RETRIES,
@@ -297,6 +303,8 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
             keepalive_timeout: entry
                 .keepalive_timeout_s
                 .map(std::time::Duration::from_secs),
+            tls: entry.tls.unwrap_or(false),
+            secret: entry.executor_secret,
             stop_grace: match entry.stop_grace_s {
                 None => None,
                 Some(g) if g.is_finite() && (0.0..=3600.0).contains(&g) => {

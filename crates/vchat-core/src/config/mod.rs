@@ -173,6 +173,34 @@ mod tests {
     }
 
     #[test]
+    fn access_control_and_executor_link_security_parse() {
+        let dir = std::env::temp_dir().join(format!("vchat-auth-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("flow.yml");
+        std::fs::write(
+            &f,
+            "jtype: Flow\nwith:\n  monitoring_host: 0.0.0.0\n  auth:\n    keys:\n      main: ${S}\nexecutors:\n  - name: a\n    host: h\n    port: 7\n    tls: true\n    executor_secret: ${E}\n",
+        )
+        .unwrap();
+        let spec = load_flow(&f).unwrap();
+        assert_eq!(spec.with.auth.unwrap().keys["main"], "${S}");
+        assert_eq!(spec.with.monitoring_host.as_deref(), Some("0.0.0.0"));
+        let d = &spec.executors[0].deployment;
+        assert!(d.tls);
+        assert_eq!(d.secret.as_deref(), Some("${E}"));
+        std::fs::write(
+            &f,
+            "jtype: Flow\nexecutors:\n  - name: a\n    uses: X\n    tls: true\n",
+        )
+        .unwrap();
+        let e = load_flow(&f).unwrap_err().to_string();
+        assert!(e.contains("settings of an external executor"), "{e}");
+        std::fs::write(&f, "jtype: Flow\nwith:\n  auth:\n    key: {}\n").unwrap();
+        assert!(load_flow(&f).is_err(), "unknown keys under auth are errors");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn external_executor_link_settings() {
         let d = tmpdir("link");
         let flow = write(

@@ -35,6 +35,10 @@ pub const PARTICIPANTS_TAG: &str = "participants";
 pub const ACCEPT_TAG: &str = "accept";
 /// The request tag of the name drawn on a user's tile (else `tags.user`).
 pub const NAME_TAG: &str = "name";
+/// The request tag (`true`) of a viewer: the answer is the room's mosaic, and
+/// nothing of the request is stored, so the viewer is not in the room. The
+/// gateway sets it for an access token with `canPublish: false`.
+pub const VIEWER_TAG: &str = "viewer";
 /// The request tag (`true`) of a user whose camera is paused: their tile is a
 /// dark "paused" tile, whatever frame the request carries.
 pub const PAUSED_TAG: &str = "paused";

@@ -19,7 +19,10 @@ impl VideoChatExecutor {
     /// The mosaic of `snap` as seen by its requester: `None` while the requester
     /// is alone in a layout that answers with the frame itself.
     pub(super) fn compose(&self, snap: &Snapshot) -> Result<Option<Frame>, Error> {
-        let highlight = self.highlight_self.then_some(snap.me);
+        let highlight = self
+            .highlight_self
+            .then_some(snap.me)
+            .filter(|&me| me < snap.tiles.len());
         let limit = self.max_mosaic_pixels;
         let failed = |e: MosaicError| self.reject(format!("cannot compose the mosaic: {e}"));
         let mosaic = match self.layout {

@@ -16,7 +16,12 @@
 //! A stream is one user in one room: the first frame it gets in with binds it to
 //! that user and room until it ends, and a frame of another user or room on it
 //! (or a request whose documents name several) gets an ERROR status, so one
-//! peer cannot fill a room with made-up names or wander between rooms.
+//! peer cannot fill a room with made-up names or wander between rooms. A newer
+//! stream of a user already in the room takes over their tile; the older
+//! stream's frames are then refused ("replaced by a newer connection"), and its
+//! end leaves the newer one in place. A request tagged `tags.viewer: true` gets
+//! the room's mosaic without its frame being stored: a viewer is not in the room
+//! (see `viewer.rs`).
 //!
 //! Frames are uint8 H×W×3 BGR tensors, or JPEG blobs (`mime_type: image/jpeg`).
 //! Each response is in the encoding its request used, unless `tags.accept` says
@@ -88,6 +93,7 @@ mod layout;
 mod room;
 #[cfg(test)]
 mod tests;
+mod viewer;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -105,7 +111,7 @@ pub use config::{
     ACCEPT_TAG, DEFAULT_CANVAS, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_MOSAIC_PIXELS, DEFAULT_MAX_ROOMS, DEFAULT_MAX_SIDE,
     DEFAULT_MAX_USERS, DEFAULT_ROOM, JTYPE, Layout, NAME_TAG, PARTICIPANTS_TAG, PAUSED_TAG,
-    VideoChatConfig, parse_size,
+    VIEWER_TAG, VideoChatConfig, parse_size,
 };
 use encoding::Encoding;
 use room::{State, lock_state, sweep_idle};
@@ -220,6 +226,12 @@ impl Executor for VideoChatExecutor {
         let Some((user, room)) = self.request_identity(docs)? else {
             return Ok(());
         };
+        if docs.iter().any(viewer::is_viewer) {
+            for doc in docs.iter_mut() {
+                self.view(doc, &room)?;
+            }
+            return Ok(());
+        }
         // Before decoding anything; `update` checks again under its lock.
         self.check_identity(&self.lock().streams, ctx.stream, &user, &room)?;
         for doc in docs.iter_mut() {

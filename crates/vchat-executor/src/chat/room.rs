@@ -150,6 +150,16 @@ impl VideoChatExecutor {
                 )));
             }
         }
+        // One stream per user in a room: once a newer stream has taken the
+        // user's tile, the older one (bound to the user already) is refused
+        // instead of taking it back, so its end cannot remove the newer one.
+        let taken = state
+            .rooms
+            .get(room_name)
+            .is_some_and(|r| r.slots.iter().any(|s| s.user == user && s.stream != stream));
+        if taken && stream != StreamId::UNKNOWN && state.streams.contains_key(&stream) {
+            return Err(self.reject(format!("replaced by a newer connection of {user}")));
+        }
         let room = state.rooms.entry(room_name.to_string()).or_default();
         let result = self.store(
             room,

@@ -97,6 +97,16 @@ async fn build_node(
             None => defaults.keepalive_interval,
         },
         keepalive_timeout: d.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
+        tls: d.tls,
+        secret: match &d.secret {
+            Some(s) => Some(vchat_auth::expand_env(s).map_err(|m| {
+                ConfigError::new(
+                    e.origin.clone(),
+                    format!("executor `{}`: executor_secret: {m}", e.name),
+                )
+            })?),
+            None => None,
+        },
     };
     let at = |m: String| ConfigError::new(e.origin.clone(), format!("executor `{}`: {m}", e.name));
     let mut addrs = d.external.clone();

@@ -52,6 +52,10 @@ pub struct RemoteOptions {
     /// A PING unanswered for this long closes the connection, failing its calls
     /// (`keepalive_timeout_s`).
     pub keepalive_timeout: Duration,
+    /// Call over TLS (`tls: true`): see [`crate::link`].
+    pub tls: bool,
+    /// The shared secret sent on every call (`executor_secret`).
+    pub secret: Option<String>,
 }
 
 impl Default for RemoteOptions {
@@ -62,6 +66,8 @@ impl Default for RemoteOptions {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             keepalive_interval: Some(Duration::from_secs(DEFAULT_EXECUTOR_KEEPALIVE_INTERVAL_S)),
             keepalive_timeout: Duration::from_secs(DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S),
+            tls: false,
+            secret: None,
         }
     }
 }
@@ -92,13 +98,19 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
 
 /// [`channel`] with the keepalive of `options`.
 pub fn channel_with(addr: &str, options: &RemoteOptions) -> Result<Channel, String> {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if options.tls { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("invalid executor address {addr:?}: {e}"))?
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .connect_timeout(CONNECT_TIMEOUT.min(options.timeout));
+    if options.tls {
+        endpoint = endpoint
+            .tls_config(crate::link::client_tls()?)
+            .map_err(|e| format!("TLS to executor {addr:?}: {e}"))?;
+    }
     if let Some(interval) = options.keepalive_interval {
         // PINGs while calls are in flight find a peer that vanished without
         // closing its TCP connection (a host gone, a NAT entry expired). Not
@@ -159,6 +171,7 @@ impl Inner {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX);
             let mut request = tonic::Request::new(req.clone());
+            crate::link::authorize(&mut request, self.options.secret.as_deref());
             // Tells the executor when the gateway stops waiting; the gateway's
             // own bound is the timeout around the whole call below (tonic times
             // only up to the response headers, not the body).
@@ -199,6 +212,7 @@ impl Inner {
         let probe = self.is_vchat.get_or_try_init(|| async {
             let mut info = JinaInfoRpcClient::new(self.channel.clone());
             let mut req = tonic::Request::new(());
+            crate::link::authorize(&mut req, self.options.secret.as_deref());
             req.set_timeout(Duration::from_secs(2));
             let status = tokio::time::timeout(Duration::from_secs(2), info.status(req))
                 .await
@@ -401,7 +415,9 @@ impl Executor for RemoteExecutor {
     async fn ready(&self) -> Result<(), String> {
         let inner = &self.inner;
         let mut info = JinaInfoRpcClient::new(inner.channel.clone());
-        match tokio::time::timeout(READY_TIMEOUT, info.status(())).await {
+        let mut req = tonic::Request::new(());
+        crate::link::authorize(&mut req, inner.options.secret.as_deref());
+        match tokio::time::timeout(READY_TIMEOUT, info.status(req)).await {
             Ok(Ok(_)) => Ok(()),
             // It answered, it just has no `_status`: it is up.
             Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Ok(()),

@@ -1,7 +1,9 @@
 //! Whether a new stream may open, the same for every door: the memory ceiling
 //! (`max_memory_mb`), the streams from one address (`max_streams_per_ip`) and the
-//! streams of the door (`max_streams`), checked in that order. A door only turns
-//! a [`Refused`] into its own status (gRPC's RESOURCE_EXHAUSTED, an HTTP code).
+//! streams of the door (`max_streams`), checked in that order, then who the
+//! stream is ([`super::access`]: its access token, and the place of its identity).
+//! A door only turns a [`Refused`] into its own status (gRPC's
+//! RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED, an HTTP code).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vchat_core::budget::OverBudget;
 
+use super::access::{Access, Credentials, Seat};
 use crate::conn::{IpSlot, PerIp};
 use crate::metrics::Metrics;
 
@@ -18,12 +21,15 @@ pub(crate) struct StreamGate {
     max_streams: usize,
     per_ip: PerIp,
     metrics: Arc<Metrics>,
+    access: Arc<Access>,
     /// What the door calls a stream in its messages: "streams", "connections".
     noun: &'static str,
 }
 
 /// The places an open stream holds; they are given back when it is dropped.
 pub(crate) struct Admitted {
+    /// Who the stream is; the door checks each request with it.
+    pub(crate) seat: Arc<Seat>,
     _permit: OwnedSemaphorePermit,
     _ip_slot: Option<IpSlot>,
 }
@@ -37,6 +43,8 @@ pub(crate) enum Refused {
     PerIp(String),
     /// `max_streams` streams are open.
     Streams(String),
+    /// The access token is missing or not valid, or does not grant this.
+    Auth(vchat_auth::AuthError),
 }
 
 impl std::fmt::Display for Refused {
@@ -44,6 +52,7 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Memory(over) => over.fmt(f),
             Refused::PerIp(m) | Refused::Streams(m) => f.write_str(m),
+            Refused::Auth(e) => e.fmt(f),
         }
     }
 }
@@ -53,6 +62,7 @@ impl StreamGate {
         max_streams: usize,
         max_streams_per_ip: usize,
         metrics: Arc<Metrics>,
+        access: Arc<Access>,
         noun: &'static str,
     ) -> Self {
         StreamGate {
@@ -62,13 +72,18 @@ impl StreamGate {
             max_streams,
             per_ip: PerIp::new(max_streams_per_ip),
             metrics,
+            access,
             noun,
         }
     }
 
-    /// Lets a stream from `peer` in, or says why not (counted in
+    /// Lets a stream from `peer` with `creds` in, or says why not (counted in
     /// `vchat_streams_rejected_total` and logged).
-    pub(crate) fn admit(&self, peer: Option<IpAddr>) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(
+        &self,
+        peer: Option<IpAddr>,
+        creds: Credentials,
+    ) -> Result<Admitted, Refused> {
         let refused = |r: Refused| {
             self.metrics.stream_rejected();
             tracing::warn!(door = self.noun, "Stream refused: {r}");
@@ -95,7 +110,13 @@ impl StreamGate {
                 "too many {noun}: this gateway serves at most {max} at once (max_streams)"
             )));
         };
+        // Last: the counters above turn a flood away before any token is decoded.
+        let seat = match self.access.seat(creds) {
+            Ok(seat) => seat,
+            Err(e) => return refused(Refused::Auth(e)),
+        };
         Ok(Admitted {
+            seat,
             _permit: permit,
             _ip_slot: ip_slot,
         })

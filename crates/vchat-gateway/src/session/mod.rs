@@ -3,7 +3,8 @@
 //! messages, and leaves the rest to its [`Session`]:
 //!
 //! - admission ([`Door::open`]): the memory ceiling, streams per address and per
-//!   door (see [`gate`]);
+//!   door (see [`gate`]), then who the stream is: its access token, and one
+//!   stream per user in a room (see [`access`]);
 //! - the stream's id, and telling the Flow's executors when the stream ends, however
 //!   it ends (the session is dropped);
 //! - the frame rate cap ([`rate`]) and the size of frames;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use vchat_core::config::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAM_QUEUE_BYTES,
@@ -27,10 +29,13 @@ use vchat_core::{Content, DocumentArray, Error, Reply, Request, StreamId};
 use crate::flow::FlowRuntime;
 use crate::metrics::Metrics;
 
+pub mod access;
 pub mod activity;
 pub(crate) mod gate;
 pub mod rate;
 
+pub(crate) use access::Seat;
+pub use access::{Access, Credentials};
 pub use activity::{Activity, InFlight};
 pub(crate) use gate::{Refused, StreamGate};
 pub use rate::RateLimit;
@@ -86,12 +91,18 @@ pub struct Sessions {
     flow: Arc<FlowRuntime>,
     limits: StreamLimits,
     metrics: Arc<Metrics>,
+    access: Arc<Access>,
     next_id: AtomicU64,
 }
 
 impl Sessions {
-    /// The streams of a gateway serving `flow`.
-    pub fn new(flow: Arc<FlowRuntime>, limits: StreamLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// The streams of a gateway serving `flow`, who they are checked by `access`.
+    pub fn new(
+        flow: Arc<FlowRuntime>,
+        limits: StreamLimits,
+        metrics: Arc<Metrics>,
+        access: Arc<Access>,
+    ) -> Arc<Self> {
         // Stream ids start at random: they also reach executors in other
         // processes, which may serve several gateways.
         let id = vchat_core::new_id();
@@ -100,6 +111,7 @@ impl Sessions {
             flow,
             limits,
             metrics,
+            access,
             next_id: AtomicU64::new(base),
         })
     }
@@ -112,6 +124,7 @@ impl Sessions {
                 self.limits.max_streams,
                 self.limits.max_streams_per_ip,
                 self.metrics.clone(),
+                self.access.clone(),
                 noun,
             ),
             sessions: self.clone(),
@@ -143,20 +156,23 @@ pub struct Door {
 }
 
 impl Door {
-    /// Opens a stream for a peer at `peer`, with the frame rate cap `rate`, or
-    /// says why not (the door turns a [`Refused`] into its own status).
+    /// Opens a stream for a peer at `peer` that presented `creds`, with the
+    /// frame rate cap `rate`, or says why not (the door turns a [`Refused`] into
+    /// its own status).
     pub(crate) fn open(
         &self,
         peer: Option<IpAddr>,
+        creds: Credentials,
         rate: Option<RateLimit>,
     ) -> Result<Session, Refused> {
-        let admitted = self.gate.admit(peer)?;
+        let admitted = self.gate.admit(peer, creds)?;
         let s = &self.sessions;
         s.metrics.stream_delta(1);
         let id = StreamId(s.next_id.fetch_add(1, Ordering::Relaxed));
         tracing::debug!(stream = id.0, door = self.noun, "Stream opened");
         Ok(Session {
             id,
+            seat: admitted.seat.clone(),
             sessions: s.clone(),
             rate: Mutex::new(rate),
             activity: Activity::new(),
@@ -175,6 +191,7 @@ impl Door {
 /// and its places (streams, per address) are given back.
 pub struct Session {
     id: StreamId,
+    seat: Arc<Seat>,
     sessions: Arc<Sessions>,
     rate: Mutex<Option<RateLimit>>,
     activity: Arc<Activity>,
@@ -198,6 +215,11 @@ impl Session {
         &self.sessions.limits
     }
 
+    /// Who the stream is.
+    pub(crate) fn seat(&self) -> &Arc<Seat> {
+        &self.seat
+    }
+
     /// How busy the stream is.
     pub fn activity(&self) -> &Arc<Activity> {
         &self.activity
@@ -214,12 +236,17 @@ impl Session {
         admitted
     }
 
-    /// Runs `request` through the Flow. While it runs, its frames count in the
-    /// process's memory budget (`max_memory_mb`).
-    pub async fn process(&self, request: Request) -> Reply {
+    /// Runs `request` through the Flow, once it is checked against who the
+    /// stream is. While it runs, its frames count in the process's memory budget
+    /// (`max_memory_mb`).
+    pub async fn process(&self, mut request: Request) -> Reply {
+        if let Err(m) = self.seat.check(&mut request) {
+            return Reply::error(Error::BadRequest(m));
+        }
         let held = vchat_core::budget::global().hold(frame_bytes(&request.docs));
-        let reply = self.sessions.flow.process(request, self.id).await;
+        let mut reply = self.sessions.flow.process(request, self.id).await;
         drop(held);
+        self.seat.reply(&mut reply);
         if reply.is_skipped() {
             self.sessions.metrics.frame_skipped();
         }
@@ -227,8 +254,20 @@ impl Session {
     }
 
     /// The replies of a `receive` request: one per frame its source yields.
-    pub fn respond(&self, request: Request) -> BoxStream<'static, Reply> {
-        self.sessions.flow.respond(request, self.id)
+    pub fn respond(&self, mut request: Request) -> BoxStream<'static, Reply> {
+        if let Err(m) = self.seat.check(&mut request) {
+            let reply = Reply::error(Error::BadRequest(m));
+            return futures::stream::once(futures::future::ready(reply)).boxed();
+        }
+        let seat = self.seat.clone();
+        self.sessions
+            .flow
+            .respond(request, self.id)
+            .map(move |mut reply| {
+                seat.reply(&mut reply);
+                reply
+            })
+            .boxed()
     }
 
     /// Counts one answered request in the metrics.

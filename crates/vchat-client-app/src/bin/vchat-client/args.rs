@@ -88,6 +88,10 @@ pub struct Args {
     /// CA or a self-signed certificate [default: the system's roots].
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Access token for a Flow with access control (`vchat token` makes one);
+    /// USER must be the token's identity.
+    #[arg(long, env = "VCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// How frames travel: `raw` (uint8 tensors) or `jpeg` (blobs with mime_type
     /// image/jpeg; the mosaics come back as JPEG too).
     #[arg(long, default_value = "raw", value_parser = ["raw", "jpeg"])]

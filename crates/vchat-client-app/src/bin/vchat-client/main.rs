@@ -152,6 +152,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         receive: args.mode == "receive",
         ca: args.ca.clone(),
         jpeg_quality: (args.encoding == "jpeg").then_some(args.quality),
+        token: args.token.clone().filter(|t| !t.is_empty()),
     };
     let task = rt.spawn(stream::run(shared.clone(), config));
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub ca: Option<std::path::PathBuf>,
     /// JPEG quality when frames travel as JPEG; `None`: raw tensors.
     pub jpeg_quality: Option<u8>,
+    /// Access token of a Flow with access control.
+    pub token: Option<String>,
 }
 
 /// Largest mosaic decoded from a JPEG response, in pixels.
@@ -242,7 +244,11 @@ fn post_options(
         }
     };
     let on_error_any = on_any.clone();
-    PostOptions::new()
+    let options = match &cfg.token {
+        Some(t) => PostOptions::new().token(t.clone()),
+        None => PostOptions::new(),
+    };
+    options
         .request_size(1)
         .prefetch(cfg.prefetch)
         .live_parameters(shared.params.subscribe())

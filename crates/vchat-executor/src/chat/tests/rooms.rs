@@ -228,3 +228,63 @@ async fn requests_of_an_unknown_stream_bind_nobody() {
     assert_eq!(participants(&b), ["alice", "bob"]);
     assert!(ex.lock().streams.is_empty());
 }
+
+#[tokio::test]
+async fn a_newer_stream_of_a_user_replaces_the_older_one() {
+    let ex = with(VideoChatConfig::default());
+    send(&ex, &mut frame("alice", 4, 4, 10), 1).await.unwrap();
+    send(&ex, &mut frame("bob", 4, 4, 20), 3).await.unwrap();
+    // A second stream of alice takes her tile.
+    send(&ex, &mut frame("alice", 4, 4, 30), 2).await.unwrap();
+    let err = send(&ex, &mut frame("alice", 4, 4, 40), 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("replaced by a newer connection of alice"),
+        "{err}"
+    );
+    // The older stream's end leaves the newer one in place.
+    ex.stream_closed(StreamId(1)).await;
+    assert_eq!(ex.users(DEFAULT_ROOM), ["alice", "bob"]);
+    let mut docs = frame("bob", 4, 4, 20);
+    send(&ex, &mut docs, 3).await.unwrap();
+    let t = docs[0].tensor().unwrap();
+    assert_eq!(
+        t.data()[0],
+        30,
+        "alice's tile holds the newer stream's frame"
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_sees_the_room_without_being_in_it() {
+    let ex = with(VideoChatConfig::default());
+    let viewer = |value| {
+        let mut d = frame("carol", 4, 4, value);
+        d[0].set_tag(
+            VIEWER_TAG,
+            Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        );
+        d
+    };
+    // An empty room: no frame comes back.
+    let mut v = viewer(99);
+    send(&ex, &mut v, 9).await.unwrap();
+    assert!(v[0].content.is_none());
+    send(&ex, &mut frame("alice", 4, 4, 10), 1).await.unwrap();
+    send(&ex, &mut frame("bob", 4, 4, 20), 2).await.unwrap();
+    let mut v = viewer(99);
+    send(&ex, &mut v, 9).await.unwrap();
+    assert_eq!(participants(&v), ["alice", "bob"]);
+    let t = v[0].tensor().unwrap();
+    assert_eq!(t.shape()[..2], [8, 4]);
+    assert!(
+        !t.data().contains(&99),
+        "the viewer's frame is not in the mosaic"
+    );
+    assert_eq!(ex.users(DEFAULT_ROOM), ["alice", "bob"]);
+    assert!(!ex.lock().streams.contains_key(&StreamId(9)));
+}

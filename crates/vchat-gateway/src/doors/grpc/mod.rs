@@ -26,7 +26,8 @@ use vchat_core::{Error, Reply};
 use vchat_proto::DataRequestProto;
 
 use crate::conn::ConnInfo;
-use crate::session::{Door, RateLimit, Session, Sessions, check_frames};
+use crate::session::access::{status_of, until_replaced};
+use crate::session::{Credentials, Door, RateLimit, Refused, Session, Sessions, check_frames};
 
 pub mod codec;
 mod idle;
@@ -85,12 +86,22 @@ impl GrpcDoor {
             .extensions()
             .get::<ConnInfo>()
             .map(|c| c.remote_addr.ip());
+        let creds = Credentials {
+            token: request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(vchat_auth::bearer)
+                .map(str::to_string),
+            ..Default::default()
+        };
         let rate = limits.max_fps.and_then(RateLimit::steady);
-        let session = Arc::new(
-            self.door
-                .open(peer, rate)
-                .map_err(|refused| Status::resource_exhausted(refused.to_string()))?,
-        );
+        let session = Arc::new(self.door.open(peer, creds, rate).map_err(
+            |refused| match &refused {
+                Refused::Auth(e) => status_of(e),
+                _ => Status::resource_exhausted(refused.to_string()),
+            },
+        )?);
         let activity = session.activity().clone();
         let inbound = IdleLimit::new(
             request.into_inner(),
@@ -98,6 +109,8 @@ impl GrpcDoor {
             limits.stream_idle_timeout,
         )
         .take_until(self.shutdown.clone().cancelled_owned());
+        // A newer stream of the same user in the same room ends this one.
+        let inbound = until_replaced(inbound, session.seat());
         let responses = inbound
             .map(move |item| {
                 let in_flight = activity.begin();

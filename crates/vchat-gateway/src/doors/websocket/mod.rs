@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /` | the web client (`web/index.html` and `web/app.js`, built into the binary) |
 //! | `GET /ws?user=NAME&room=ROOM` | the WebSocket; `room` is optional (the shared room) |
+//! | `GET /ws?access_token=TOKEN` | the WebSocket of a Flow with `with.auth`: user and room are the token's |
 //!
 //! # Wire format
 //!
@@ -63,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vchat_core::config::DEFAULT_WEBSOCKET_MAX_FPS;
 
-use crate::session::{Door, RateLimit, Refused, Sessions};
+use crate::session::{Credentials, Door, RateLimit, Refused, Sessions};
 
 mod messages;
 mod query;
@@ -75,6 +76,9 @@ pub use query::{JoinQuery, origin_allowed, parse_join_query, percent_decode};
 pub const INDEX_HTML: &str = include_str!("../../../web/index.html");
 /// The web client's script.
 pub const APP_JS: &str = include_str!("../../../web/app.js");
+/// The close code of a WebSocket replaced by a newer connection of its user in
+/// its room: a client should not reconnect on it.
+pub const CLOSE_REPLACED: u16 = 4000;
 /// Path of the WebSocket.
 pub const WS_PATH: &str = "/ws";
 /// A TLS handshake or a request head must arrive within this.
@@ -325,22 +329,35 @@ impl WebSocketDoor {
                 ),
             );
         }
-        let who = match parse_join_query(req.uri().query().unwrap_or("")) {
+        let mut who = match parse_join_query(req.uri().query().unwrap_or("")) {
             Ok(w) => w,
             Err(m) => return plain(StatusCode::BAD_REQUEST, m),
         };
         let rate = RateLimit::per_second(self.options.max_fps)
             .or_else(|| RateLimit::per_second(DEFAULT_WEBSOCKET_MAX_FPS));
-        let session = match self.door.open(Some(peer.ip()), rate) {
+        let creds = Credentials {
+            token: who.token.take(),
+            user: who.user.clone(),
+            room: who.room.clone(),
+        };
+        let session = match self.door.open(Some(peer.ip()), creds, rate) {
             Ok(session) => session,
             Err(refused) => {
-                let code = match refused {
+                let code = match &refused {
                     Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
                     Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    Refused::Auth(e) => match e.denial() {
+                        vchat_auth::Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
+                        vchat_auth::Denial::PermissionDenied => StatusCode::FORBIDDEN,
+                    },
                 };
                 return plain(code, refused.to_string());
             }
         };
+        if let Some(g) = session.seat().grant() {
+            who.user = Some(g.identity.clone());
+            who.room = Some(g.room.clone());
+        }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let web = self.clone();
         tracker.spawn(async move {

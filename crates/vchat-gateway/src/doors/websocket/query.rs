@@ -10,6 +10,8 @@ pub struct JoinQuery {
     pub user: Option<String>,
     /// `room`, trimmed, at most 128 bytes.
     pub room: Option<String>,
+    /// `access_token`, at most [`vchat_auth::MAX_TOKEN_BYTES`].
+    pub token: Option<String>,
 }
 
 /// Whether a page of `origin` may open the WebSocket of a server reached as
@@ -46,11 +48,17 @@ pub fn parse_join_query(query: &str) -> Result<JoinQuery, String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let value =
             percent_decode(v).ok_or_else(|| format!("`{k}` is not valid UTF-8 once decoded"))?;
-        if value.len() > MAX_NAME_BYTES {
-            return Err(format!("`{k}` is longer than {MAX_NAME_BYTES} bytes"));
+        let max = if k == "access_token" {
+            vchat_auth::MAX_TOKEN_BYTES
+        } else {
+            MAX_NAME_BYTES
+        };
+        if value.len() > max {
+            return Err(format!("`{k}` is longer than {max} bytes"));
         }
         let value = value.trim().to_string();
         match k {
+            "access_token" if !value.is_empty() => who.token = Some(value),
             "user" if !value.is_empty() => who.user = Some(value),
             "room" if !value.is_empty() => who.room = Some(value),
             _ => {}

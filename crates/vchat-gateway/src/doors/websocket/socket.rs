@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 
 use super::messages::{self, ENDPOINT, frame_request, reply_messages};
 use super::query::JoinQuery;
-use super::{PING_AFTER, SEND_TIMEOUT, SILENCE_LIMIT, WebSocketDoor};
+use super::{CLOSE_REPLACED, PING_AFTER, SEND_TIMEOUT, SILENCE_LIMIT, WebSocketDoor};
 use crate::session::{Session, frame_too_large};
 
 impl WebSocketDoor {
@@ -35,6 +35,8 @@ impl WebSocketDoor {
     {
         let session = Arc::new(session);
         let id = session.id();
+        let replaced = session.seat().replaced();
+        tokio::pin!(replaced);
         let who = Arc::new(who);
         tracing::info!(
             stream = id.0,
@@ -146,6 +148,13 @@ impl WebSocketDoor {
                     close = Some(CloseFrame {
                         code: CloseCode::Policy,
                         reason: format!("no frame for {s} s (stream_idle_timeout_s)").into(),
+                    });
+                }
+                _ = &mut replaced, if reading => {
+                    reading = false;
+                    close = Some(CloseFrame {
+                        code: CloseCode::Library(CLOSE_REPLACED),
+                        reason: session.seat().replaced_reason().into(),
                     });
                 }
                 _ = self.shutdown.cancelled(), if reading => {

@@ -1,19 +1,21 @@
 //! A gateway's settings, resolved in one place: a command-line value wins over
 //! the Flow YAML's `with:`, which wins over the default. [`Overrides`] holds the
 //! raw command-line values; [`GatewayConfig::resolve`] merges and checks them,
-//! and [`GatewayConfig::bind`] opens the ports.
+//! and [`GatewayConfig::bind`] opens the ports. `auth.rs` turns the keys of
+//! `with.auth` and `--auth-keys-file` into a token verifier.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use vchat_auth::Verifier;
 use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
 use vchat_core::config::{
     DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
-    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
+    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_MONITORING_HOST, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
     DEFAULT_STREAM_IDLE_TIMEOUT_S, FlowWith,
 };
 
@@ -22,6 +24,8 @@ use crate::doors::websocket::WebOptions;
 use crate::flow::FlowRuntime;
 use crate::server::Gateway;
 use crate::session::StreamLimits;
+
+mod auth;
 
 /// Address a gateway listens on when neither the command line nor the Flow
 /// names one (every interface, as Jina).
@@ -47,7 +51,10 @@ pub struct Overrides {
     pub ssl_certfile: Option<PathBuf>,
     pub ssl_keyfile: Option<PathBuf>,
     pub port_monitoring: Option<u16>,
+    pub monitoring_host: Option<String>,
     pub http_port: Option<u16>,
+    /// `KEY_ID: SECRET` lines added to `with.auth.keys`.
+    pub auth_keys_file: Option<PathBuf>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -78,8 +85,11 @@ pub struct GatewayConfig {
     pub tls: Option<TlsFiles>,
     /// The browser side: its port and settings.
     pub web: Option<(u16, WebOptions)>,
-    /// The metrics port, when monitoring is on.
-    pub monitoring: Option<u16>,
+    /// The metrics address and port, when monitoring is on.
+    pub monitoring: Option<(String, u16)>,
+    /// The verifier of access tokens; `None`: the gateway is open, and names
+    /// are not verified.
+    pub auth: Option<Verifier>,
     /// The process's memory ceiling, in MiB.
     pub max_memory_mb: usize,
     /// Rooms with a label of their own in the metrics, per executor.
@@ -212,8 +222,19 @@ impl GatewayConfig {
             };
             (cli.http_port.or(with.port_http).unwrap_or(0), options)
         });
-        let monitoring = (cli.port_monitoring.is_some() || with.monitoring.unwrap_or(false))
-            .then(|| cli.port_monitoring.or(with.port_monitoring).unwrap_or(0));
+        let monitoring =
+            (cli.port_monitoring.is_some() || with.monitoring.unwrap_or(false)).then(|| {
+                let host = cli
+                    .monitoring_host
+                    .clone()
+                    .or(with.monitoring_host.clone())
+                    .unwrap_or_else(|| DEFAULT_MONITORING_HOST.to_string());
+                (
+                    host,
+                    cli.port_monitoring.or(with.port_monitoring).unwrap_or(0),
+                )
+            });
+        let auth = auth::verifier(with.auth.as_ref(), cli.auth_keys_file.as_deref())?;
         Ok(GatewayConfig {
             host: cli
                 .host
@@ -226,6 +247,7 @@ impl GatewayConfig {
             tls,
             web,
             monitoring,
+            auth,
             max_memory_mb,
             metrics_max_rooms: with.metrics_max_rooms.unwrap_or(DEFAULT_METRICS_MAX_ROOMS),
         })
@@ -233,20 +255,23 @@ impl GatewayConfig {
 
     /// Opens every port and builds the gateway for `flow`.
     pub async fn bind(&self, flow: FlowRuntime) -> Result<Bound, String> {
-        let host = self.host.as_str();
-        let listen = |port: u16, what: &'static str| async move {
-            TcpListener::bind((host, port))
-                .await
-                .map_err(|e| format!("cannot listen on {host}:{port}{what}: {e}"))
+        let listen = |host: &str, port: u16, what: &'static str| {
+            let host = host.to_string();
+            async move {
+                TcpListener::bind((host.as_str(), port))
+                    .await
+                    .map_err(|e| format!("cannot listen on {host}:{port}{what}: {e}"))
+            }
         };
-        let listener = listen(self.port, "").await?;
+        let host = self.host.as_str();
+        let listener = listen(host, self.port, "").await?;
         let grpc = listener.local_addr().map_err(|e| e.to_string())?;
         let mut gateway = Gateway::new(flow, self.streams)
             .connections(self.connections)
             .metrics_max_rooms(self.metrics_max_rooms);
         let mut web = None;
         if let Some((port, options)) = &self.web {
-            let w = listen(*port, " for the web client").await?;
+            let w = listen(host, *port, " for the web client").await?;
             web = Some(w.local_addr().map_err(|e| e.to_string())?);
             gateway = gateway.web(w, options.clone());
         }
@@ -254,8 +279,18 @@ impl GatewayConfig {
             gateway = gateway.tls(tls.cert_pem.clone(), tls.key_pem.clone());
         }
         let mut metrics = None;
-        if let Some(port) = self.monitoring {
-            let m = listen(port, " for metrics").await?;
+        match &self.auth {
+            Some(v) => {
+                tracing::info!("Access control on: every stream needs an access token");
+                gateway = gateway.auth(v.clone());
+            }
+            None => tracing::warn!(
+                "Access control off (no with.auth): anyone who reaches the gateway joins any \
+                 room under any name"
+            ),
+        }
+        if let Some((mhost, port)) = &self.monitoring {
+            let m = listen(mhost, *port, " for metrics").await?;
             metrics = Some(m.local_addr().map_err(|e| e.to_string())?);
             gateway = gateway.monitoring(m);
         }
@@ -323,6 +358,7 @@ mod tests {
             ..Default::default()
         };
         let c = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap();
-        assert!(c.web.is_some() && c.monitoring == Some(0));
+        assert!(c.web.is_some());
+        assert_eq!(c.monitoring, Some((DEFAULT_MONITORING_HOST.to_string(), 0)));
     }
 }
