@@ -237,6 +237,10 @@ struct ExecutorEntry {
     keepalive_timeout_s: Option<u64>,
     #[serde(default)]
     stop_grace_s: Option<f64>,
+    #[serde(default)]
+    resolve_interval_s: Option<f64>,
+    #[serde(default)]
+    dns_replicas: Option<bool>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for
@@ -286,6 +290,11 @@ pub const DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S: u64 = 20;
 /// Default seconds a Python executor's processes have to exit after SIGTERM
 /// before they are killed.
 pub const DEFAULT_STOP_GRACE_S: f64 = 3.0;
+/// Default seconds between two resolutions of an external executor's host
+/// names, which find replicas that came or went (a StatefulSet's pods).
+pub const DEFAULT_RESOLVE_INTERVAL_S: f64 = 5.0;
+/// Shortest and longest `resolve_interval_s` accepted, in seconds.
+pub const RESOLVE_INTERVAL_RANGE_S: (f64, f64) = (0.1, 3600.0);
 
 /// How an executor of a Flow is deployed: where it runs, how many copies, what it
 /// follows.
@@ -323,6 +332,12 @@ pub struct Deployment {
     /// How long a Python executor's processes have to exit after SIGTERM before
     /// they are killed (`stop_grace_s`). `None`: [`DEFAULT_STOP_GRACE_S`].
     pub stop_grace: Option<std::time::Duration>,
+    /// How often an external executor's host names are resolved again
+    /// (`resolve_interval_s`). `None`: [`DEFAULT_RESOLVE_INTERVAL_S`].
+    pub resolve_interval: Option<std::time::Duration>,
+    /// The one `host` is a DNS name whose addresses are the replicas, found
+    /// anew every `resolve_interval` (`dns_replicas: true`; a headless Service).
+    pub dns_replicas: bool,
 }
 
 #[derive(Deserialize)]
@@ -628,6 +643,38 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
         if external.is_empty() && entry.uses.is_none() {
             return Err(at("needs `uses` (an executor YAML or jtype), or `host` and `port` of an external executor".into()));
         }
+        let dns_replicas = entry.dns_replicas.unwrap_or(false);
+        if dns_replicas && external.len() != 1 {
+            return Err(at(format!(
+                "dns_replicas: true needs one `host` and one `port` (a name whose addresses are the replicas), got {} address(es)",
+                external.len()
+            )));
+        }
+        if dns_replicas && entry.replicas.is_some() {
+            return Err(at(
+                "dns_replicas: true finds the replicas in DNS; leave `replicas` out".into(),
+            ));
+        }
+        let resolve_interval = match entry.resolve_interval_s {
+            None => None,
+            Some(s)
+                if s.is_finite()
+                    && (RESOLVE_INTERVAL_RANGE_S.0..=RESOLVE_INTERVAL_RANGE_S.1).contains(&s) =>
+            {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => {
+                return Err(at(format!(
+                    "resolve_interval_s must be between {} and {} seconds, got {s}",
+                    RESOLVE_INTERVAL_RANGE_S.0, RESOLVE_INTERVAL_RANGE_S.1
+                )));
+            }
+        };
+        if resolve_interval.is_some() && external.is_empty() {
+            return Err(at(
+                "resolve_interval_s applies to an external executor (`host` and `port`)".into(),
+            ));
+        }
         if !external.is_empty() && entry.replicas.is_some_and(|r| r != external.len()) {
             return Err(at(format!(
                 "replicas: {} but {} external address(es) given; list one host/port per replica",
@@ -671,6 +718,8 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                     )));
                 }
             },
+            resolve_interval,
+            dns_replicas,
         };
         if spec.deployment.replicas == 0 {
             return Err(at("replicas must be at least 1".into()));

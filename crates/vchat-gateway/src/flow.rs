@@ -65,6 +65,8 @@ pub struct Node {
     route_by: Option<String>,
     needs: Vec<Source>,
     next: AtomicUsize,
+    /// An external executor's replicas, found by name (then `replicas` is empty).
+    discovery: Option<Arc<crate::discovery::Replicas>>,
 }
 
 impl Node {
@@ -77,6 +79,7 @@ impl Node {
             replicas: vec![executor],
             needs: Vec::new(),
             next: AtomicUsize::new(0),
+            discovery: None,
         }
     }
 
@@ -87,13 +90,21 @@ impl Node {
 
     /// Number of replicas.
     pub fn replicas(&self) -> usize {
-        self.replicas.len()
+        self.members().len()
+    }
+
+    /// Every replica now in use.
+    fn members(&self) -> Vec<Arc<dyn Executor>> {
+        match &self.discovery {
+            Some(d) => d.all(),
+            None => self.replicas.clone(),
+        }
     }
 
     /// Users present per room over every replica (see
     /// [`Executor::users_per_room`]).
     pub fn users_per_room(&self) -> Vec<(String, usize)> {
-        self.replicas
+        self.members()
             .iter()
             .flat_map(|r| r.users_per_room())
             .collect()
@@ -101,17 +112,27 @@ impl Node {
 
     /// Whether every replica answers (see [`Executor::ready`]).
     pub async fn ready(&self) -> Result<(), String> {
-        for r in &self.replicas {
+        if self.discovery.as_ref().is_some_and(|d| d.is_empty()) {
+            return self.pick(&DocumentArray::new()).ready().await;
+        }
+        for r in &self.members() {
             r.ready().await?;
         }
         Ok(())
     }
 
     /// The replica that serves `docs`.
-    fn pick(&self, docs: &DocumentArray) -> &Arc<dyn Executor> {
+    fn pick(&self, docs: &DocumentArray) -> Arc<dyn Executor> {
+        if let Some(d) = &self.discovery {
+            let key = self
+                .route_by
+                .as_ref()
+                .map(|tag| docs.first().and_then(|d| d.tag_str(tag)).unwrap_or(""));
+            return d.pick(key);
+        }
         let n = self.replicas.len();
         if n == 1 {
-            return &self.replicas[0];
+            return self.replicas[0].clone();
         }
         let i = match &self.route_by {
             Some(tag) => {
@@ -120,7 +141,7 @@ impl Node {
             }
             None => self.next.fetch_add(1, Ordering::Relaxed) % n,
         };
-        &self.replicas[i]
+        self.replicas[i].clone()
     }
 }
 
@@ -609,8 +630,8 @@ impl FlowRuntime {
         let all = self
             .nodes
             .iter()
-            .flat_map(|n| n.replicas.iter())
-            .map(|e| e.stream_closed(stream));
+            .flat_map(|n| n.members())
+            .map(|e| async move { e.stream_closed(stream).await });
         join_all(all).await;
     }
 }
@@ -663,6 +684,7 @@ async fn build_node(
             python.push(p);
         }
     }
+    let mut discovery = None;
     let (replicas, endpoints, own_route): (Vec<Arc<dyn Executor>>, _, _) = if addrs.is_empty() {
         let mut replicas = Vec::new();
         for _ in 0..d.replicas.max(1) {
@@ -676,6 +698,18 @@ async fn build_node(
         let endpoints = replicas[0].endpoints();
         let route = replicas[0].route_by().map(str::to_string);
         (replicas, Some(endpoints), route)
+    } else if !d.external.is_empty() {
+        discovery = Some(
+            crate::discovery::Replicas::start(
+                &e.name,
+                crate::discovery::source(&addrs, d.dns_replicas),
+                remote_options,
+                d.resolve_interval,
+            )
+            .await
+            .map_err(&at)?,
+        );
+        (Vec::new(), None, None)
     } else {
         let replicas = addrs
             .iter()
@@ -694,6 +728,7 @@ async fn build_node(
         route_by: d.route_by.clone().or(own_route),
         needs: Vec::new(),
         next: AtomicUsize::new(0),
+        discovery,
     })
 }
 

@@ -30,6 +30,7 @@
 mod call;
 pub mod codec;
 mod conn;
+pub mod discovery;
 mod executor_server;
 pub mod flow;
 mod gate;
