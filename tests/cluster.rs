@@ -5,7 +5,8 @@
 //! namespaces' addresses (`/etc/netns/<ns>/hosts`, which `ip netns exec` mounts
 //! over /etc/hosts). Two gateways, two chat replicas, six rooms of two users,
 //! each room's users on different gateways; then one replica is killed and
-//! started again. No traffic leaves the machine.
+//! started again, then taken out of DNS and put back. No traffic leaves the
+//! machine.
 //!
 //! Needs root and `ip` (iproute2). Without them it says why on stderr, and
 //! fails only under CI=true.
@@ -214,6 +215,31 @@ impl Cluster {
         drop(p);
     }
 
+    /// Writes every namespace's hosts file (in place: `ip netns exec` mounted
+    /// these very files), naming every pod but `without`.
+    fn set_hosts(&self, names: &[(String, String)], without: Option<&str>) {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for (name, alias) in names {
+            if Some(name.as_str()) != without {
+                hosts.push_str(&format!("{} {alias}\n", self.addrs[name]));
+            }
+        }
+        for d in &self.etc_dirs {
+            std::fs::write(d.join("hosts"), &hosts).unwrap();
+        }
+    }
+
+    /// Waits until each of `gateways` has logged `line` `times` times.
+    fn wait_for_gateways(&self, line: &str, times: usize, gateways: &[String]) {
+        let deadline = Instant::now() + PATIENCE;
+        for g in gateways {
+            while self.log(g).matches(line).count() < times {
+                assert!(Instant::now() < deadline, "{g} never logged {line:?}:\n{}", self.log(g));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     fn log(&self, name: &str) -> String {
         self.procs.get(name).map(Proc::log).unwrap_or_default()
     }
@@ -294,7 +320,7 @@ impl Pair {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_two_replicas_six_rooms_and_a_replica_restarted() {
+async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns() {
     if let Err(why) = can_run() {
         eprintln!("cluster test not run: {why}");
         assert!(
@@ -443,6 +469,36 @@ async fn two_gateways_two_replicas_six_rooms_and_a_replica_restarted() {
     for p in pairs.iter_mut() {
         let (full, errors) = p.round().await;
         assert!(full && errors == 0, "room {} serves again", p.room);
+    }
+
+    // The replica leaves DNS, as a pod that is no longer ready leaves its
+    // headless Service: once the gateways look the names up again, its rooms
+    // move to the other replica and go on there without an error, starting
+    // afresh; the other rooms stay where they are.
+    let joined_before = cluster.log(&executor_pods[0]).matches("User joined").count();
+    let moved = home.iter().filter(|h| **h == lost).count();
+    cluster.set_hosts(&names, Some(&executor_pods[lost]));
+    cluster.wait_for_gateways("Executor replicas changed", 1, &gateways);
+    for round in 0..3 {
+        for (p, h) in pairs.iter_mut().zip(&home) {
+            let (full, errors) = p.round().await;
+            assert_eq!(errors, 0, "room {}: no error when its replica leaves", p.room);
+            // A moved room's first user is alone for one frame, until the
+            // second user's next frame joins them on the new replica.
+            assert!(full || (*h == lost && round == 0), "room {}: full mosaic", p.room);
+        }
+    }
+    let joined_after = cluster.log(&executor_pods[0]).matches("User joined").count();
+    assert_eq!(joined_after - joined_before, 2 * moved, "only the moved rooms' users joined {}", executor_pods[0]);
+    // And back: the rooms return to the replica they hash to.
+    cluster.set_hosts(&names, None);
+    cluster.wait_for_gateways("Executor replicas changed", 2, &gateways);
+    for round in 0..3 {
+        for (p, h) in pairs.iter_mut().zip(&home) {
+            let (full, errors) = p.round().await;
+            assert_eq!(errors, 0, "room {}: no error when its replica returns", p.room);
+            assert!(full || (*h == lost && round == 0), "room {}: full mosaic", p.room);
+        }
     }
     for p in pairs {
         p.first.leave().await;
