@@ -68,7 +68,9 @@ fn container(objects: &BTreeMap<(String, String), Value>, pod: &Value, name: Str
             .iter()
             .find(|v| v["name"] == m["name"])
             .unwrap();
-        let cm = vol["configMap"]["name"].as_str().expect("a ConfigMap volume");
+        let cm = vol["configMap"]["name"]
+            .as_str()
+            .expect("a ConfigMap volume");
         let data = &objects[&("ConfigMap".to_string(), cm.to_string())]["data"];
         for (k, v) in data.as_object().unwrap() {
             files.insert(k.clone(), v.as_str().unwrap().to_string());
@@ -148,7 +150,16 @@ impl Cluster {
         };
         ip(&["link", "add", &c.bridge, "type", "bridge"], false);
         c.host_links.push(c.bridge.clone());
-        ip(&["addr", "add", &format!("10.213.{subnet}.1/24"), "dev", &c.bridge], false);
+        ip(
+            &[
+                "addr",
+                "add",
+                &format!("10.213.{subnet}.1/24"),
+                "dev",
+                &c.bridge,
+            ],
+            false,
+        );
         ip(&["link", "set", &c.bridge, "up"], false);
         for (i, ct) in containers.iter().enumerate() {
             let addr = format!("10.213.{subnet}.{}", 10 + i);
@@ -163,14 +174,30 @@ impl Cluster {
             ip(&["netns", "add", &ns], false);
             c.namespaces.push(ns.clone());
             let (host, inside) = (format!("vc{}{i}", c.tag), format!("vp{}{i}", c.tag));
-            ip(&["link", "add", &host, "type", "veth", "peer", "name", &inside], false);
+            ip(
+                &[
+                    "link", "add", &host, "type", "veth", "peer", "name", &inside,
+                ],
+                false,
+            );
             c.host_links.push(host.clone());
             ip(&["link", "set", &inside, "netns", &ns], false);
             ip(&["link", "set", &host, "master", &c.bridge, "up"], false);
             let addr = format!("{}/24", c.addrs[&ct.name]);
-            ip(&["netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inside], false);
-            ip(&["netns", "exec", &ns, "ip", "link", "set", &inside, "up"], false);
-            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"], false);
+            ip(
+                &[
+                    "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inside,
+                ],
+                false,
+            );
+            ip(
+                &["netns", "exec", &ns, "ip", "link", "set", &inside, "up"],
+                false,
+            );
+            ip(
+                &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"],
+                false,
+            );
             let etc = Path::new("/etc/netns").join(&ns);
             std::fs::create_dir_all(&etc).unwrap();
             c.etc_dirs.push(etc.clone());
@@ -204,7 +231,9 @@ impl Cluster {
             .current_dir(&self.dirs[name]);
         let _ = &ct.working_dir;
         let mut p = Proc::spawn(cmd);
-        p.wait_line("listening", |l| l.starts_with("vchat: listening on grpc://"));
+        p.wait_line("listening", |l| {
+            l.starts_with("vchat: listening on grpc://")
+        });
         self.procs.insert(name.to_string(), p);
     }
 
@@ -234,7 +263,11 @@ impl Cluster {
         let deadline = Instant::now() + PATIENCE;
         for g in gateways {
             while self.log(g).matches(line).count() < times {
-                assert!(Instant::now() < deadline, "{g} never logged {line:?}:\n{}", self.log(g));
+                assert!(
+                    Instant::now() < deadline,
+                    "{g} never logged {line:?}:\n{}",
+                    self.log(g)
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -305,7 +338,10 @@ impl Pair {
         let (a, b) = self.colours;
         let mut full = true;
         let mut errors = 0;
-        for (u, name, c) in [(&mut self.first, "first", a), (&mut self.second, "second", b)] {
+        for (u, name, c) in [
+            (&mut self.first, "first", a),
+            (&mut self.second, "second", b),
+        ] {
             let r = u.send(in_room(frame(name, c, H, W), self.room)).await;
             if r.is_error() {
                 errors += 1;
@@ -343,7 +379,11 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
         .arg(&out)
         .output()
         .unwrap();
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
 
     // The pods of the manifests, and the DNS names Kubernetes would give them.
     let objects = read_manifests(&out);
@@ -364,7 +404,11 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
             }
             "Deployment" => {
                 for i in 0..replicas {
-                    containers.push(container(&objects, &v["spec"]["template"], format!("{name}-{i}")));
+                    containers.push(container(
+                        &objects,
+                        &v["spec"]["template"],
+                        format!("{name}-{i}"),
+                    ));
                 }
             }
             _ => {}
@@ -395,14 +439,18 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
 
     // Where each room lives, as every gateway computes it: over the replicas'
     // names as the gateways' Flow lists them.
-    let gateway_flow = vchat_core::config::load_flow(&cluster.dirs["gateway-0"].join("flow.yml")).unwrap();
+    let gateway_flow =
+        vchat_core::config::load_flow(&cluster.dirs["gateway-0"].join("flow.yml")).unwrap();
     let listed = gateway_flow.executors[0].deployment.external.clone();
     assert_eq!(listed.len(), executor_pods.len());
     let home: Vec<usize> = ROOMS
         .iter()
         .map(|r| vchat_gateway::discovery::winner(r, listed.iter().map(String::as_str)))
         .collect();
-    assert!(home.contains(&0) && home.contains(&1), "rooms on both replicas: {home:?}");
+    assert!(
+        home.contains(&0) && home.contains(&1),
+        "rooms on both replicas: {home:?}"
+    );
 
     // Each room's first user on one gateway, the second on the other.
     let mut pairs = Vec::new();
@@ -421,20 +469,32 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
     }
     for p in pairs.iter_mut() {
         let (_, b) = p.colours;
-        let r = p.second.send(in_room(frame("second", b, H, W), p.room)).await;
+        let r = p
+            .second
+            .send(in_room(frame("second", b, H, W), p.room))
+            .await;
         assert!(!r.is_error(), "{}: {:?}", p.room, r.error());
     }
     for _ in 0..3 {
         for p in pairs.iter_mut() {
             let (full, errors) = p.round().await;
-            assert!(full && errors == 0, "room {}: both users see the full mosaic", p.room);
+            assert!(
+                full && errors == 0,
+                "room {}: both users see the full mosaic",
+                p.room
+            );
         }
     }
     // Both replicas hold rooms: the work is spread, each room in one place.
     for (i, pod) in executor_pods.iter().enumerate() {
         let joined = cluster.log(pod).matches("User joined").count();
         let rooms = home.iter().filter(|h| **h == i).count();
-        assert_eq!(joined, 2 * rooms, "{pod} holds its {rooms} rooms' users:\n{}", cluster.log(pod));
+        assert_eq!(
+            joined,
+            2 * rooms,
+            "{pod} holds its {rooms} rooms' users:\n{}",
+            cluster.log(pod)
+        );
     }
 
     // One replica fails: its rooms get errors, every other room goes on.
@@ -475,29 +535,56 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
     // headless Service: once the gateways look the names up again, its rooms
     // move to the other replica and go on there without an error, starting
     // afresh; the other rooms stay where they are.
-    let joined_before = cluster.log(&executor_pods[0]).matches("User joined").count();
+    let joined_before = cluster
+        .log(&executor_pods[0])
+        .matches("User joined")
+        .count();
     let moved = home.iter().filter(|h| **h == lost).count();
     cluster.set_hosts(&names, Some(&executor_pods[lost]));
     cluster.wait_for_gateways("Executor replicas changed", 1, &gateways);
     for round in 0..3 {
         for (p, h) in pairs.iter_mut().zip(&home) {
             let (full, errors) = p.round().await;
-            assert_eq!(errors, 0, "room {}: no error when its replica leaves", p.room);
+            assert_eq!(
+                errors, 0,
+                "room {}: no error when its replica leaves",
+                p.room
+            );
             // A moved room's first user is alone for one frame, until the
             // second user's next frame joins them on the new replica.
-            assert!(full || (*h == lost && round == 0), "room {}: full mosaic", p.room);
+            assert!(
+                full || (*h == lost && round == 0),
+                "room {}: full mosaic",
+                p.room
+            );
         }
     }
-    let joined_after = cluster.log(&executor_pods[0]).matches("User joined").count();
-    assert_eq!(joined_after - joined_before, 2 * moved, "only the moved rooms' users joined {}", executor_pods[0]);
+    let joined_after = cluster
+        .log(&executor_pods[0])
+        .matches("User joined")
+        .count();
+    assert_eq!(
+        joined_after - joined_before,
+        2 * moved,
+        "only the moved rooms' users joined {}",
+        executor_pods[0]
+    );
     // And back: the rooms return to the replica they hash to.
     cluster.set_hosts(&names, None);
     cluster.wait_for_gateways("Executor replicas changed", 2, &gateways);
     for round in 0..3 {
         for (p, h) in pairs.iter_mut().zip(&home) {
             let (full, errors) = p.round().await;
-            assert_eq!(errors, 0, "room {}: no error when its replica returns", p.room);
-            assert!(full || (*h == lost && round == 0), "room {}: full mosaic", p.room);
+            assert_eq!(
+                errors, 0,
+                "room {}: no error when its replica returns",
+                p.room
+            );
+            assert!(
+                full || (*h == lost && round == 0),
+                "room {}: full mosaic",
+                p.room
+            );
         }
     }
     for p in pairs {

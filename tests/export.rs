@@ -28,7 +28,10 @@ fn strict<T: DeserializeOwned + serde::Serialize>(v: &Value) -> Result<T, String
     let back = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     match difference(v, &back, "") {
         None => Ok(t),
-        Some(path) => Err(format!("`{path}` is not a field of {}", std::any::type_name::<T>())),
+        Some(path) => Err(format!(
+            "`{path}` is not a field of {}",
+            std::any::type_name::<T>()
+        )),
     }
 }
 
@@ -117,23 +120,31 @@ fn read_export(out: &Path) -> Objects {
         }
         o.files.insert(file.clone());
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
-        let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let at = |e: String| format!("{file} ({kind} {name}): {e}");
         match kind.as_str() {
             "Deployment" => {
-                o.deployments.insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.deployments
+                    .insert(name.clone(), strict(&v).map_err(at).unwrap());
             }
             "StatefulSet" => {
-                o.statefulsets.insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.statefulsets
+                    .insert(name.clone(), strict(&v).map_err(at).unwrap());
             }
             "Service" => {
-                o.services.insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.services
+                    .insert(name.clone(), strict(&v).map_err(at).unwrap());
             }
             "ConfigMap" => {
-                o.configmaps.insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.configmaps
+                    .insert(name.clone(), strict(&v).map_err(at).unwrap());
             }
             "Secret" => {
-                o.secrets.insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.secrets
+                    .insert(name.clone(), strict(&v).map_err(at).unwrap());
             }
             "PodDisruptionBudget" => {
                 o.pdbs.insert(name.clone(), strict(&v).map_err(at).unwrap());
@@ -181,64 +192,151 @@ fn check_workloads(o: &Objects, namespace: Option<&str>) -> BTreeMap<String, Pod
         let spec = &d.spec;
         pods.insert(name.clone(), spec.template.clone());
         let sel = spec.selector.match_labels.clone().unwrap();
-        assert!(labels_match(&sel, &pod_labels(&spec.template)), "Deployment {name}: selector does not match its pods");
+        assert!(
+            labels_match(&sel, &pod_labels(&spec.template)),
+            "Deployment {name}: selector does not match its pods"
+        );
     }
     for (name, s) in &o.statefulsets {
         let spec = &s.spec;
         pods.insert(name.clone(), spec.template.clone());
         let sel = spec.selector.match_labels.clone().unwrap();
-        assert!(labels_match(&sel, &pod_labels(&spec.template)), "StatefulSet {name}: selector does not match its pods");
-        let svc = o.services.get(&spec.service_name.clone().unwrap()).unwrap_or_else(|| panic!("StatefulSet {name}: no Service {:?}", spec.service_name));
-        assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"), "StatefulSet {name}: its Service is headless");
+        assert!(
+            labels_match(&sel, &pod_labels(&spec.template)),
+            "StatefulSet {name}: selector does not match its pods"
+        );
+        let svc = o
+            .services
+            .get(&spec.service_name.clone().unwrap())
+            .unwrap_or_else(|| panic!("StatefulSet {name}: no Service {:?}", spec.service_name));
+        assert_eq!(
+            svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("None"),
+            "StatefulSet {name}: its Service is headless"
+        );
     }
     for (name, t) in &pods {
         let spec = t.spec.as_ref().unwrap();
-        assert!(spec.termination_grace_period_seconds.unwrap() >= 10, "{name}: streams get time to drain");
+        assert!(
+            spec.termination_grace_period_seconds.unwrap() >= 10,
+            "{name}: streams get time to drain"
+        );
         let c = &spec.containers[0];
+        // A stopping pod keeps serving while it leaves the Service (preStop),
+        // then finishes what is in flight: the grace covers both.
+        let pre_stop = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|p| p.sleep.as_ref())
+            .unwrap_or_else(|| panic!("{name}: a preStop pause"))
+            .seconds;
+        assert!(
+            spec.termination_grace_period_seconds.unwrap() >= pre_stop + 10,
+            "{name}: the grace covers the preStop pause and the shutdown"
+        );
         for probe in [&c.readiness_probe, &c.liveness_probe] {
             let port = probe_port(probe.as_ref().unwrap_or_else(|| panic!("{name}: probes")));
-            assert!(has_port(c, &port), "{name}: probe port {port:?} is no container port");
+            assert!(
+                has_port(c, &port),
+                "{name}: probe port {port:?} is no container port"
+            );
         }
         let res = c.resources.as_ref().unwrap();
-        assert!(res.requests.as_ref().unwrap().contains_key("cpu"), "{name}: a CPU request");
-        assert!(res.limits.as_ref().unwrap().contains_key("memory"), "{name}: a memory limit");
+        assert!(
+            res.requests.as_ref().unwrap().contains_key("cpu"),
+            "{name}: a CPU request"
+        );
+        assert!(
+            res.limits.as_ref().unwrap().contains_key("memory"),
+            "{name}: a memory limit"
+        );
         let volumes = spec.volumes.clone().unwrap_or_default();
         for m in c.volume_mounts.iter().flatten() {
-            let v = volumes.iter().find(|v| v.name == m.name).unwrap_or_else(|| panic!("{name}: mount {} has no volume", m.name));
+            let v = volumes
+                .iter()
+                .find(|v| v.name == m.name)
+                .unwrap_or_else(|| panic!("{name}: mount {} has no volume", m.name));
             if let Some(cm) = &v.config_map {
-                assert!(o.configmaps.contains_key(&cm.name), "{name}: ConfigMap {} is not exported", cm.name);
+                assert!(
+                    o.configmaps.contains_key(&cm.name),
+                    "{name}: ConfigMap {} is not exported",
+                    cm.name
+                );
             }
             if let Some(s) = &v.secret {
                 let s = s.secret_name.as_ref().unwrap();
-                assert!(o.secrets.contains_key(s), "{name}: Secret {s} is not exported");
+                assert!(
+                    o.secrets.contains_key(s),
+                    "{name}: Secret {s} is not exported"
+                );
             }
         }
         if let Some(ann) = t.metadata.as_ref().unwrap().annotations.as_ref() {
             let port: i32 = ann["prometheus.io/port"].parse().unwrap();
             assert_eq!(ann["prometheus.io/scrape"], "true");
-            assert!(has_port(c, &IntOrString::Int(port)), "{name}: scrape port is no container port");
+            assert!(
+                has_port(c, &IntOrString::Int(port)),
+                "{name}: scrape port is no container port"
+            );
         }
     }
     for (name, s) in &o.services {
         let spec = s.spec.as_ref().unwrap();
         let sel = spec.selector.clone().unwrap();
-        let targets: Vec<&PodTemplateSpec> = pods.values().filter(|t| labels_match(&sel, &pod_labels(t))).collect();
-        assert_eq!(targets.len(), 1, "Service {name}: selects one workload's pods");
+        let targets: Vec<&PodTemplateSpec> = pods
+            .values()
+            .filter(|t| labels_match(&sel, &pod_labels(t)))
+            .collect();
+        assert_eq!(
+            targets.len(),
+            1,
+            "Service {name}: selects one workload's pods"
+        );
         let c = &targets[0].spec.as_ref().unwrap().containers[0];
         for p in spec.ports.iter().flatten() {
             let target = p.target_port.clone().unwrap_or(IntOrString::Int(p.port));
-            assert!(has_port(c, &target), "Service {name}: target port {target:?} is no container port");
+            assert!(
+                has_port(c, &target),
+                "Service {name}: target port {target:?} is no container port"
+            );
             if let IntOrString::String(n) = &target {
-                let cp = c.ports.iter().flatten().find(|cp| cp.name.as_deref() == Some(n.as_str())).unwrap();
-                assert_eq!(cp.container_port, p.port, "Service {name}: port {n} is the container's");
+                let cp = c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|cp| cp.name.as_deref() == Some(n.as_str()))
+                    .unwrap();
+                assert_eq!(
+                    cp.container_port, p.port,
+                    "Service {name}: port {n} is the container's"
+                );
             }
         }
     }
     for (name, pdb) in &o.pdbs {
-        let sel = pdb.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels.clone().unwrap();
-        assert_eq!(pods.values().filter(|t| labels_match(&sel, &pod_labels(t))).count(), 1, "PodDisruptionBudget {name}: selects one workload");
+        let sel = pdb
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .clone()
+            .unwrap();
+        assert_eq!(
+            pods.values()
+                .filter(|t| labels_match(&sel, &pod_labels(t)))
+                .count(),
+            1,
+            "PodDisruptionBudget {name}: selects one workload"
+        );
     }
-    let all_meta = o.deployments.values().map(|d| &d.metadata)
+    let all_meta = o
+        .deployments
+        .values()
+        .map(|d| &d.metadata)
         .chain(o.statefulsets.values().map(|s| &s.metadata))
         .chain(o.services.values().map(|s| &s.metadata))
         .chain(o.configmaps.values().map(|s| &s.metadata))
@@ -247,8 +345,16 @@ fn check_workloads(o: &Objects, namespace: Option<&str>) -> BTreeMap<String, Pod
     for m in all_meta {
         assert_eq!(m.namespace.as_deref(), namespace, "{:?}: namespace", m.name);
     }
-    let listed: BTreeSet<String> = o.kustomization["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
-    assert_eq!(listed, o.files, "kustomization.yaml lists every object file");
+    let listed: BTreeSet<String> = o.kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed, o.files,
+        "kustomization.yaml lists every object file"
+    );
     assert_eq!(o.kustomization["namespace"].as_str(), namespace);
     pods
 }
@@ -261,22 +367,60 @@ fn check_gateway_flow(o: &Objects, dir: &Path) -> vchat_core::config::FlowSpec {
     let args = c.args.clone().unwrap();
     assert_eq!(c.command.clone().unwrap(), ["vchat"]);
     assert_eq!(args[..2], ["flow", "--uses"]);
-    let cm = o.configmaps.values().find(|cm| cm.data.as_ref().is_some_and(|d| d.contains_key(&args[2]))).expect("the Flow's ConfigMap");
-    let flow = write_file(dir, "gateway/flow.yml", &cm.data.as_ref().unwrap()[&args[2]]);
+    let cm = o
+        .configmaps
+        .values()
+        .find(|cm| cm.data.as_ref().is_some_and(|d| d.contains_key(&args[2])))
+        .expect("the Flow's ConfigMap");
+    let flow = write_file(
+        dir,
+        "gateway/flow.yml",
+        &cm.data.as_ref().unwrap()[&args[2]],
+    );
     let spec = load_flow(&flow).unwrap();
     for (name, s) in &o.statefulsets {
         let sts = &s.spec;
-        let port = sts.template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0].container_port;
-        let e = spec.executors.iter().find(|e| e.deployment.external.first().is_some_and(|a| a.starts_with(&format!("{name}-0.")))).unwrap_or_else(|| panic!("no executor of the gateway's Flow names StatefulSet {name}"));
-        let want: Vec<String> = (0..sts.replicas.unwrap()).map(|i| format!("{name}-{i}.{}:{port}", sts.service_name.as_ref().unwrap())).collect();
+        let port = sts.template.spec.as_ref().unwrap().containers[0]
+            .ports
+            .as_ref()
+            .unwrap()[0]
+            .container_port;
+        let e = spec
+            .executors
+            .iter()
+            .find(|e| {
+                e.deployment
+                    .external
+                    .first()
+                    .is_some_and(|a| a.starts_with(&format!("{name}-0.")))
+            })
+            .unwrap_or_else(|| {
+                panic!("no executor of the gateway's Flow names StatefulSet {name}")
+            });
+        let want: Vec<String> = (0..sts.replicas.unwrap())
+            .map(|i| format!("{name}-{i}.{}:{port}", sts.service_name.as_ref().unwrap()))
+            .collect();
         assert_eq!(e.deployment.external, want, "executor {}", e.name);
         // The executor's own YAML, from its ConfigMap, as its container reads it.
         let c = &sts.template.spec.as_ref().unwrap().containers[0];
         let args = c.args.clone().unwrap();
         assert_eq!(args[..3], ["executor", "--uses", "executor.yml"]);
         let mount = c.volume_mounts.as_ref().unwrap()[0].mount_path.clone();
-        assert_eq!(c.working_dir.as_deref(), Some(mount.as_str()), "relative paths are the mount's");
-        let yml = o.configmaps.values().find_map(|cm| cm.data.as_ref()?.get("executor.yml").filter(|_| cm.metadata.name.as_deref() == Some(&format!("{name}-config")))).unwrap();
+        assert_eq!(
+            c.working_dir.as_deref(),
+            Some(mount.as_str()),
+            "relative paths are the mount's"
+        );
+        let yml = o
+            .configmaps
+            .values()
+            .find_map(|cm| {
+                cm.data
+                    .as_ref()?
+                    .get("executor.yml")
+                    .filter(|_| cm.metadata.name.as_deref() == Some(&format!("{name}-config")))
+            })
+            .unwrap();
         let ex = load_executor(&write_file(dir, &format!("{name}/executor.yml"), yml)).unwrap();
         assert_eq!(ex.name, e.name);
     }
@@ -288,7 +432,15 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
     let dir = scratch("export-k8s");
     let flow = rich_flow(&dir);
     let out = dir.join("out");
-    let said = export(&["kubernetes", flow.to_str().unwrap(), out.to_str().unwrap(), "--namespace", "chat", "--image", "registry.example.org/vchat:1"]);
+    let said = export(&[
+        "kubernetes",
+        flow.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--namespace",
+        "chat",
+        "--image",
+        "registry.example.org/vchat:1",
+    ]);
     assert!(said.contains("kubectl apply -k"), "{said}");
     let o = read_export(&out);
     let pods = check_workloads(&o, Some("chat"));
@@ -301,12 +453,27 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
     assert_eq!(o.statefulsets["frame-aggregator"].spec.replicas, Some(3));
     assert_eq!(o.deployments["gateway"].spec.replicas, Some(2));
     for t in pods.values() {
-        assert_eq!(t.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("registry.example.org/vchat:1"));
+        assert_eq!(
+            t.spec.as_ref().unwrap().containers[0].image.as_deref(),
+            Some("registry.example.org/vchat:1")
+        );
     }
     let gw = &pods["gateway"];
     let c = &gw.spec.as_ref().unwrap().containers[0];
-    let ports: BTreeMap<String, i32> = c.ports.iter().flatten().map(|p| (p.name.clone().unwrap(), p.container_port)).collect();
-    assert_eq!(ports, BTreeMap::from([("grpc".into(), 9443), ("http".into(), 8081), ("metrics".into(), 9090)]));
+    let ports: BTreeMap<String, i32> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([
+            ("grpc".into(), 9443),
+            ("http".into(), 8081),
+            ("metrics".into(), 9090)
+        ])
+    );
     // TLS: the gRPC probe has no TLS, so the gateway's is a TCP one; the
     // certificate and key come from a Secret.
     assert!(c.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
@@ -317,32 +484,79 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join("gateway-tls-secret.yaml")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join("gateway-tls-secret.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "the key's file is its owner's only");
     }
-    assert!(o.statefulsets["flipper"].spec.template.spec.as_ref().unwrap().containers[0].readiness_probe.as_ref().unwrap().grpc.is_some());
+    assert!(
+        o.statefulsets["flipper"]
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .grpc
+            .is_some()
+    );
 
     let spec = check_gateway_flow(&o, &dir);
     let w = &spec.with;
-    assert_eq!((w.port, w.max_streams, w.monitoring), (Some(9443), Some(77), Some(true)));
+    assert_eq!(
+        (w.port, w.max_streams, w.monitoring),
+        (Some(9443), Some(77), Some(true))
+    );
     assert!(w.serves_websocket());
     let cert_path = w.ssl_certfile.clone().unwrap();
-    let tls_mount = c.volume_mounts.iter().flatten().find(|m| m.name == "tls").unwrap();
+    let tls_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "tls")
+        .unwrap();
     assert_eq!(cert_path, Path::new(&tls_mount.mount_path).join("tls.crt"));
     let names: Vec<&str> = spec.executors.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["flipper", "frame_Aggregator", "outside"]);
     let chat = &spec.executors[1].deployment;
-    assert_eq!(chat.route_by.as_deref(), Some("room"), "the chat's rooms stay on one replica");
+    assert_eq!(
+        chat.route_by.as_deref(),
+        Some("room"),
+        "the chat's rooms stay on one replica"
+    );
     assert_eq!(chat.needs, ["flipper"]);
     let outside = &spec.executors[2].deployment;
     assert_eq!(outside.external, ["10.1.2.3:61000", "10.1.2.4:61000"]);
-    assert_eq!(outside.timeout_send, Some(std::time::Duration::from_millis(1500)));
+    assert_eq!(
+        outside.timeout_send,
+        Some(std::time::Duration::from_millis(1500))
+    );
     // uses_with reaches the executor's own YAML; max_message_bytes its flags.
-    let yml = &o.configmaps["frame-aggregator-config"].data.as_ref().unwrap()["executor.yml"];
+    let yml = &o.configmaps["frame-aggregator-config"]
+        .data
+        .as_ref()
+        .unwrap()["executor.yml"];
     let ex = load_executor(&write_file(&dir, "chat.yml", yml)).unwrap();
     assert_eq!(ex.with["max_users"].0, serde_json::json!(7));
-    let args = o.statefulsets["flipper"].spec.template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
-    assert!(args.windows(2).any(|w| w == ["--max-message-bytes", "9000000"]), "{args:?}");
+    let args = o.statefulsets["flipper"]
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--max-message-bytes", "9000000"]),
+        "{args:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -350,7 +564,11 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
 fn a_misspelled_field_is_an_error() {
     let dir = scratch("export-strict");
     let out = dir.join("out");
-    export(&["kubernetes", repo_root().join("flow.yml").to_str().unwrap(), out.to_str().unwrap()]);
+    export(&[
+        "kubernetes",
+        repo_root().join("flow.yml").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let good = read_yaml(&out.join("gateway-deployment.yaml"));
     strict::<Deployment>(&good).unwrap();
     let mut bad = good.clone();
@@ -372,7 +590,10 @@ fn a_misspelled_field_is_an_error() {
 
 #[test]
 fn kubectl_kustomize_builds_the_export() {
-    let Ok(version) = Command::new("kubectl").args(["version", "--client"]).output() else {
+    let Ok(version) = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+    else {
         eprintln!("kubectl is not installed: the kustomize check is skipped");
         return;
     };
@@ -380,16 +601,44 @@ fn kubectl_kustomize_builds_the_export() {
     let dir = scratch("export-kustomize");
     let flow = rich_flow(&dir);
     let out = dir.join("out");
-    export(&["kubernetes", flow.to_str().unwrap(), out.to_str().unwrap(), "--namespace", "chat"]);
-    let built = Command::new("kubectl").args(["kustomize"]).arg(&out).output().unwrap();
+    export(&[
+        "kubernetes",
+        flow.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--namespace",
+        "chat",
+    ]);
+    let built = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(&out)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&built.stdout);
-    assert!(built.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&built.stderr));
-    for kind in ["Namespace", "ConfigMap", "Secret", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget"] {
-        assert!(text.contains(&format!("kind: {kind}\n")), "{kind} in the build");
+    assert!(
+        built.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    for kind in [
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "StatefulSet",
+        "Deployment",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            text.contains(&format!("kind: {kind}\n")),
+            "{kind} in the build"
+        );
     }
     for doc in text.split("\n---\n") {
         if !doc.contains("kind: Namespace\n") {
-            assert!(format!("{doc}\n").contains("\n  namespace: chat\n"), "every namespaced object is in `chat`:\n{doc}");
+            assert!(
+                format!("{doc}\n").contains("\n  namespace: chat\n"),
+                "every namespaced object is in `chat`:\n{doc}"
+            );
         }
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -463,18 +712,38 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
     let dir = scratch("export-compose");
     let flow = rich_flow(&dir);
     let out = dir.join("out");
-    export(&["docker-compose", flow.to_str().unwrap(), out.to_str().unwrap(), "--gateway-replicas", "3"]);
+    export(&[
+        "docker-compose",
+        flow.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--gateway-replicas",
+        "3",
+    ]);
     let text = std::fs::read_to_string(out.join("docker-compose.yml")).unwrap();
     let compose: ComposeFile = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(compose.name, "flow");
     let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
-    assert_eq!(names, ["flipper-0", "frame-aggregator-0", "frame-aggregator-1", "frame-aggregator-2", "gateway-0", "gateway-1", "gateway-2"]);
+    assert_eq!(
+        names,
+        [
+            "flipper-0",
+            "frame-aggregator-0",
+            "frame-aggregator-1",
+            "frame-aggregator-2",
+            "gateway-0",
+            "gateway-1",
+            "gateway-2"
+        ]
+    );
     let mut aliases = BTreeSet::new();
     let mut published = BTreeSet::new();
     for (name, s) in &compose.services {
         assert_eq!(s.entrypoint, ["vchat"]);
         assert!(!s.image.is_empty() && !s.restart.is_empty() && s.stop_grace_period.ends_with('s'));
-        assert_eq!(s.environment.get("RUST_LOG").map(String::as_str), Some("info"));
+        assert_eq!(
+            s.environment.get("RUST_LOG").map(String::as_str),
+            Some("info")
+        );
         match &s.networks {
             ComposeNetworks::Aliases(m) => {
                 for (net, a) in m {
@@ -483,7 +752,9 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
                 }
                 assert_eq!(s.hostname.as_deref(), Some(name.as_str()));
             }
-            ComposeNetworks::Names(n) => n.iter().for_each(|net| assert!(compose.networks.contains_key(net))),
+            ComposeNetworks::Names(n) => n
+                .iter()
+                .for_each(|net| assert!(compose.networks.contains_key(net))),
         }
         for v in &s.volumes {
             let (host, rest) = v.split_once(':').unwrap();
@@ -495,7 +766,11 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
         }
         for p in &s.ports {
             assert_eq!(p.protocol, "tcp");
-            assert!(published.insert(p.published.clone()), "{name}: host port {} twice", p.published);
+            assert!(
+                published.insert(p.published.clone()),
+                "{name}: host port {} twice",
+                p.published
+            );
             let _ = p.target;
         }
         if let Some(h) = &s.healthcheck {
@@ -505,7 +780,11 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
     // The gateways' Flow names each executor replica by an alias of its service.
     let gw = &compose.services["gateway-0"];
     assert_eq!(gw.command[..2], ["flow", "--uses"]);
-    let flow_mount = gw.volumes.iter().find(|v| v.contains(&format!("{}/{}", gw.working_dir, gw.command[2]))).unwrap();
+    let flow_mount = gw
+        .volumes
+        .iter()
+        .find(|v| v.contains(&format!("{}/{}", gw.working_dir, gw.command[2])))
+        .unwrap();
     let spec = load_flow(&out.join(flow_mount.split_once(':').unwrap().0)).unwrap();
     for e in &spec.executors[..2] {
         for a in &e.deployment.external {
@@ -518,7 +797,10 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join("gateway/tls/tls.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join("gateway/tls/tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0);
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -526,14 +808,29 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
 
 #[test]
 fn the_repository_flows_export() {
-    for flow in ["flow.yml", "examples/flows/grid.yml", "examples/flows/browser.yml"] {
+    for flow in [
+        "flow.yml",
+        "examples/flows/grid.yml",
+        "examples/flows/browser.yml",
+    ] {
         let dir = scratch("export-examples");
-        export(&["kubernetes", repo_root().join(flow).to_str().unwrap(), dir.join("k8s").to_str().unwrap()]);
+        export(&[
+            "kubernetes",
+            repo_root().join(flow).to_str().unwrap(),
+            dir.join("k8s").to_str().unwrap(),
+        ]);
         let o = read_export(&dir.join("k8s"));
         check_workloads(&o, None);
         check_gateway_flow(&o, &dir);
-        export(&["docker-compose", repo_root().join(flow).to_str().unwrap(), dir.join("compose").to_str().unwrap()]);
-        let _: ComposeFile = serde_saphyr::from_str(&std::fs::read_to_string(dir.join("compose/docker-compose.yml")).unwrap()).unwrap();
+        export(&[
+            "docker-compose",
+            repo_root().join(flow).to_str().unwrap(),
+            dir.join("compose").to_str().unwrap(),
+        ]);
+        let _: ComposeFile = serde_saphyr::from_str(
+            &std::fs::read_to_string(dir.join("compose/docker-compose.yml")).unwrap(),
+        )
+        .unwrap();
         std::fs::remove_dir_all(&dir).ok();
     }
 }
@@ -541,13 +838,29 @@ fn the_repository_flows_export() {
 #[test]
 fn what_cannot_be_exported_is_refused_with_a_reason() {
     let dir = scratch("export-refused");
-    write_file(&dir, "py/config.yml", "jtype: MyExecutor\npy_modules: [my.py]\n");
-    let flow = write_file(&dir, "flow.yml", "jtype: Flow\nexecutors:\n  - uses: py/config.yml\n    name: py\n");
-    let out = Command::new(bin("vchat")).args(["export", "kubernetes"]).arg(&flow).arg(dir.join("out")).output().unwrap();
+    write_file(
+        &dir,
+        "py/config.yml",
+        "jtype: MyExecutor\npy_modules: [my.py]\n",
+    );
+    let flow = write_file(
+        &dir,
+        "flow.yml",
+        "jtype: Flow\nexecutors:\n  - uses: py/config.yml\n    name: py\n",
+    );
+    let out = Command::new(bin("vchat"))
+        .args(["export", "kubernetes"])
+        .arg(&flow)
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("executor `py` is a Python executor"), "{e}");
-    let out = Command::new(bin("vchat")).args(["export", "docker-compose", "no-such-flow.yml", "x"]).output().unwrap();
+    let out = Command::new(bin("vchat"))
+        .args(["export", "docker-compose", "no-such-flow.yml", "x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-flow.yml"));
     std::fs::remove_dir_all(&dir).ok();
@@ -555,12 +868,30 @@ fn what_cannot_be_exported_is_refused_with_a_reason() {
 
 #[test]
 fn export_help_explains_the_topology() {
-    let out = Command::new(bin("vchat")).args(["export", "kubernetes", "--help"]).output().unwrap();
+    let out = Command::new(bin("vchat"))
+        .args(["export", "kubernetes", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["StatefulSet", "headless Service", "Deployment", "PodDisruptionBudget", "kustomization.yaml", "--namespace", "--image", "--gateway-replicas"] {
+    for word in [
+        "StatefulSet",
+        "headless Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "kustomization.yaml",
+        "--namespace",
+        "--image",
+        "--gateway-replicas",
+    ] {
         assert!(help.contains(word), "{word} in:\n{help}");
     }
-    let out = Command::new(bin("vchat")).args(["export", "--help"]).output().unwrap();
+    let out = Command::new(bin("vchat"))
+        .args(["export", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("kubernetes") && help.contains("docker-compose"), "{help}");
+    assert!(
+        help.contains("kubernetes") && help.contains("docker-compose"),
+        "{help}"
+    );
 }

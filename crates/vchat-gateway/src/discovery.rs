@@ -190,11 +190,7 @@ impl Replicas {
                 Some(m) => (*m).clone(),
                 None => Member {
                     id: id.clone(),
-                    executor: Arc::new(RemoteExecutor::new(
-                        &self.name,
-                        id,
-                        self.options.clone(),
-                    )?),
+                    executor: Arc::new(RemoteExecutor::new(&self.name, id, self.options.clone())?),
                 },
             });
         }
@@ -387,10 +383,7 @@ mod tests {
     async fn nothing_resolving_keeps_the_listed_set() {
         let r = Replicas::start(
             "chat",
-            Source::Listed(vec![
-                "vchat-a.invalid:1".into(),
-                "vchat-b.invalid:1".into(),
-            ]),
+            Source::Listed(vec!["vchat-a.invalid:1".into(), "vchat-b.invalid:1".into()]),
             RemoteOptions::default(),
             Some(Duration::from_secs(3600)),
         )

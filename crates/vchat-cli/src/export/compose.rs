@@ -50,7 +50,9 @@ pub(crate) fn render(plan: &Plan, image: &str, gateways: u32) -> anyhow::Result<
         text: plan.gateway_flow.clone(),
         secret: false,
     });
-    let mut volumes = vec![json!(format!("./gateway/flow.yml:{CONFIG_DIR}/flow.yml:ro"))];
+    let mut volumes = vec![json!(format!(
+        "./gateway/flow.yml:{CONFIG_DIR}/flow.yml:ro"
+    ))];
     if let Some((cert, key)) = &plan.tls {
         for (file, bytes) in [("tls.crt", cert), ("tls.key", key)] {
             files.push(OutFile {
@@ -69,13 +71,19 @@ pub(crate) fn render(plan: &Plan, image: &str, gateways: u32) -> anyhow::Result<
         let offset = u16::try_from(g)
             .ok()
             .and_then(|g| g.checked_mul(HOST_PORT_STEP))
-            .ok_or_else(|| anyhow::anyhow!("--gateway-replicas {gateways} is too many for compose's host ports"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--gateway-replicas {gateways} is too many for compose's host ports"
+                )
+            })?;
         let ports = container_ports
             .iter()
             .map(|p| {
                 p.checked_add(offset)
                     .map(|h| json!({ "target": p, "published": h.to_string(), "protocol": "tcp" }))
-                    .ok_or_else(|| anyhow::anyhow!("gateway {g}: host port {p} + {offset} is over 65535"))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("gateway {g}: host port {p} + {offset} is over 65535")
+                    })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut service = json!({

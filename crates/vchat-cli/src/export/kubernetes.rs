@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    CONFIG_DIR, EXECUTOR_PORT, GATEWAY_SHUTDOWN_GRACE_S, OutFile, PRE_STOP_S, Plan, TLS_DIR,
-    labels, yaml,
+    CONFIG_DIR, EXECUTOR_PORT, EXECUTOR_PRE_STOP_S, GATEWAY_SHUTDOWN_GRACE_S, OutFile, PRE_STOP_S,
+    Plan, TLS_DIR, labels, yaml,
 };
 
 /// CPU a gateway or executor pod asks for, in millicores: one core holds 15
@@ -78,6 +78,9 @@ pub(crate) fn render(
             "readinessProbe": grpc_probe(EXECUTOR_PORT, 5, 2),
             "livenessProbe": grpc_probe(EXECUTOR_PORT, 10, 3),
             "resources": resources(super::EXECUTOR_MEMORY_MB),
+            // A terminating pod leaves its Service's DNS at once, but keeps
+            // answering until the gateways have moved its rooms away.
+            "lifecycle": { "preStop": { "sleep": { "seconds": EXECUTOR_PRE_STOP_S } } },
             "volumeMounts": [{ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }],
         });
         objects.push((
@@ -95,7 +98,7 @@ pub(crate) fn render(
                     "template": {
                         "metadata": { "labels": labels(&plan.app, &s.dns) },
                         "spec": {
-                            "terminationGracePeriodSeconds": GATEWAY_SHUTDOWN_GRACE_S + 5,
+                            "terminationGracePeriodSeconds": EXECUTOR_PRE_STOP_S + GATEWAY_SHUTDOWN_GRACE_S + 5,
                             "containers": [container],
                             "volumes": [{ "name": "config", "configMap": { "name": config } }],
                         },
@@ -162,7 +165,10 @@ pub(crate) fn render(
     // Kubernetes' gRPC probe speaks plaintext only: a TLS gateway is probed by
     // its TCP accept.
     let (ready, live) = if plan.tls.is_some() {
-        (tcp_probe(plan.grpc_port, 5, 2), tcp_probe(plan.grpc_port, 10, 3))
+        (
+            tcp_probe(plan.grpc_port, 5, 2),
+            tcp_probe(plan.grpc_port, 10, 3),
+        )
     } else {
         (
             grpc_probe(plan.grpc_port, 5, 2),

@@ -49,6 +49,15 @@ pub const GATEWAY_SHUTDOWN_GRACE_S: u64 = 10;
 /// Seconds a pod being removed keeps serving before it is told to stop, so that
 /// Services stop sending it new streams first.
 pub const PRE_STOP_S: u64 = 5;
+/// Seconds the cluster's DNS may keep answering with a pod that is gone
+/// (CoreDNS's default TTL for Service records).
+pub const DNS_TTL_S: u64 = 5;
+/// Seconds a stopping executor pod keeps serving after it has left its
+/// Service's DNS: until every gateway has looked the names up again
+/// (`resolve_interval_s`) past the DNS cache, so that its rooms move to another
+/// replica before it stops answering.
+pub const EXECUTOR_PRE_STOP_S: u64 =
+    vchat_core::config::DEFAULT_RESOLVE_INTERVAL_S as u64 + DNS_TTL_S + 2;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -112,9 +121,13 @@ struct ComposeArgs {
 pub async fn run(args: ExportArgs, registry: Registry) -> anyhow::Result<ExitCode> {
     match args.target {
         Target::Kubernetes(a) => {
-            anyhow::ensure!(a.gateway_replicas >= 1, "--gateway-replicas must be at least 1");
+            anyhow::ensure!(
+                a.gateway_replicas >= 1,
+                "--gateway-replicas must be at least 1"
+            );
             let plan = Plan::new(&a.flow, &registry)?;
-            let files = kubernetes::render(&plan, &a.image, a.namespace.as_deref(), a.gateway_replicas)?;
+            let files =
+                kubernetes::render(&plan, &a.image, a.namespace.as_deref(), a.gateway_replicas)?;
             write_all(&a.out, &files)?;
             println!(
                 "vchat: wrote {} files to {}; apply with `kubectl apply -k {}`",
@@ -124,7 +137,10 @@ pub async fn run(args: ExportArgs, registry: Registry) -> anyhow::Result<ExitCod
             );
         }
         Target::DockerCompose(a) => {
-            anyhow::ensure!(a.gateway_replicas >= 1, "--gateway-replicas must be at least 1");
+            anyhow::ensure!(
+                a.gateway_replicas >= 1,
+                "--gateway-replicas must be at least 1"
+            );
             let plan = Plan::new(&a.flow, &registry)?;
             let files = compose::render(&plan, &a.image, a.gateway_replicas)?;
             write_all(&a.out, &files)?;
@@ -154,7 +170,8 @@ fn write_all(out: &Path, files: &[OutFile]) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        write_file(&p, &f.text, f.secret).with_context(|| format!("cannot write {}", p.display()))?;
+        write_file(&p, &f.text, f.secret)
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
 }
@@ -232,8 +249,17 @@ impl Plan {
         Plan::from_spec(&spec, raw.get("with").cloned(), registry)
     }
 
-    fn from_spec(spec: &FlowSpec, raw_with: Option<Value>, registry: &Registry) -> anyhow::Result<Plan> {
-        if spec.with.endpoints.values().any(|m| *m == StreamMode::Receive) {
+    fn from_spec(
+        spec: &FlowSpec,
+        raw_with: Option<Value>,
+        registry: &Registry,
+    ) -> anyhow::Result<Plan> {
+        if spec
+            .with
+            .endpoints
+            .values()
+            .any(|m| *m == StreamMode::Receive)
+        {
             bail!(
                 "with.endpoints: a `receive` endpoint needs its source executor in the gateway's process; such a Flow is not exported"
             );
@@ -297,7 +323,10 @@ impl Plan {
                     .external
                     .iter()
                     .map(|a| match a.rsplit_once(':') {
-                        Some((h, p)) => (h.to_string(), p.parse::<u16>().map(|p| json!(p)).unwrap_or(json!(p))),
+                        Some((h, p)) => (
+                            h.to_string(),
+                            p.parse::<u16>().map(|p| json!(p)).unwrap_or(json!(p)),
+                        ),
                         None => (a.clone(), json!(null)),
                     })
                     .unzip();
@@ -352,17 +381,20 @@ impl Plan {
         };
         with.insert("host".into(), json!("0.0.0.0"));
         with.insert("port".into(), json!(grpc_port));
-        let http_port = spec.with.serves_websocket().then(|| match spec.with.port_http {
-            Some(p) if p != 0 => p,
-            _ => DEFAULT_HTTP_PORT,
-        });
+        // A port of 0 means "any free one", which a Service cannot name.
+        let fixed = |p: Option<u16>, default: u16| p.filter(|p| *p != 0).unwrap_or(default);
+        let http_port = spec
+            .with
+            .serves_websocket()
+            .then_some(fixed(spec.with.port_http, DEFAULT_HTTP_PORT));
         if let Some(p) = http_port {
             with.insert("port_http".into(), json!(p));
         }
-        let monitoring_port = spec.with.monitoring.unwrap_or(false).then(|| match spec.with.port_monitoring {
-            Some(p) if p != 0 => p,
-            _ => DEFAULT_MONITORING_PORT,
-        });
+        let monitoring_port = spec
+            .with
+            .monitoring
+            .unwrap_or(false)
+            .then_some(fixed(spec.with.port_monitoring, DEFAULT_MONITORING_PORT));
         if let Some(p) = monitoring_port {
             with.insert("port_monitoring".into(), json!(p));
         }
@@ -400,7 +432,11 @@ impl Plan {
 /// The executor YAML an executor service serves: its jtype, its `with:` (the
 /// executor file's, overridden by the Flow's `uses_with:`), its name.
 fn executor_yaml(e: &ExecutorSpec) -> anyhow::Result<String> {
-    let with: Map<String, Value> = e.with.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
+    let with: Map<String, Value> = e
+        .with
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
     let mut m = Map::new();
     m.insert("jtype".into(), json!(e.jtype));
     if !with.is_empty() {
@@ -415,7 +451,13 @@ fn executor_yaml(e: &ExecutorSpec) -> anyhow::Result<String> {
 pub(crate) fn dns_label(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     s.truncate(50);
     let s = s.trim_matches('-').to_string();
