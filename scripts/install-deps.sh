@@ -3,12 +3,13 @@
 # machine that has only Rust: OpenCV and libclang for the `opencv` crate (the
 # webcam client), Xvfb and xauth for the window tests, Chromium for the browser
 # tests (the web client, driven headless), ImageMagick's `import` to capture the
-# native window for the README's screenshot. Does nothing when they are all there
+# native window for the README's screenshot, iproute2's `ip` for the cluster test
+# (network namespaces; Debian's minimal images lack it). Does nothing when they are all there
 # already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
 # are Rust crates: ring's C parts build with the compiler installed here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick)
+packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

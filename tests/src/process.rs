@@ -178,6 +178,11 @@ impl Proc {
         Proc { child, lines, log }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything printed so far, stdout and stderr interleaved.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -12,6 +12,7 @@
 
 mod bench;
 mod executor;
+mod export;
 mod flow;
 mod ping;
 mod token;
@@ -49,6 +50,10 @@ enum Command {
     Executor(executor::ExecutorArgs),
     /// Exit 0 when the Flow at ADDR answers, 1 otherwise.
     Ping(ping::PingArgs),
+    /// Write a Flow as Kubernetes manifests or a docker-compose.yml: each
+    /// executor a service of its own with stable replica names, the gateways in
+    /// front of them (see `vchat export kubernetes --help`).
+    Export(export::ExportArgs),
     /// Simulate chat users against a gateway and report latency percentiles.
     ///
     /// Each user is its own `Call` stream sending one frame per request
@@ -166,6 +171,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Command::Flow(args) => flow::run(args, registry).await,
             Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
+            Command::Export(args) => export::run(args, registry).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Token(args) => token::run(args),
             // Handled above, before the runtime; kept for completeness.

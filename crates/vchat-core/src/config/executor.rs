@@ -20,6 +20,11 @@ pub const DEFAULT_EXECUTOR_KEEPALIVE_TIMEOUT_S: u64 = 20;
 /// Default seconds a Python executor's processes have to exit after SIGTERM
 /// before they are killed.
 pub const DEFAULT_STOP_GRACE_S: f64 = 3.0;
+/// Default seconds between two resolutions of an external executor's host
+/// names, which find replicas that came or went (a StatefulSet's pods).
+pub const DEFAULT_RESOLVE_INTERVAL_S: f64 = 5.0;
+/// Shortest and longest `resolve_interval_s` accepted, in seconds.
+pub const RESOLVE_INTERVAL_RANGE_S: (f64, f64) = (0.1, 3600.0);
 
 /// How an executor of a Flow is deployed: where it runs, how many copies, what it
 /// follows.
@@ -64,6 +69,12 @@ pub struct Deployment {
     /// (`executor_secret`, `${ENV_VAR}` read at start-up), which
     /// `vchat executor --secret-env` requires.
     pub secret: Option<String>,
+    /// How often an external executor's host names are resolved again
+    /// (`resolve_interval_s`). `None`: [`DEFAULT_RESOLVE_INTERVAL_S`].
+    pub resolve_interval: Option<std::time::Duration>,
+    /// The one `host` is a DNS name whose addresses are the replicas, found
+    /// anew every `resolve_interval` (`dns_replicas: true`; a headless Service).
+    pub dns_replicas: bool,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +118,10 @@ pub(super) struct ExecutorEntry {
     pub(super) tls: Option<bool>,
     #[serde(default)]
     pub(super) executor_secret: Option<String>,
+    #[serde(default)]
+    pub(super) resolve_interval_s: Option<f64>,
+    #[serde(default)]
+    pub(super) dns_replicas: Option<bool>,
 }
 
 /// A YAML value that may be one item or a list of them (Jina allows both for

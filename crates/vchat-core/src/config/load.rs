@@ -265,6 +265,38 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
         if external.is_empty() && entry.uses.is_none() {
             return Err(at("needs `uses` (an executor YAML or jtype), or `host` and `port` of an external executor".into()));
         }
+        let dns_replicas = entry.dns_replicas.unwrap_or(false);
+        if dns_replicas && external.len() != 1 {
+            return Err(at(format!(
+                "dns_replicas: true needs one `host` and one `port` (a name whose addresses are the replicas), got {} address(es)",
+                external.len()
+            )));
+        }
+        if dns_replicas && entry.replicas.is_some() {
+            return Err(at(
+                "dns_replicas: true finds the replicas in DNS; leave `replicas` out".into(),
+            ));
+        }
+        let resolve_interval = match entry.resolve_interval_s {
+            None => None,
+            Some(s)
+                if s.is_finite()
+                    && (RESOLVE_INTERVAL_RANGE_S.0..=RESOLVE_INTERVAL_RANGE_S.1).contains(&s) =>
+            {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => {
+                return Err(at(format!(
+                    "resolve_interval_s must be between {} and {} seconds, got {s}",
+                    RESOLVE_INTERVAL_RANGE_S.0, RESOLVE_INTERVAL_RANGE_S.1
+                )));
+            }
+        };
+        if resolve_interval.is_some() && external.is_empty() {
+            return Err(at(
+                "resolve_interval_s applies to an external executor (`host` and `port`)".into(),
+            ));
+        }
         if !external.is_empty() && entry.replicas.is_some_and(|r| r != external.len()) {
             return Err(at(format!(
                 "replicas: {} but {} external address(es) given; list one host/port per replica",
@@ -305,6 +337,8 @@ pub fn load_flow(file: &Path) -> Result<FlowSpec, ConfigError> {
                 .map(std::time::Duration::from_secs),
             tls: entry.tls.unwrap_or(false),
             secret: entry.executor_secret,
+            resolve_interval,
+            dns_replicas,
             stop_grace: match entry.stop_grace_s {
                 None => None,
                 Some(g) if g.is_finite() && (0.0..=3600.0).contains(&g) => {

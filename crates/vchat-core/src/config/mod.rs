@@ -305,4 +305,54 @@ mod tests {
         let bad = write(&d, "bad.yml", "jtype: Flow\nwith:\n  max_memory_mb: lots\n");
         assert!(load_flow(&bad).is_err());
     }
+
+    #[test]
+    fn replicas_by_name_settings_parse_and_are_checked() {
+        let d = tmpdir("discovery");
+        let flow = write(
+            &d,
+            "flow.yml",
+            "jtype: Flow\nexecutors:\n  - name: a\n    host: [chat-0.chat, chat-1.chat]\n    port: 8080\n    resolve_interval_s: 2.5\n  - name: b\n    host: chat.ns.svc\n    port: 8080\n    dns_replicas: true\n",
+        );
+        let spec = load_flow(&flow).unwrap();
+        let (a, b) = (&spec.executors[0].deployment, &spec.executors[1].deployment);
+        assert_eq!(a.external, ["chat-0.chat:8080", "chat-1.chat:8080"]);
+        assert_eq!(
+            a.resolve_interval,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert!(!a.dns_replicas);
+        assert_eq!(b.external, ["chat.ns.svc:8080"]);
+        assert!(b.dns_replicas && b.resolve_interval.is_none());
+        for (text, want) in [
+            (
+                "host: [a, b]\n    port: 1\n    dns_replicas: true",
+                "needs one `host`",
+            ),
+            (
+                "host: a\n    port: 1\n    dns_replicas: true\n    replicas: 2",
+                "leave `replicas` out",
+            ),
+            (
+                "host: a\n    port: 1\n    resolve_interval_s: 0",
+                "resolve_interval_s must be between",
+            ),
+            (
+                "host: a\n    port: 1\n    resolve_interval_s: .nan",
+                "resolve_interval_s must be between",
+            ),
+            (
+                "uses: X\n    resolve_interval_s: 3",
+                "applies to an external executor",
+            ),
+        ] {
+            let f = write(
+                &d,
+                "bad.yml",
+                &format!("jtype: Flow\nexecutors:\n  - name: a\n    {text}\n"),
+            );
+            let err = load_flow(&f).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use vchat_core::config::{DEFAULT_STOP_GRACE_S, ExecutorSpec, FlowSpec, StreamMod
 use vchat_core::{ConfigError, Executor, Registry};
 
 use super::FlowRuntime;
+use super::discovery::Replicas;
 use super::python::{Launch, PythonExecutor};
 use super::remote::{DEFAULT_TIMEOUT, RemoteExecutor, RemoteOptions};
 use super::skip::SkipFrames;
@@ -137,6 +138,7 @@ async fn build_node(
             python.push(p);
         }
     }
+    let mut discovery = None;
     let (replicas, endpoints, own_route): (Vec<Arc<dyn Executor>>, _, _) = if addrs.is_empty() {
         let mut replicas = Vec::new();
         for _ in 0..d.replicas.max(1) {
@@ -150,6 +152,18 @@ async fn build_node(
         let endpoints = replicas[0].endpoints();
         let route = replicas[0].route_by().map(str::to_string);
         (replicas, Some(endpoints), route)
+    } else if !d.external.is_empty() {
+        discovery = Some(
+            Replicas::start(
+                &e.name,
+                super::discovery::source(&addrs, d.dns_replicas),
+                remote_options,
+                d.resolve_interval,
+            )
+            .await
+            .map_err(&at)?,
+        );
+        (Vec::new(), None, None)
     } else {
         let replicas = addrs
             .iter()
@@ -161,10 +175,12 @@ async fn build_node(
             .map_err(&at)?;
         (replicas, None, None)
     };
-    Ok(Node::with_replicas(
+    let mut node = Node::with_replicas(
         e.name.clone(),
         replicas,
         endpoints,
         d.route_by.clone().or(own_route),
-    ))
+    );
+    node.discovery = discovery;
+    Ok(node)
 }

@@ -43,6 +43,7 @@ use vchat_core::{
 };
 
 mod build;
+pub mod discovery;
 pub mod python;
 pub mod remote;
 pub mod skip;
@@ -344,8 +345,8 @@ impl FlowRuntime {
         let all = self
             .nodes
             .iter()
-            .flat_map(|n| n.replicas.iter())
-            .map(|e| e.stream_closed(stream));
+            .flat_map(|n| n.members())
+            .map(|e| async move { e.stream_closed(stream).await });
         join_all(all).await;
     }
 }

@@ -28,6 +28,8 @@ pub struct Node {
     pub(crate) route_by: Option<String>,
     pub(crate) needs: Vec<Source>,
     next: AtomicUsize,
+    /// An external executor's replicas, found by name (then `replicas` is empty).
+    pub(crate) discovery: Option<Arc<super::discovery::Replicas>>,
 }
 
 impl Node {
@@ -52,6 +54,7 @@ impl Node {
             route_by,
             needs: Vec::new(),
             next: AtomicUsize::new(0),
+            discovery: None,
         }
     }
 
@@ -60,10 +63,18 @@ impl Node {
         &self.name
     }
 
+    /// Every replica now in use.
+    pub(crate) fn members(&self) -> Vec<Arc<dyn Executor>> {
+        match &self.discovery {
+            Some(d) => d.all(),
+            None => self.replicas.clone(),
+        }
+    }
+
     /// Users present per room over every replica (see
     /// [`Executor::users_per_room`]).
     pub fn users_per_room(&self) -> Vec<(String, usize)> {
-        self.replicas
+        self.members()
             .iter()
             .flat_map(|r| r.users_per_room())
             .collect()
@@ -71,17 +82,27 @@ impl Node {
 
     /// Whether every replica answers (see [`Executor::ready`]).
     pub async fn ready(&self) -> Result<(), String> {
-        for r in &self.replicas {
+        if self.discovery.as_ref().is_some_and(|d| d.is_empty()) {
+            return self.pick(&DocumentArray::new()).ready().await;
+        }
+        for r in &self.members() {
             r.ready().await?;
         }
         Ok(())
     }
 
     /// The replica that serves `docs`.
-    pub(crate) fn pick(&self, docs: &DocumentArray) -> &Arc<dyn Executor> {
+    pub(crate) fn pick(&self, docs: &DocumentArray) -> Arc<dyn Executor> {
+        if let Some(d) = &self.discovery {
+            let key = self
+                .route_by
+                .as_ref()
+                .map(|tag| docs.first().and_then(|d| d.tag_str(tag)).unwrap_or(""));
+            return d.pick(key);
+        }
         let n = self.replicas.len();
         if n == 1 {
-            return &self.replicas[0];
+            return self.replicas[0].clone();
         }
         let i = match &self.route_by {
             Some(tag) => {
@@ -90,7 +111,7 @@ impl Node {
             }
             None => self.next.fetch_add(1, Ordering::Relaxed) % n,
         };
-        &self.replicas[i]
+        self.replicas[i].clone()
     }
 }
 

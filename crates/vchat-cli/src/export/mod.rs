@@ -1,0 +1,504 @@
+//! `vchat export kubernetes|docker-compose flow.yml OUT/`: a Flow as a cluster.
+//!
+//! Each in-process executor of the Flow becomes a service of its own (`vchat
+//! executor`), one container per replica with a stable name
+//! (`<executor>-<i>.<executor>`: a StatefulSet's pods behind a headless Service,
+//! or one compose service per replica), and the gateway (`vchat flow`) a
+//! stateless service in front of them, its Flow naming every executor by those
+//! replica names. Each gateway maps a room to the same replica (rendezvous over
+//! the names, see `vchat_gateway::discovery`), so gateways scale freely.
+//!
+//! The objects are built from the parsed Flow ([`Plan`]), then written as YAML
+//! by serde-saphyr.
+
+mod compose;
+mod kubernetes;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+use vchat_core::Registry;
+use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
+use vchat_core::config::{ExecutorSpec, FlowSpec, StreamMode, load_flow};
+
+/// Port of the gateway's gRPC door in the exported containers when the Flow
+/// sets none (`with.port` absent or 0): Jina's export uses the same.
+pub const DEFAULT_GATEWAY_PORT: u16 = 8080;
+/// Port of the browser side (`protocol: websocket`) when the Flow sets none.
+pub const DEFAULT_HTTP_PORT: u16 = 8081;
+/// Port of the metrics endpoint (`monitoring: true`) when the Flow sets none.
+pub const DEFAULT_MONITORING_PORT: u16 = 9090;
+/// Port every executor container serves on (each in a pod of its own).
+pub const EXECUTOR_PORT: u16 = 8080;
+/// Gateway replicas unless `--gateway-replicas` says otherwise.
+pub const DEFAULT_GATEWAY_REPLICAS: u32 = 2;
+/// The image unless `--image` says otherwise.
+pub const DEFAULT_IMAGE: &str = concat!("vchat:", env!("CARGO_PKG_VERSION"));
+/// Where the Flow or executor YAML is mounted, and the containers' working
+/// directory: paths in the command line are relative to it.
+pub const CONFIG_DIR: &str = "/etc/vchat";
+/// Where the gateway's TLS certificate and key are mounted.
+pub const TLS_DIR: &str = "/var/run/vchat/tls";
+/// Seconds a stopping gateway keeps finishing its requests in flight (the
+/// gateway's own shutdown grace).
+pub const GATEWAY_SHUTDOWN_GRACE_S: u64 = 10;
+/// Seconds a pod being removed keeps serving before it is told to stop, so that
+/// Services stop sending it new streams first.
+pub const PRE_STOP_S: u64 = 5;
+/// Seconds the cluster's DNS may keep answering with a pod that is gone
+/// (CoreDNS's default TTL for Service records).
+pub const DNS_TTL_S: u64 = 5;
+/// Seconds a stopping executor pod keeps serving after it has left its
+/// Service's DNS: until every gateway has looked the names up again
+/// (`resolve_interval_s`) past the DNS cache, so that its rooms move to another
+/// replica before it stops answering.
+pub const EXECUTOR_PRE_STOP_S: u64 =
+    vchat_core::config::DEFAULT_RESOLVE_INTERVAL_S as u64 + DNS_TTL_S + 2;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Target {
+    /// Kubernetes manifests and a kustomization.yaml (`kubectl apply -k OUT/`).
+    ///
+    /// Per in-process executor: a StatefulSet (one pod per replica, each with a
+    /// stable DNS name `<executor>-<i>.<executor>`), its headless Service, a
+    /// PodDisruptionBudget and a ConfigMap with its YAML. The gateway: a
+    /// Deployment (stateless, --gateway-replicas pods), a Service, a
+    /// PodDisruptionBudget and a ConfigMap with the gateway's Flow, which names
+    /// every executor replica by its DNS name, so that every gateway sends a room
+    /// to the same replica. TLS (`ssl_certfile`/`ssl_keyfile`): a Secret
+    /// written with the certificate and key (mode 0600; keep OUT/ private).
+    /// Probes: Kubernetes' gRPC probe (a TCP probe for a TLS gateway).
+    /// Monitoring on: Prometheus scrape annotations.
+    Kubernetes(KubernetesArgs),
+    /// One docker-compose.yml with the same topology: a service per executor
+    /// replica, named as the pods would be, and --gateway-replicas gateways, each
+    /// published on the host (the gRPC port, plus one per further gateway).
+    DockerCompose(ComposeArgs),
+}
+
+#[derive(Args, Debug)]
+struct KubernetesArgs {
+    /// The Flow YAML.
+    flow: PathBuf,
+    /// Directory to write the manifests to (created if missing).
+    out: PathBuf,
+    /// Container image with the `vchat` binary (see the Dockerfile).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    image: String,
+    /// Namespace of every object (set in the kustomization.yaml); default: the
+    /// one `kubectl` is pointed at.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Gateway pods.
+    #[arg(long, default_value_t = DEFAULT_GATEWAY_REPLICAS)]
+    gateway_replicas: u32,
+}
+
+#[derive(Args, Debug)]
+struct ComposeArgs {
+    /// The Flow YAML.
+    flow: PathBuf,
+    /// Directory to write docker-compose.yml and the configuration to.
+    out: PathBuf,
+    /// Container image with the `vchat` binary (see the Dockerfile).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    image: String,
+    /// Gateway containers.
+    #[arg(long, default_value_t = DEFAULT_GATEWAY_REPLICAS)]
+    gateway_replicas: u32,
+}
+
+pub async fn run(args: ExportArgs, registry: Registry) -> anyhow::Result<ExitCode> {
+    match args.target {
+        Target::Kubernetes(a) => {
+            anyhow::ensure!(
+                a.gateway_replicas >= 1,
+                "--gateway-replicas must be at least 1"
+            );
+            let plan = Plan::new(&a.flow, &registry)?;
+            let files =
+                kubernetes::render(&plan, &a.image, a.namespace.as_deref(), a.gateway_replicas)?;
+            write_all(&a.out, &files)?;
+            println!(
+                "vchat: wrote {} files to {}; apply with `kubectl apply -k {}`",
+                files.len(),
+                a.out.display(),
+                a.out.display()
+            );
+        }
+        Target::DockerCompose(a) => {
+            anyhow::ensure!(
+                a.gateway_replicas >= 1,
+                "--gateway-replicas must be at least 1"
+            );
+            let plan = Plan::new(&a.flow, &registry)?;
+            let files = compose::render(&plan, &a.image, a.gateway_replicas)?;
+            write_all(&a.out, &files)?;
+            println!(
+                "vchat: wrote {} files to {}; start with `docker compose -f {} up`",
+                files.len(),
+                a.out.display(),
+                a.out.join("docker-compose.yml").display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A file to write: its path under OUT/, its text, and whether it holds a
+/// secret (written readable by its owner only).
+pub(crate) struct OutFile {
+    pub path: String,
+    pub text: String,
+    pub secret: bool,
+}
+
+fn write_all(out: &Path, files: &[OutFile]) -> anyhow::Result<()> {
+    for f in files {
+        let p = out.join(&f.path);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        write_file(&p, &f.text, f.secret)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_file(p: &Path, text: &str, secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(p)?;
+    f.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_file(p: &Path, text: &str, _secret: bool) -> std::io::Result<()> {
+    std::fs::write(p, text)
+}
+
+/// YAML text of `v`.
+pub(crate) fn yaml(v: &Value) -> anyhow::Result<String> {
+    serde_saphyr::to_string(v).context("cannot write YAML")
+}
+
+/// One in-process executor of the Flow, as a service of its own.
+pub(crate) struct Service {
+    /// Its object name: the Flow name as a DNS label.
+    pub dns: String,
+    pub replicas: usize,
+    /// The executor YAML the container serves (`jtype`, `with`, `metas`).
+    pub yaml: String,
+    /// `vchat executor` arguments.
+    pub args: Vec<String>,
+}
+
+/// What a Flow becomes: the executors as services, and the gateway's Flow.
+pub(crate) struct Plan {
+    /// The Flow's name as a DNS label (its file's stem), prefix of shared objects.
+    pub app: String,
+    pub services: Vec<Service>,
+    /// The gateway's Flow YAML: the Flow's `with:` and every executor named by
+    /// its replicas' addresses.
+    pub gateway_flow: String,
+    pub grpc_port: u16,
+    pub http_port: Option<u16>,
+    pub monitoring_port: Option<u16>,
+    /// PEM certificate chain and key.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Memory limit of a gateway container, in MiB: its `max_memory_mb` and
+    /// room for code, stacks and connections.
+    pub gateway_memory_mb: usize,
+    pub gateway_args: Vec<String>,
+}
+
+/// Headroom over `max_memory_mb` in a gateway container's memory limit: the
+/// process's code, thread stacks, TLS and HTTP/2 state (the idle gateway is
+/// 10 MB; BENCHMARKS.md).
+pub const GATEWAY_MEMORY_HEADROOM_MB: usize = 128;
+/// Memory limit of an executor container, in MiB: the process-wide ceiling on
+/// frames and mosaics held (`vchat executor` keeps the default
+/// `max_memory_mb`) and the same headroom.
+pub const EXECUTOR_MEMORY_MB: usize = DEFAULT_MAX_MEMORY_MB + GATEWAY_MEMORY_HEADROOM_MB;
+
+impl Plan {
+    pub(crate) fn new(flow: &Path, registry: &Registry) -> anyhow::Result<Plan> {
+        let spec = load_flow(flow)?;
+        let raw: Value = serde_saphyr::from_str(
+            &std::fs::read_to_string(flow)
+                .with_context(|| format!("cannot read {}", flow.display()))?,
+        )
+        .with_context(|| format!("cannot read {} as YAML", flow.display()))?;
+        Plan::from_spec(&spec, raw.get("with").cloned(), registry)
+    }
+
+    fn from_spec(
+        spec: &FlowSpec,
+        raw_with: Option<Value>,
+        registry: &Registry,
+    ) -> anyhow::Result<Plan> {
+        if spec
+            .with
+            .endpoints
+            .values()
+            .any(|m| *m == StreamMode::Receive)
+        {
+            bail!(
+                "with.endpoints: a `receive` endpoint needs its source executor in the gateway's process; such a Flow is not exported"
+            );
+        }
+        let app = dns_label(
+            spec.file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("vchat"),
+        );
+        let max_message_bytes = spec.with.max_message_bytes;
+        let mut services: Vec<Service> = Vec::new();
+        let mut executors = Vec::new();
+        for e in &spec.executors {
+            let d = &e.deployment;
+            let mut entry = Map::new();
+            entry.insert("name".into(), json!(e.name));
+            if d.external.is_empty() {
+                if !e.py_modules.is_empty() {
+                    bail!(
+                        "executor `{}` is a Python executor (py_modules): serve it with Jina in a container of your own and name it in the Flow by `host`/`port`",
+                        e.name
+                    );
+                }
+                let dns = unique_label(&e.name, &services);
+                let route_by = match &d.route_by {
+                    Some(r) => Some(r.clone()),
+                    None => registry.build(e)?.route_by().map(str::to_string),
+                };
+                let hosts: Vec<String> = (0..d.replicas.max(1))
+                    .map(|i| format!("{dns}-{i}.{dns}"))
+                    .collect();
+                entry.insert("host".into(), json!(hosts));
+                entry.insert("port".into(), json!(EXECUTOR_PORT));
+                entry.insert("external".into(), json!(true));
+                if let Some(r) = route_by {
+                    entry.insert("route_by".into(), json!(r));
+                }
+                let mut args = vec![
+                    "executor".to_string(),
+                    "--uses".into(),
+                    "executor.yml".into(),
+                    "--host".into(),
+                    "0.0.0.0".into(),
+                    "--port".into(),
+                    EXECUTOR_PORT.to_string(),
+                    "--name".into(),
+                    e.name.clone(),
+                ];
+                if let Some(m) = max_message_bytes {
+                    args.extend(["--max-message-bytes".into(), m.to_string()]);
+                }
+                services.push(Service {
+                    dns,
+                    replicas: d.replicas.max(1),
+                    yaml: executor_yaml(e)?,
+                    args,
+                });
+            } else {
+                let (hosts, ports): (Vec<String>, Vec<Value>) = d
+                    .external
+                    .iter()
+                    .map(|a| match a.rsplit_once(':') {
+                        Some((h, p)) => (
+                            h.to_string(),
+                            p.parse::<u16>().map(|p| json!(p)).unwrap_or(json!(p)),
+                        ),
+                        None => (a.clone(), json!(null)),
+                    })
+                    .unzip();
+                entry.insert("host".into(), json!(hosts));
+                entry.insert("port".into(), Value::Array(ports));
+                entry.insert("external".into(), json!(true));
+                if d.dns_replicas {
+                    entry.insert("dns_replicas".into(), json!(true));
+                }
+                if let Some(r) = &d.route_by {
+                    entry.insert("route_by".into(), json!(r));
+                }
+            }
+            if !d.needs.is_empty() {
+                entry.insert("needs".into(), json!(d.needs));
+            }
+            if let Some(t) = d.timeout_send {
+                entry.insert("timeout_send".into(), json!(t.as_millis() as u64));
+            }
+            entry.insert("retries".into(), json!(d.retries));
+            if let Some(m) = d.max_response_bytes {
+                entry.insert("max_response_bytes".into(), json!(m));
+            }
+            if let Some(k) = d.keepalive_interval {
+                entry.insert("keepalive_interval_s".into(), json!(k.as_secs()));
+            }
+            if let Some(k) = d.keepalive_timeout {
+                entry.insert("keepalive_timeout_s".into(), json!(k.as_secs()));
+            }
+            if let Some(r) = d.resolve_interval {
+                entry.insert("resolve_interval_s".into(), json!(r.as_secs_f64()));
+            }
+            if d.skip_frames {
+                tracing::warn!(
+                    executor = %e.name,
+                    "skip_frames applies to executors in the gateway's process; the exported executor service queues instead"
+                );
+            }
+            executors.push(Value::Object(entry));
+        }
+
+        // The Flow's own settings as written (every key, including ones this
+        // exporter does not know), with what the containers fix: where to
+        // listen, and where TLS files are.
+        let mut with = match raw_with {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let grpc_port = match spec.with.port {
+            Some(p) if p != 0 => p,
+            _ => DEFAULT_GATEWAY_PORT,
+        };
+        with.insert("host".into(), json!("0.0.0.0"));
+        with.insert("port".into(), json!(grpc_port));
+        // A port of 0 means "any free one", which a Service cannot name.
+        let fixed = |p: Option<u16>, default: u16| p.filter(|p| *p != 0).unwrap_or(default);
+        let http_port = spec
+            .with
+            .serves_websocket()
+            .then_some(fixed(spec.with.port_http, DEFAULT_HTTP_PORT));
+        if let Some(p) = http_port {
+            with.insert("port_http".into(), json!(p));
+        }
+        let monitoring_port = spec
+            .with
+            .monitoring
+            .unwrap_or(false)
+            .then_some(fixed(spec.with.port_monitoring, DEFAULT_MONITORING_PORT));
+        if let Some(p) = monitoring_port {
+            with.insert("port_monitoring".into(), json!(p));
+        }
+        let tls = match (&spec.with.ssl_certfile, &spec.with.ssl_keyfile) {
+            (Some(c), Some(k)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                with.insert("ssl_certfile".into(), json!(format!("{TLS_DIR}/tls.crt")));
+                with.insert("ssl_keyfile".into(), json!(format!("{TLS_DIR}/tls.key")));
+                Some((read(c)?, read(k)?))
+            }
+            _ => None,
+        };
+        let mut flow = Map::new();
+        flow.insert("jtype".into(), json!("Flow"));
+        flow.insert("with".into(), Value::Object(with));
+        flow.insert("executors".into(), Value::Array(executors));
+        let gateway_flow = yaml(&Value::Object(flow))?;
+        Ok(Plan {
+            app,
+            services,
+            gateway_flow,
+            grpc_port,
+            http_port,
+            monitoring_port,
+            tls,
+            gateway_memory_mb: spec.with.max_memory_mb.unwrap_or(DEFAULT_MAX_MEMORY_MB)
+                + GATEWAY_MEMORY_HEADROOM_MB,
+            gateway_args: vec!["flow".into(), "--uses".into(), "flow.yml".into()],
+        })
+    }
+}
+
+/// The executor YAML an executor service serves: its jtype, its `with:` (the
+/// executor file's, overridden by the Flow's `uses_with:`), its name.
+fn executor_yaml(e: &ExecutorSpec) -> anyhow::Result<String> {
+    let with: Map<String, Value> = e
+        .with
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    let mut m = Map::new();
+    m.insert("jtype".into(), json!(e.jtype));
+    if !with.is_empty() {
+        m.insert("with".into(), Value::Object(with));
+    }
+    m.insert("metas".into(), json!({ "name": e.name }));
+    yaml(&Value::Object(m))
+}
+
+/// `name` as a DNS label (RFC 1123: lowercase letters, digits and `-`, at most
+/// 63, starting and ending alphanumeric), short enough for `-<replica>` suffixes.
+pub(crate) fn dns_label(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.truncate(50);
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() || !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        format!("x{s}")
+    } else {
+        s
+    }
+}
+
+/// A DNS label for `name` no other service has (names differing only in case
+/// would collide), and not the gateway's.
+fn unique_label(name: &str, taken: &[Service]) -> String {
+    let base = dns_label(name);
+    let mut label = base.clone();
+    let mut n = 2;
+    while label == "gateway" || taken.iter().any(|s| s.dns == label) {
+        label = format!("{base}-{n}");
+        n += 1;
+    }
+    label
+}
+
+/// Labels shared by an object and its pods.
+pub(crate) fn labels(app: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), component.to_string()),
+        ("app.kubernetes.io/part-of".to_string(), app.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels_are_valid() {
+        assert_eq!(dns_label("frameAggregator"), "frameaggregator");
+        assert_eq!(dns_label("my_exec.v2"), "my-exec-v2");
+        assert_eq!(dns_label("9lives"), "x9lives");
+        assert_eq!(dns_label("--"), "x");
+        assert!(dns_label(&"a".repeat(200)).len() <= 50);
+    }
+}
