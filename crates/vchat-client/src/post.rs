@@ -11,10 +11,10 @@ use tonic::Status;
 use tonic::client::GrpcService;
 use tonic::codegen::http;
 use vchat_core::wire::{GrpcBody, GrpcMessages};
-use vchat_core::{Document, DocumentArray, new_id};
-use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
+use vchat_core::proto::request_into_proto;
+use vchat_core::{Document, DocumentArray, Request};
+use vchat_proto::DataRequestProto;
 use vchat_proto::prost::Message;
-use vchat_proto::{DataRequestProto, HeaderProto};
 
 use crate::{Client, ClientError, PostOptions, PostSummary, Response};
 
@@ -147,22 +147,14 @@ impl Client {
                 if let Some(live) = &live {
                     fields.extend(live.borrow().iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
-                let parameters = (!fields.is_empty()).then_some(vchat_core::Struct { fields });
                 // Released when the response arrives.
                 permit.forget();
-                let id = new_id();
-                let req = DataRequestProto {
-                    header: Some(HeaderProto {
-                        request_id: id.clone(),
-                        exec_endpoint: Some(endpoint),
-                        ..Default::default()
-                    }),
-                    parameters,
-                    routes: Vec::new(),
-                    data: Some(DataContentProto {
-                        documents: Some(Documents::Docs(DocumentArray(docs).into_proto())),
-                    }),
+                let request = Request {
+                    parameters: fields,
+                    ..Request::new(endpoint, DocumentArray(docs))
                 };
+                let id = request.id.clone();
+                let req = request_into_proto(request);
                 sent_at
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
