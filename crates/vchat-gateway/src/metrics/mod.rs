@@ -1,6 +1,5 @@
 //! The gateway's Prometheus metrics, served as text on their own port
-//! (`with: {monitoring: true, port_monitoring: N}`) by a minimal HTTP/1.1 handler:
-//! a scrape is one GET, so a full HTTP stack is not needed.
+//! (`with: {monitoring: true, port_monitoring: N}`) by [`serve_metrics`].
 //!
 //! The metrics are `prometheus-client`'s (the Prometheus project's own Rust
 //! client) in one registry, written in Prometheus's text format, version 0.0.4
@@ -10,9 +9,11 @@
 //! Every metric is registered in [`Metrics::default`] or written by
 //! [`Occupancy`], and listed in the README.
 
+mod http;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -25,12 +26,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use vchat_core::config::DEFAULT_METRICS_MAX_ROOMS;
 
 use crate::flow::FlowRuntime;
+
+pub use http::serve_metrics;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -336,58 +336,6 @@ impl Collector for Occupancy {
             ConstGauge::new(*n).encode(gauge.encode_family(&labels)?)?;
         }
         Ok(())
-    }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    flow: Arc<FlowRuntime>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let Some((mut sock, _)) = crate::conn::accept(&listener, &shutdown, "metrics").await else {
-            return;
-        };
-        let (metrics, flow) = (metrics.clone(), flow.clone());
-        tokio::spawn(async move {
-            // A request line and headers; scrapers send no body with GET.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, body) = if method != "GET" {
-                ("405 Method Not Allowed", "only GET\n".to_string())
-            } else if path == "/metrics" || path.starts_with("/metrics?") || path == "/" {
-                ("200 OK", metrics.render(&flow))
-            } else {
-                ("404 Not Found", "see /metrics\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
     }
 }
 
