@@ -175,14 +175,14 @@ fn answer(
     };
     let size_in = proto.encoded_len();
     let (envelope, request) = request_from_proto(proto);
-    let request = match request.and_then(|r| {
-        check_frames(&r.docs, limits.max_frame_bytes)
-            .map(|()| r)
-            .map_err(Reply::error)
-    }) {
+    let request = match request {
         Ok(r) => r,
         Err(reply) => return single(Ok(respond(&session, envelope, reply, started, size_in))),
     };
+    if let Err(e) = check_frames(&request.docs, limits.max_frame_bytes) {
+        let reply = Reply::error(e);
+        return single(Ok(respond(&session, envelope, reply, started, size_in)));
+    }
     let mode = session.flow().mode(&request.endpoint);
     // max_fps: a request that comes too soon after the last processed one of
     // this stream is answered as skipped, unprocessed.
