@@ -365,10 +365,7 @@ impl Plan {
                     let env = gateway_secrets.take(
                         s,
                         &format!("executor `{}`: executor_secret", e.name),
-                        &format!(
-                            "{EXECUTOR_SECRET_ENV}_{}",
-                            secrets::env_name(&e.name)
-                        ),
+                        &format!("{EXECUTOR_SECRET_ENV}_{}", secrets::env_name(&e.name)),
                     )?;
                     entry.insert("executor_secret".into(), json!(format!("${{{env}}}")));
                 }

@@ -156,7 +156,11 @@ mod tests {
             "VCHAT_EXECUTOR_SECRET_2"
         );
         let e = s
-            .take("${VCHAT_EXPORT_TEST_SURELY_UNSET}", "auth key \"main\"", "X")
+            .take(
+                "${VCHAT_EXPORT_TEST_SURELY_UNSET}",
+                "auth key \"main\"",
+                "X",
+            )
             .unwrap_err()
             .to_string();
         assert!(
