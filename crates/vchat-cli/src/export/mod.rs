@@ -8,6 +8,9 @@
 //! replica names. Each gateway maps a room to the same replica (rendezvous over
 //! the names, see `vchat_gateway::discovery`), so gateways scale freely.
 //!
+//! Secrets (TLS, access-token keys, the executor links' shared secret) go into
+//! Secrets or 0600 env files, never into a ConfigMap ([`secrets`]).
+//!
 //! The objects are built from the parsed Flow ([`Plan`]), then written as YAML
 //! by serde-saphyr.
 
@@ -80,12 +83,18 @@ enum Target {
     /// every executor replica by its DNS name, so that every gateway sends a room
     /// to the same replica. TLS (`ssl_certfile`/`ssl_keyfile`): a Secret
     /// written with the certificate and key (mode 0600; keep OUT/ private).
+    /// Access-token keys (`with.auth.keys`; `${VAR}` is read from this
+    /// process's environment) and external executors' secrets: the Secret
+    /// APP-auth. The executors require a shared secret that the export
+    /// generates (the Secret APP-executor-secret), which the gateways send.
+    /// Secrets reach the containers as environment variables, never ConfigMaps.
     /// Probes: Kubernetes' gRPC probe (a TCP probe for a TLS gateway).
     /// Monitoring on: Prometheus scrape annotations.
     Kubernetes(KubernetesArgs),
     /// One docker-compose.yml with the same topology: a service per executor
     /// replica, named as the pods would be, and --gateway-replicas gateways, each
     /// published on the host (the gRPC port, plus one per further gateway).
+    /// Secrets go into env files under secrets/ (mode 0600).
     DockerCompose(ComposeArgs),
 }
 
