@@ -5,7 +5,9 @@
 //! namespaces' addresses (`/etc/netns/<ns>/hosts`, which `ip netns exec` mounts
 //! over /etc/hosts). Two gateways, two chat replicas, six rooms of two users,
 //! each room's users on different gateways; then one replica is killed and
-//! started again, then taken out of DNS and put back. No traffic leaves the
+//! started again, then taken out of DNS and put back. Environment variables
+//! from a Secret (`valueFrom.secretKeyRef`) get the exported Secret's value, and
+//! an executor pod refuses a call without that secret. No traffic leaves the
 //! machine.
 //!
 //! Needs root and `ip` (iproute2). Without them it says why on stderr, and
@@ -51,6 +53,25 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The value of env var `e`: its own, or its Secret's key, as the kubelet sets
+/// it.
+fn env_value(objects: &BTreeMap<(String, String), Value>, e: &Value) -> String {
+    if let Some(v) = e["value"].as_str() {
+        return v.to_string();
+    }
+    let r = &e["valueFrom"]["secretKeyRef"];
+    let (Some(secret), Some(key)) = (r["name"].as_str(), r["key"].as_str()) else {
+        panic!("env {}: a value or a Secret's key", e["name"]);
+    };
+    let s = objects
+        .get(&("Secret".to_string(), secret.to_string()))
+        .unwrap_or_else(|| panic!("Secret {secret} is not exported"));
+    s["stringData"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("Secret {secret} has no key {key}"))
+        .to_string()
+}
+
 /// The containers of one workload's pod `name`: its command line, environment
 /// and the files of the ConfigMaps mounted at its working directory.
 fn container(objects: &BTreeMap<(String, String), Value>, pod: &Value, name: String) -> Container {
@@ -85,8 +106,10 @@ fn container(objects: &BTreeMap<(String, String), Value>, pod: &Value, name: Str
             .unwrap()
             .iter()
             .map(|e| {
-                let value = e["value"].as_str().expect("plain env values only");
-                (e["name"].as_str().unwrap().to_string(), value.to_string())
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    env_value(objects, e),
+                )
             })
             .collect(),
         working_dir,
@@ -484,6 +507,34 @@ async fn two_gateways_two_replicas_six_rooms_a_replica_restarted_then_out_of_dns
                 p.room
             );
         }
+    }
+    // The gateways call the executors with the exported secret; anyone else
+    // who reaches an executor pod is refused.
+    {
+        use vchat_proto::jina::jina_single_data_request_rpc_client::JinaSingleDataRequestRpcClient;
+        let pod = &executor_pods[0];
+        let port = objects[&("StatefulSet".to_string(), "chat".to_string())]["spec"]["template"]
+            ["spec"]["containers"][0]["ports"][0]["containerPort"]
+            .as_u64()
+            .unwrap();
+        let mut client = JinaSingleDataRequestRpcClient::connect(format!(
+            "http://{}:{port}",
+            cluster.addrs[pod]
+        ))
+        .await
+        .unwrap();
+        let req = request(
+            "intruder",
+            vec![in_room(frame("mallory", [9, 9, 9], H, W), ROOMS[0]).into_proto()],
+        );
+        let Err(err) = client.process_single_data(req).await else {
+            panic!("{pod} took a call without the executor secret");
+        };
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{pod}: {err:?}");
+        assert!(
+            !cluster.log(pod).contains("mallory"),
+            "{pod} did not take the call"
+        );
     }
     // Both replicas hold rooms: the work is spread, each room in one place.
     for (i, pod) in executor_pods.iter().enumerate() {

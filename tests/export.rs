@@ -1,8 +1,10 @@
 //! `vchat export kubernetes|docker-compose`: every exported object read strictly
 //! with the Kubernetes API's own types (a field they do not know is an error),
 //! and checked for consistency: selectors and labels, probe and Service ports
-//! against the containers, every ConfigMap and Secret referenced exists, the
-//! gateways' Flow names every executor replica by the name its pod has.
+//! against the containers, every ConfigMap and Secret referenced exists (and
+//! every key of a Secret an env var names), no ConfigMap or compose file holds
+//! a secret, the files of secrets are their owner's only, the gateways' Flow
+//! names every executor replica by the name its pod has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,11 +60,19 @@ fn read_yaml(p: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Runs `vchat export ...`, asserting success.
+/// The secrets of [`rich_flow`]: an access-token key written in the YAML, one
+/// and an external executor's secret read from the exporting environment.
+const LITERAL_KEY: &str = "literal-key-0123456789abcdef0123456789";
+const ENV_KEY: (&str, &str) = ("EXPORT_TEST_KEY", "env-key-0123456789abcdef0123456789abc");
+const ENV_LINK: (&str, &str) = ("EXPORT_TEST_LINK", "env-link-secret-of-the-outside-one");
+const SOURCE_SECRETS: [&str; 3] = [LITERAL_KEY, ENV_KEY.1, ENV_LINK.1];
+
+/// Runs `vchat export ...` with [`rich_flow`]'s variables set, asserting success.
 fn export(args: &[&str]) -> String {
     let out = Command::new(bin("vchat"))
         .arg("export")
         .args(args)
+        .envs([ENV_KEY, ENV_LINK])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -71,8 +81,9 @@ fn export(args: &[&str]) -> String {
 }
 
 /// A Flow with everything the export has to carry: two in-process executors
-/// (the chat with three replicas, a stateless one), an external one, `needs`,
-/// TLS, monitoring and the browser door.
+/// (the chat with three replicas, a stateless one), an external one (over TLS,
+/// with a secret), `needs`, TLS, monitoring, the browser door and access-token
+/// keys.
 fn rich_flow(dir: &Path) -> PathBuf {
     let (_, cert, key) = test_certificates(dir);
     std::fs::rename(&cert, dir.join("cert.pem")).unwrap();
@@ -84,12 +95,16 @@ fn rich_flow(dir: &Path) -> PathBuf {
         &format!(
             "jtype: Flow\n\
              with:\n  port: 9443\n  protocol: [grpc, websocket]\n  monitoring: true\n  \
-             ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n  max_streams: 77\n  max_message_bytes: 9000000\n\
+             ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n  max_streams: 77\n  max_message_bytes: 9000000\n  \
+             auth:\n    keys:\n      main: {LITERAL_KEY}\n      next: ${{{}}}\n\
              executors:\n\
              \x20 - name: flipper\n    uses: Flip\n\
              \x20 - name: frame_Aggregator\n    uses: {}\n    replicas: 3\n    needs: [flipper]\n    uses_with:\n      max_users: 7\n\
-             \x20 - name: outside\n    host: [10.1.2.3, 10.1.2.4]\n    port: 61000\n    external: true\n    route_by: room\n    timeout_send: 1500\n",
-            chat.display()
+             \x20 - name: outside\n    host: [10.1.2.3, 10.1.2.4]\n    port: 61000\n    external: true\n    route_by: room\n    timeout_send: 1500\n    \
+             tls: true\n    executor_secret: ${{{}}}\n",
+            ENV_KEY.0,
+            chat.display(),
+            ENV_LINK.0,
         ),
     )
 }
@@ -106,6 +121,8 @@ struct Objects {
     pdbs: BTreeMap<String, PodDisruptionBudget>,
     namespaces: BTreeSet<String>,
     kustomization: Value,
+    /// The files of Secrets.
+    secret_files: BTreeSet<String>,
 }
 
 fn read_export(out: &Path) -> Objects {
@@ -145,6 +162,7 @@ fn read_export(out: &Path) -> Objects {
             "Secret" => {
                 o.secrets
                     .insert(name.clone(), strict(&v).map_err(at).unwrap());
+                o.secret_files.insert(file.clone());
             }
             "PodDisruptionBudget" => {
                 o.pdbs.insert(name.clone(), strict(&v).map_err(at).unwrap());
@@ -272,6 +290,25 @@ fn check_workloads(o: &Objects, namespace: Option<&str>) -> BTreeMap<String, Pod
                 );
             }
         }
+        for e in c.env.iter().flatten() {
+            let Some(from) = &e.value_from else {
+                continue;
+            };
+            let r = from
+                .secret_key_ref
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: env {} from a Secret", e.name));
+            let secret = o.secrets.get(&r.name).unwrap_or_else(|| {
+                panic!("{name}: env {}: Secret {} is not exported", e.name, r.name)
+            });
+            assert!(
+                secret_value(secret, &r.key).is_some(),
+                "{name}: env {}: Secret {} has no key {}",
+                e.name,
+                r.name,
+                r.key
+            );
+        }
         if let Some(ann) = t.metadata.as_ref().unwrap().annotations.as_ref() {
             let port: i32 = ann["prometheus.io/port"].parse().unwrap();
             assert_eq!(ann["prometheus.io/scrape"], "true");
@@ -359,6 +396,49 @@ fn check_workloads(o: &Objects, namespace: Option<&str>) -> BTreeMap<String, Pod
     pods
 }
 
+/// The value of `key` in a Secret.
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    s.string_data
+        .as_ref()
+        .and_then(|d| d.get(key).cloned())
+        .or_else(|| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| String::from_utf8(b.0.clone()).unwrap())
+        })
+}
+
+/// No ConfigMap holds a value of a Secret or any of `source` (the secrets of
+/// the Flow), and every Secret's file is its owner's only.
+fn check_secrets(o: &Objects, out: &Path, source: &[&str]) {
+    let mut secrets: Vec<String> = source.iter().map(|s| s.to_string()).collect();
+    for s in o.secrets.values() {
+        for k in s.string_data.iter().flat_map(|d| d.keys()) {
+            secrets.push(secret_value(s, k).unwrap());
+        }
+    }
+    for (name, cm) in &o.configmaps {
+        for (file, text) in cm.data.iter().flatten() {
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.trim()),
+                    "ConfigMap {name} ({file}) holds a secret"
+                );
+            }
+        }
+    }
+    #[cfg(unix)]
+    for file in &o.secret_files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is its owner's only");
+    }
+}
+
 /// The gateways' Flow, read by vchat's own loader: every in-process executor is
 /// named by its StatefulSet's pod DNS names and container port.
 fn check_gateway_flow(o: &Objects, dir: &Path) -> vchat_core::config::FlowSpec {
@@ -401,9 +481,40 @@ fn check_gateway_flow(o: &Objects, dir: &Path) -> vchat_core::config::FlowSpec {
             .map(|i| format!("{name}-{i}.{}:{port}", sts.service_name.as_ref().unwrap()))
             .collect();
         assert_eq!(e.deployment.external, want, "executor {}", e.name);
-        // The executor's own YAML, from its ConfigMap, as its container reads it.
+        // The executor requires the secret the gateways send it, both from
+        // the same variable of the same Secret.
+        let secret_env = "VCHAT_EXECUTOR_SECRET";
+        assert_eq!(
+            e.deployment.secret.as_deref(),
+            Some(format!("${{{secret_env}}}").as_str()),
+            "executor {}",
+            e.name
+        );
         let c = &sts.template.spec.as_ref().unwrap().containers[0];
         let args = c.args.clone().unwrap();
+        assert!(
+            args.windows(2).any(|w| w == ["--secret-env", secret_env]),
+            "{args:?}"
+        );
+        let from_secret = |c: &Container| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|v| v.name == secret_env)
+                .and_then(|v| v.value_from.as_ref()?.secret_key_ref.clone())
+                .map(|r| (r.name, r.key))
+        };
+        let gateway_c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+        assert!(
+            from_secret(c).is_some(),
+            "{name}: {secret_env} from a Secret"
+        );
+        assert_eq!(
+            from_secret(c),
+            from_secret(gateway_c),
+            "{name} and the gateway"
+        );
+        // The executor's own YAML, from its ConfigMap, as its container reads it.
         assert_eq!(args[..3], ["executor", "--uses", "executor.yml"]);
         let mount = c.volume_mounts.as_ref().unwrap()[0].mount_path.clone();
         assert_eq!(
@@ -506,11 +617,51 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
     );
 
     let spec = check_gateway_flow(&o, &dir);
+    check_secrets(&o, &out, &SOURCE_SECRETS);
     let w = &spec.with;
     assert_eq!(
         (w.port, w.max_streams, w.monitoring),
         (Some(9443), Some(77), Some(true))
     );
+    // Every access-token key is a variable of the gateway's environment, set
+    // from the Secret <app>-auth to the value the Flow gave.
+    let keys = &w.auth.as_ref().unwrap().keys;
+    let env_of = |c: &Container, var: &str| {
+        let r = c
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == var)
+            .unwrap_or_else(|| panic!("env {var}"))
+            .value_from
+            .clone()
+            .unwrap()
+            .secret_key_ref
+            .unwrap();
+        secret_value(&o.secrets[&r.name], &r.key).map(|v| (r.name, v))
+    };
+    let var = |v: &str| {
+        v.strip_prefix("${")
+            .and_then(|v| v.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{v} names a variable"))
+            .to_string()
+    };
+    assert_eq!(keys.len(), 2);
+    for (id, want) in [("main", LITERAL_KEY), ("next", ENV_KEY.1)] {
+        assert_eq!(
+            env_of(c, &var(&keys[id])),
+            Some(("flow-auth".to_string(), want.to_string())),
+            "key {id}"
+        );
+    }
+    assert_eq!(o.secrets["flow-auth"].type_.as_deref(), Some("Opaque"));
+    let generated =
+        secret_value(&o.secrets["flow-executor-secret"], "VCHAT_EXECUTOR_SECRET").unwrap();
+    assert!(
+        generated.len() == 64 && generated.chars().all(|c| c.is_ascii_hexdigit()),
+        "a random executor secret"
+    );
+    assert!(!said.contains(&generated), "the secret is not printed");
     assert!(w.serves_websocket());
     let cert_path = w.ssl_certfile.clone().unwrap();
     let tls_mount = c
@@ -534,6 +685,13 @@ fn kubernetes_export_parses_strictly_and_agrees_with_itself() {
     assert_eq!(
         outside.timeout_send,
         Some(std::time::Duration::from_millis(1500))
+    );
+    // The external executor keeps its TLS and its own secret, through the
+    // gateway's environment.
+    assert!(outside.tls);
+    assert_eq!(
+        env_of(c, &var(outside.secret.as_ref().unwrap())),
+        Some(("flow-auth".to_string(), ENV_LINK.1.to_string()))
     );
     // uses_with reaches the executor's own YAML; max_message_bytes its flags.
     let yml = &o.configmaps["frame-aggregator-config"]
@@ -663,6 +821,8 @@ struct ComposeService {
     working_dir: String,
     environment: BTreeMap<String, String>,
     #[serde(default)]
+    env_file: Vec<String>,
+    #[serde(default)]
     hostname: Option<String>,
     networks: ComposeNetworks,
     #[serde(default)]
@@ -776,6 +936,13 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
         if let Some(h) = &s.healthcheck {
             assert!(h.test.iter().any(|t| t == "ping"));
         }
+        for f in &s.env_file {
+            let vars = read_env_file(&out.join(f));
+            assert!(
+                vars.contains_key("VCHAT_EXECUTOR_SECRET"),
+                "{name}: {f} holds the executors' secret"
+            );
+        }
     }
     // The gateways' Flow names each executor replica by an alias of its service.
     let gw = &compose.services["gateway-0"];
@@ -793,6 +960,7 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
         }
     }
     assert_eq!(spec.executors[1].deployment.external.len(), 3);
+    check_compose_secrets(&compose, &out, &spec);
     // The key is its owner's only.
     #[cfg(unix)]
     {
@@ -803,6 +971,142 @@ fn compose_export_parses_strictly_and_agrees_with_itself() {
             .mode();
         assert_eq!(mode & 0o077, 0);
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `NAME='value'` lines of a compose env file, checked to be its owner's only.
+fn read_env_file(p: &Path) -> BTreeMap<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is its owner's only", p.display());
+    }
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Every secret the gateways' Flow names (`${VAR}`) is in the gateways' env
+/// file, every executor service gets the gateways' executor secret, and no
+/// secret is in the compose file or a mounted file that is not an env file.
+fn check_compose_secrets(compose: &ComposeFile, out: &Path, spec: &vchat_core::config::FlowSpec) {
+    let gw = &compose.services["gateway-0"];
+    assert_eq!(gw.env_file.len(), 1, "the gateways' env file");
+    let gw_env = read_env_file(&out.join(&gw.env_file[0]));
+    let named = spec.with.auth.iter().flat_map(|a| a.keys.values()).chain(
+        spec.executors
+            .iter()
+            .filter_map(|e| e.deployment.secret.as_ref()),
+    );
+    for v in named {
+        let var = v
+            .strip_prefix("${")
+            .and_then(|v| v.strip_suffix('}'))
+            .unwrap();
+        assert!(gw_env.contains_key(var), "{var} in the gateways' env file");
+    }
+    for (name, s) in &compose.services {
+        if s.command[0] == "executor" {
+            assert!(
+                s.command
+                    .windows(2)
+                    .any(|w| w == ["--secret-env", "VCHAT_EXECUTOR_SECRET"])
+            );
+            let env = read_env_file(&out.join(&s.env_file[0]));
+            assert_eq!(
+                env["VCHAT_EXECUTOR_SECRET"], gw_env["VCHAT_EXECUTOR_SECRET"],
+                "{name} and the gateways share the secret"
+            );
+        }
+    }
+    let mut files = vec![out.join("docker-compose.yml")];
+    for s in compose.services.values() {
+        files.extend(
+            s.volumes
+                .iter()
+                .map(|v| out.join(v.split_once(':').unwrap().0)),
+        );
+    }
+    for f in files.iter().filter(|f| f.is_file()) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for secret in gw_env.values() {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{} holds a secret",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_auth_example_exports_its_key_from_the_environment() {
+    let dir = scratch("export-auth");
+    let flow = repo_root().join("examples/flows/auth.yml");
+    let key = "0123456789abcdef0123456789abcdef-the-example";
+    let run = |target: &str, out: &Path, key: Option<&str>| {
+        let mut cmd = Command::new(bin("vchat"));
+        cmd.args(["export", target]).arg(&flow).arg(out);
+        cmd.env_remove("VCHAT_KEY_SECRET");
+        if let Some(k) = key {
+            cmd.env("VCHAT_KEY_SECRET", k);
+        }
+        cmd.output().unwrap()
+    };
+    // Unset: refused, naming the variable and where to set it; nothing written.
+    let refused = run("kubernetes", &dir.join("none"), None);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains("VCHAT_KEY_SECRET is not set") && e.contains("vchat export"),
+        "{e}"
+    );
+    assert!(!dir.join("none").exists());
+
+    let out = dir.join("k8s");
+    let done = run("kubernetes", &out, Some(key));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&done.stdout).contains(key));
+    let o = read_export(&out);
+    check_workloads(&o, None);
+    let spec = check_gateway_flow(&o, &dir);
+    check_secrets(&o, &out, &[key]);
+    assert_eq!(spec.with.auth.unwrap().keys["main"], "${VCHAT_KEY_SECRET}");
+    assert_eq!(
+        secret_value(&o.secrets["auth-auth"], "VCHAT_KEY_SECRET").as_deref(),
+        Some(key)
+    );
+
+    let out = dir.join("compose");
+    let done = run("docker-compose", &out, Some(key));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let compose: ComposeFile =
+        serde_saphyr::from_str(&std::fs::read_to_string(out.join("docker-compose.yml")).unwrap())
+            .unwrap();
+    let spec = load_flow(&out.join("gateway/flow.yml")).unwrap();
+    check_compose_secrets(&compose, &out, &spec);
+    assert_eq!(
+        read_env_file(&out.join("secrets/gateway.env"))["VCHAT_KEY_SECRET"],
+        key
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -822,6 +1126,7 @@ fn the_repository_flows_export() {
         let o = read_export(&dir.join("k8s"));
         check_workloads(&o, None);
         check_gateway_flow(&o, &dir);
+        check_secrets(&o, &dir.join("k8s"), &[]);
         export(&[
             "docker-compose",
             repo_root().join(flow).to_str().unwrap(),

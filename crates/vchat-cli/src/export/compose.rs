@@ -7,17 +7,46 @@
 
 use serde_json::{Map, json};
 
-use super::{CONFIG_DIR, GATEWAY_SHUTDOWN_GRACE_S, OutFile, PRE_STOP_S, Plan, TLS_DIR, yaml};
+use std::collections::BTreeMap;
+
+use super::{
+    CONFIG_DIR, EXECUTOR_SECRET_ENV, GATEWAY_SHUTDOWN_GRACE_S, OutFile, PRE_STOP_S, Plan, TLS_DIR,
+    secrets, yaml,
+};
 
 /// Host ports of gateway `i` are its container ports plus `i` times this.
 pub const HOST_PORT_STEP: u16 = 100;
 
 const NETWORK: &str = "vchat";
 
+/// The env file of the executor services: their shared secret.
+const EXECUTOR_ENV_FILE: &str = "secrets/executor.env";
+/// The env file of the gateways: the executors' secret and the Flow's own.
+const GATEWAY_ENV_FILE: &str = "secrets/gateway.env";
+
 pub(crate) fn render(plan: &Plan, image: &str, gateways: u32) -> anyhow::Result<Vec<OutFile>> {
     let mut files = Vec::new();
     let mut services = Map::new();
     let mut executors = Vec::new();
+    // Secrets travel in env files (mode 0600) that the services name, so that
+    // docker-compose.yml and the mounted Flow hold none.
+    let mut gateway_env = plan.gateway_secrets.clone();
+    if let Some(value) = &plan.executor_secret {
+        let env = BTreeMap::from([(EXECUTOR_SECRET_ENV.to_string(), value.clone())]);
+        files.push(OutFile {
+            path: EXECUTOR_ENV_FILE.into(),
+            text: secrets::env_file(&env)?,
+            secret: true,
+        });
+        gateway_env.extend(env);
+    }
+    if !gateway_env.is_empty() {
+        files.push(OutFile {
+            path: GATEWAY_ENV_FILE.into(),
+            text: secrets::env_file(&gateway_env)?,
+            secret: true,
+        });
+    }
     for s in &plan.services {
         let config = format!("{}/executor.yml", s.dns);
         files.push(OutFile {
@@ -35,6 +64,7 @@ pub(crate) fn render(plan: &Plan, image: &str, gateways: u32) -> anyhow::Result<
                     "command": s.args,
                     "working_dir": CONFIG_DIR,
                     "environment": { "RUST_LOG": "info" },
+                    "env_file": [format!("./{EXECUTOR_ENV_FILE}")],
                     "hostname": name,
                     "networks": { NETWORK: { "aliases": [format!("{name}.{}", s.dns)] } },
                     "volumes": [format!("./{config}:{CONFIG_DIR}/executor.yml:ro")],
@@ -99,6 +129,9 @@ pub(crate) fn render(plan: &Plan, image: &str, gateways: u32) -> anyhow::Result<
             "stop_grace_period": format!("{}s", PRE_STOP_S + GATEWAY_SHUTDOWN_GRACE_S + 5),
             "restart": "unless-stopped",
         });
+        if !gateway_env.is_empty() {
+            service["env_file"] = json!([format!("./{GATEWAY_ENV_FILE}")]);
+        }
         if plan.tls.is_none() {
             service["healthcheck"] = json!({
                 "test": ["CMD", "vchat", "ping", format!("grpc://127.0.0.1:{}", plan.grpc_port)],

@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    CONFIG_DIR, EXECUTOR_PORT, EXECUTOR_PRE_STOP_S, GATEWAY_SHUTDOWN_GRACE_S, OutFile, PRE_STOP_S,
-    Plan, TLS_DIR, labels, yaml,
+    CONFIG_DIR, EXECUTOR_PORT, EXECUTOR_PRE_STOP_S, EXECUTOR_SECRET_ENV, GATEWAY_SHUTDOWN_GRACE_S,
+    OutFile, PRE_STOP_S, Plan, TLS_DIR, labels, yaml,
 };
 
 /// CPU a gateway or executor pod asks for, in millicores: one core holds 15
@@ -36,6 +36,41 @@ pub(crate) fn render(
             "namespace.yaml".into(),
             json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
             false,
+        ));
+    }
+
+    // The executors' shared secret and the Flow's own secrets, each in a
+    // Secret that the containers read as environment variables.
+    let executor_secret = format!("{}-executor-secret", plan.app);
+    let executor_secret_env = json!({
+        "name": EXECUTOR_SECRET_ENV,
+        "valueFrom": { "secretKeyRef": { "name": executor_secret, "key": EXECUTOR_SECRET_ENV } },
+    });
+    if let Some(value) = &plan.executor_secret {
+        objects.push((
+            format!("{executor_secret}.yaml"),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta(&executor_secret, "executor"),
+                "type": "Opaque",
+                "stringData": { EXECUTOR_SECRET_ENV: value },
+            }),
+            true,
+        ));
+    }
+    let auth_secret = format!("{}-auth", plan.app);
+    if !plan.gateway_secrets.is_empty() {
+        objects.push((
+            format!("{auth_secret}-secret.yaml"),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta(&auth_secret, "gateway"),
+                "type": "Opaque",
+                "stringData": plan.gateway_secrets,
+            }),
+            true,
         ));
     }
 
@@ -73,7 +108,7 @@ pub(crate) fn render(
             "command": ["vchat"],
             "args": s.args,
             "workingDir": CONFIG_DIR,
-            "env": [{ "name": "RUST_LOG", "value": "info" }],
+            "env": [{ "name": "RUST_LOG", "value": "info" }, executor_secret_env.clone()],
             "ports": [{ "name": "grpc", "containerPort": EXECUTOR_PORT }],
             "readinessProbe": grpc_probe(EXECUTOR_PORT, 5, 2),
             "livenessProbe": grpc_probe(EXECUTOR_PORT, 10, 3),
@@ -181,13 +216,23 @@ pub(crate) fn render(
         mounts.push(json!({ "name": "tls", "mountPath": TLS_DIR, "readOnly": true }));
         volumes.push(json!({ "name": "tls", "secret": { "secretName": gw_tls } }));
     }
+    let mut env = vec![json!({ "name": "RUST_LOG", "value": "info" })];
+    if plan.executor_secret.is_some() {
+        env.push(executor_secret_env);
+    }
+    for name in plan.gateway_secrets.keys() {
+        env.push(json!({
+            "name": name,
+            "valueFrom": { "secretKeyRef": { "name": auth_secret, "key": name } },
+        }));
+    }
     let container = json!({
         "name": "gateway",
         "image": image,
         "command": ["vchat"],
         "args": plan.gateway_args,
         "workingDir": CONFIG_DIR,
-        "env": [{ "name": "RUST_LOG", "value": "info" }],
+        "env": env,
         "ports": ports,
         "readinessProbe": ready,
         "livenessProbe": live,

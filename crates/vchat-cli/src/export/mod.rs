@@ -8,11 +8,15 @@
 //! replica names. Each gateway maps a room to the same replica (rendezvous over
 //! the names, see `vchat_gateway::discovery`), so gateways scale freely.
 //!
+//! Secrets (TLS, access-token keys, the executor links' shared secret) go into
+//! Secrets or 0600 env files, never into a ConfigMap ([`secrets`]).
+//!
 //! The objects are built from the parsed Flow ([`Plan`]), then written as YAML
 //! by serde-saphyr.
 
 mod compose;
 mod kubernetes;
+mod secrets;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,8 @@ use serde_json::{Map, Value, json};
 use vchat_core::Registry;
 use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
 use vchat_core::config::{ExecutorSpec, FlowSpec, StreamMode, load_flow};
+
+pub use secrets::EXECUTOR_SECRET_ENV;
 
 /// Port of the gateway's gRPC door in the exported containers when the Flow
 /// sets none (`with.port` absent or 0): Jina's export uses the same.
@@ -77,12 +83,18 @@ enum Target {
     /// every executor replica by its DNS name, so that every gateway sends a room
     /// to the same replica. TLS (`ssl_certfile`/`ssl_keyfile`): a Secret
     /// written with the certificate and key (mode 0600; keep OUT/ private).
+    /// Access-token keys (`with.auth.keys`; `${VAR}` is read from this
+    /// process's environment) and external executors' secrets: the Secret
+    /// APP-auth. The executors require a shared secret that the export
+    /// generates (the Secret APP-executor-secret), which the gateways send.
+    /// Secrets reach the containers as environment variables, never ConfigMaps.
     /// Probes: Kubernetes' gRPC probe (a TCP probe for a TLS gateway).
     /// Monitoring on: Prometheus scrape annotations.
     Kubernetes(KubernetesArgs),
     /// One docker-compose.yml with the same topology: a service per executor
     /// replica, named as the pods would be, and --gateway-replicas gateways, each
     /// published on the host (the gRPC port, plus one per further gateway).
+    /// Secrets go into env files under secrets/ (mode 0600).
     DockerCompose(ComposeArgs),
 }
 
@@ -186,6 +198,12 @@ fn write_file(p: &Path, text: &str, secret: bool) -> std::io::Result<()> {
         .truncate(true)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(p)?;
+    // The mode above applies to a new file only: one left by an earlier
+    // export keeps its own, so a secret's file is narrowed before it is written.
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(text.as_bytes())
 }
 
@@ -223,6 +241,12 @@ pub(crate) struct Plan {
     pub monitoring_port: Option<u16>,
     /// PEM certificate chain and key.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// The secrets of the Flow (access-token keys, external executors'
+    /// secrets) by the environment variable the gateway's Flow reads each from.
+    pub gateway_secrets: BTreeMap<String, String>,
+    /// The secret every executor service requires of the gateways
+    /// ([`EXECUTOR_SECRET_ENV`]); `None`: there is no executor service.
+    pub executor_secret: Option<String>,
     /// Memory limit of a gateway container, in MiB: its `max_memory_mb` and
     /// room for code, stacks and connections.
     pub gateway_memory_mb: usize,
@@ -271,6 +295,7 @@ impl Plan {
                 .unwrap_or("vchat"),
         );
         let max_message_bytes = spec.with.max_message_bytes;
+        let mut gateway_secrets = secrets::GatewaySecrets::default();
         let mut services: Vec<Service> = Vec::new();
         let mut executors = Vec::new();
         for e in &spec.executors {
@@ -295,6 +320,10 @@ impl Plan {
                 entry.insert("host".into(), json!(hosts));
                 entry.insert("port".into(), json!(EXECUTOR_PORT));
                 entry.insert("external".into(), json!(true));
+                entry.insert(
+                    "executor_secret".into(),
+                    json!(format!("${{{EXECUTOR_SECRET_ENV}}}")),
+                );
                 if let Some(r) = route_by {
                     entry.insert("route_by".into(), json!(r));
                 }
@@ -308,6 +337,8 @@ impl Plan {
                     EXECUTOR_PORT.to_string(),
                     "--name".into(),
                     e.name.clone(),
+                    "--secret-env".into(),
+                    EXECUTOR_SECRET_ENV.into(),
                 ];
                 if let Some(m) = max_message_bytes {
                     args.extend(["--max-message-bytes".into(), m.to_string()]);
@@ -335,6 +366,17 @@ impl Plan {
                 entry.insert("external".into(), json!(true));
                 if d.dns_replicas {
                     entry.insert("dns_replicas".into(), json!(true));
+                }
+                if d.tls {
+                    entry.insert("tls".into(), json!(true));
+                }
+                if let Some(s) = &d.secret {
+                    let env = gateway_secrets.take(
+                        s,
+                        &format!("executor `{}`: executor_secret", e.name),
+                        &format!("{EXECUTOR_SECRET_ENV}_{}", secrets::env_name(&e.name)),
+                    )?;
+                    entry.insert("executor_secret".into(), json!(format!("${{{env}}}")));
                 }
                 if let Some(r) = &d.route_by {
                     entry.insert("route_by".into(), json!(r));
@@ -409,6 +451,34 @@ impl Plan {
             }
             _ => None,
         };
+        // Access-token keys: the Flow names each by a variable of the
+        // gateway's environment, which a Secret sets.
+        if let Some(auth) = &spec.with.auth {
+            let mut keys = Map::new();
+            for (id, value) in &auth.keys {
+                let what = format!("with.auth.keys.{id}");
+                let env = gateway_secrets.take(
+                    value,
+                    &what,
+                    &format!("VCHAT_AUTH_KEY_{}", secrets::env_name(id)),
+                )?;
+                let len = gateway_secrets.env[&env].len();
+                if len < vchat_auth::MIN_SECRET_BYTES {
+                    bail!(
+                        "{what}: the secret is {len} bytes; at least {} are needed \
+                         (e.g. `openssl rand -hex 32`)",
+                        vchat_auth::MIN_SECRET_BYTES
+                    );
+                }
+                keys.insert(id.clone(), json!(format!("${{{env}}}")));
+            }
+            with.insert("auth".into(), json!({ "keys": keys }));
+        }
+        let executor_secret = if services.is_empty() {
+            None
+        } else {
+            Some(secrets::generate()?)
+        };
         let mut flow = Map::new();
         flow.insert("jtype".into(), json!("Flow"));
         flow.insert("with".into(), Value::Object(with));
@@ -422,6 +492,8 @@ impl Plan {
             http_port,
             monitoring_port,
             tls,
+            gateway_secrets: gateway_secrets.env,
+            executor_secret,
             gateway_memory_mb: spec.with.max_memory_mb.unwrap_or(DEFAULT_MAX_MEMORY_MB)
                 + GATEWAY_MEMORY_HEADROOM_MB,
             gateway_args: vec!["flow".into(), "--uses".into(), "flow.yml".into()],
