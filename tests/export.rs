@@ -1200,3 +1200,37 @@ fn export_help_explains_the_topology() {
         "{help}"
     );
 }
+
+#[test]
+fn a_second_export_into_the_same_directory_keeps_the_executor_secret() {
+    let dir = scratch("export-again");
+    let flow = rich_flow(&dir);
+    let (k8s, compose) = (dir.join("k8s"), dir.join("compose"));
+    let k8s_secret = || {
+        let o = read_export(&k8s);
+        secret_value(&o.secrets["flow-executor-secret"], "VCHAT_EXECUTOR_SECRET").unwrap()
+    };
+    let compose_secret =
+        || read_env_file(&compose.join("secrets/executor.env"))["VCHAT_EXECUTOR_SECRET"].clone();
+    for (target, out) in [("kubernetes", &k8s), ("docker-compose", &compose)] {
+        export(&[target, flow.to_str().unwrap(), out.to_str().unwrap()]);
+    }
+    let (first_k8s, first_compose) = (k8s_secret(), compose_secret());
+    assert_ne!(first_k8s, first_compose, "each new export makes its own");
+    for (target, out) in [("kubernetes", &k8s), ("docker-compose", &compose)] {
+        export(&[target, flow.to_str().unwrap(), out.to_str().unwrap()]);
+    }
+    // Pods restarted after the second apply still share the running ones' secret.
+    assert_eq!(k8s_secret(), first_k8s);
+    assert_eq!(compose_secret(), first_compose);
+    // Into a fresh directory: a new one.
+    let fresh = dir.join("fresh");
+    export(&[
+        "kubernetes",
+        flow.to_str().unwrap(),
+        fresh.to_str().unwrap(),
+    ]);
+    let o = read_export(&fresh);
+    let new = secret_value(&o.secrets["flow-executor-secret"], "VCHAT_EXECUTOR_SECRET").unwrap();
+    assert_ne!(new, first_k8s);
+}

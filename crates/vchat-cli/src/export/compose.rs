@@ -20,7 +20,7 @@ pub const HOST_PORT_STEP: u16 = 100;
 const NETWORK: &str = "vchat";
 
 /// The env file of the executor services: their shared secret.
-const EXECUTOR_ENV_FILE: &str = "secrets/executor.env";
+pub(crate) const EXECUTOR_ENV_FILE: &str = "secrets/executor.env";
 /// The env file of the gateways: the executors' secret and the Flow's own.
 const GATEWAY_ENV_FILE: &str = "secrets/gateway.env";
 

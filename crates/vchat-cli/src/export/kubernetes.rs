@@ -41,14 +41,14 @@ pub(crate) fn render(
 
     // The executors' shared secret and the Flow's own secrets, each in a
     // Secret that the containers read as environment variables.
-    let executor_secret = format!("{}-executor-secret", plan.app);
+    let executor_secret = executor_secret_name(&plan.app);
     let executor_secret_env = json!({
         "name": EXECUTOR_SECRET_ENV,
         "valueFrom": { "secretKeyRef": { "name": executor_secret, "key": EXECUTOR_SECRET_ENV } },
     });
     if let Some(value) = &plan.executor_secret {
         objects.push((
-            format!("{executor_secret}.yaml"),
+            executor_secret_file(&plan.app),
             json!({
                 "apiVersion": "v1",
                 "kind": "Secret",
@@ -339,4 +339,14 @@ fn resources(memory_limit_mb: usize) -> Value {
         },
         "limits": { "memory": format!("{memory_limit_mb}Mi") },
     })
+}
+
+/// The Secret that holds the executor secret.
+fn executor_secret_name(app: &str) -> String {
+    format!("{app}-executor-secret")
+}
+
+/// The file the executor secret's Secret is written to, in the output directory.
+pub(crate) fn executor_secret_file(app: &str) -> String {
+    format!("{}.yaml", executor_secret_name(app))
 }

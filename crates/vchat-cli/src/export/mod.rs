@@ -137,7 +137,8 @@ pub async fn run(args: ExportArgs, registry: Registry) -> anyhow::Result<ExitCod
                 a.gateway_replicas >= 1,
                 "--gateway-replicas must be at least 1"
             );
-            let plan = Plan::new(&a.flow, &registry)?;
+            let mut plan = Plan::new(&a.flow, &registry)?;
+            plan.keep_executor_secret(&a.out.join(kubernetes::executor_secret_file(&plan.app)))?;
             let files =
                 kubernetes::render(&plan, &a.image, a.namespace.as_deref(), a.gateway_replicas)?;
             write_all(&a.out, &files)?;
@@ -153,7 +154,8 @@ pub async fn run(args: ExportArgs, registry: Registry) -> anyhow::Result<ExitCod
                 a.gateway_replicas >= 1,
                 "--gateway-replicas must be at least 1"
             );
-            let plan = Plan::new(&a.flow, &registry)?;
+            let mut plan = Plan::new(&a.flow, &registry)?;
+            plan.keep_executor_secret(&a.out.join(compose::EXECUTOR_ENV_FILE))?;
             let files = compose::render(&plan, &a.image, a.gateway_replicas)?;
             write_all(&a.out, &files)?;
             println!(
@@ -263,6 +265,26 @@ pub const GATEWAY_MEMORY_HEADROOM_MB: usize = 128;
 pub const EXECUTOR_MEMORY_MB: usize = DEFAULT_MAX_MEMORY_MB + GATEWAY_MEMORY_HEADROOM_MB;
 
 impl Plan {
+    /// Keeps the executor secret of an earlier export into the same directory
+    /// (`file`, the Secret or env file it wrote): a re-export then changes no
+    /// secret, so a pod restarted after `kubectl apply` still matches the
+    /// others. A new secret is made only where there was none.
+    pub(crate) fn keep_executor_secret(&mut self, file: &Path) -> anyhow::Result<()> {
+        if self.executor_secret.is_none() || !file.exists() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the earlier export's {}", file.display()))?;
+        match secrets::find_secret(&text, EXECUTOR_SECRET_ENV) {
+            Some(s) => self.executor_secret = Some(s),
+            None => tracing::warn!(
+                file = %file.display(),
+                "no {EXECUTOR_SECRET_ENV} in the earlier export; a new executor secret is made"
+            ),
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(flow: &Path, registry: &Registry) -> anyhow::Result<Plan> {
         let spec = load_flow(flow)?;
         let raw: Value = serde_saphyr::from_str(

@@ -112,6 +112,24 @@ pub(crate) fn generate() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The value of `name` in a file an earlier export wrote: a Kubernetes Secret
+/// (`stringData`) or a compose env file (`NAME='value'`).
+pub(crate) fn find_secret(text: &str, name: &str) -> Option<String> {
+    let valid = |v: &str| v.len() >= 32 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    let from_env = text.lines().find_map(|l| {
+        let v = l.trim().strip_prefix(name)?.strip_prefix('=')?;
+        Some(v.trim_matches('\'').to_string())
+    });
+    let from_yaml = || {
+        let doc: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+        doc.get("stringData")?
+            .get(name)?
+            .as_str()
+            .map(str::to_string)
+    };
+    from_env.or_else(from_yaml).filter(|v| valid(v))
+}
+
 /// `NAME='value'` lines of a compose env file. Single quotes keep the value
 /// literal (no `$` interpolation, no `#` comment); a value that holds a single
 /// quote or a line break cannot be written so and is refused.
@@ -169,6 +187,21 @@ mod tests {
         );
         assert_eq!(env_name("9-lives.key"), "_9_LIVES_KEY");
         let g = generate().unwrap();
+        let env = format!("X=1\nVCHAT_EXECUTOR_SECRET='{g}'\n");
+        assert_eq!(
+            find_secret(&env, "VCHAT_EXECUTOR_SECRET").as_deref(),
+            Some(g.as_str())
+        );
+        let yaml =
+            format!("apiVersion: v1\nkind: Secret\nstringData:\n  VCHAT_EXECUTOR_SECRET: {g}\n");
+        assert_eq!(
+            find_secret(&yaml, "VCHAT_EXECUTOR_SECRET").as_deref(),
+            Some(g.as_str())
+        );
+        assert_eq!(
+            find_secret("VCHAT_EXECUTOR_SECRET='short'", "VCHAT_EXECUTOR_SECRET"),
+            None
+        );
         assert_eq!(g.len(), 64);
         assert_ne!(g, generate().unwrap());
         assert_eq!(
