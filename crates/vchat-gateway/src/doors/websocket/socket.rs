@@ -183,8 +183,17 @@ impl WebSocketDoor {
             code: CloseCode::Normal,
             reason: "".into(),
         });
+        // The closing handshake: our Close, then the browser's. Frames it sent
+        // meanwhile are read and dropped: a socket closed with data unread is
+        // reset, and a browser that had not read our Close yet would lose it
+        // (and its code and reason) to the reset, seeing 1006.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = sink.send(Message::Close(Some(frame))).await;
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
             let _ = sink.close().await;
         })
         .await;
