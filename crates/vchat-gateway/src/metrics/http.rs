@@ -7,7 +7,8 @@
 //! | any other method | 405 |
 //!
 //! A connection has [`HEAD_TIMEOUT`] from its accept for its request head (at
-//! most [`MAX_HEAD_BYTES`]); it is closed after the answer.
+//! most [`MAX_HEAD_BYTES`]); it is closed after the answer. At most
+//! [`MAX_CONNECTIONS`] are open at once; one more is closed as it is accepted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +35,10 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head; a scraper's GET is a few hundred bytes. Over it, the
 /// answer is 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most connections open at once on the metrics port: a Prometheus or two
+/// scrape it, one connection each; past this, a connection is closed at once,
+/// so that a peer cannot hold the port's memory and tasks by opening many.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves `GET /metrics` on `listener` until `shutdown`; then stops accepting,
 /// finishes the answers being written and returns.
@@ -53,10 +59,16 @@ async fn serve(
     head_timeout: Duration,
 ) {
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     while let Some((sock, peer)) = crate::conn::accept(&listener, &shutdown, "metrics").await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = MAX_CONNECTIONS, "Metrics connection refused: too many open");
+            continue;
+        };
         let (metrics, flow, shutdown) = (metrics.clone(), flow.clone(), shutdown.clone());
         tracker.spawn(async move {
-            serve_connection(sock, peer, metrics, flow, shutdown, head_timeout).await
+            serve_connection(sock, peer, metrics, flow, shutdown, head_timeout).await;
+            drop(slot);
         });
     }
     tracker.close();
@@ -259,6 +271,55 @@ mod tests {
             assert!(started.elapsed() < PATIENCE);
             assert!(!String::from_utf8_lossy(&out).contains("vchat_"), "{out:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_and_a_freed_slot_serves_again() {
+        let server = start(HEAD_TIMEOUT).await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        // One more: accepted, then closed at once with nothing read or written.
+        let mut extra = TcpStream::connect(server.addr).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, extra.read_to_end(&mut out))
+            .await
+            .expect("the connection past the cap is closed");
+        assert!(
+            read.is_err() || out.is_empty(),
+            "no answer past the cap: {}",
+            String::from_utf8_lossy(&out)
+        );
+        // The held connections are answered, and once they are gone the port
+        // serves new ones.
+        let mut first = idle.remove(0);
+        first
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        first.read_to_end(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+        drop(idle);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut sock = TcpStream::connect(server.addr).await.unwrap();
+            let _ = sock
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(PATIENCE, sock.read_to_end(&mut out)).await;
+            if String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "slots come back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.shutdown.cancel();
     }
 
     #[tokio::test]
