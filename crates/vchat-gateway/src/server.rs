@@ -101,7 +101,7 @@ impl Gateway {
         }
     }
 
-    /// Streams need an access token verified by `verifier` (see [`crate::access`]);
+    /// Streams need an access token verified by `verifier` (see [`crate::session::access`]);
     /// without it the gateway is open and names are not verified.
     pub fn auth(mut self, verifier: vchat_auth::Verifier) -> Self {
         self.access = Access::new(Some(verifier));
