@@ -19,7 +19,7 @@
 //! - [`metrics::Metrics`]: Prometheus counters, gauges and latency histograms,
 //!   served on their own port by [`Gateway::monitoring`].
 //! - TLS ([`Gateway::tls`]) with rustls (ring), the handshake done by the
-//!   gateway's own accept loop ([`conn`]) so that it is timed with the HTTP/2
+//!   gateway's own accept loop (`conn`) so that it is timed with the HTTP/2
 //!   preface.
 //!
 //! - [`session::access`]: who a stream is, for every door: the identity and room

@@ -19,7 +19,7 @@
 //!
 //! `replicas: N` (or a list of external hosts) runs N copies. An executor with a
 //! routing tag (`route_by` in the YAML, or the executor's own
-//! [`Executor::route_by`]; `room` for the VideoChatExecutor) sees every request
+//! [`Executor::route_by`](vchat_core::Executor::route_by); `room` for the VideoChatExecutor) sees every request
 //! whose first document has the same value of that tag on the same replica
 //! (rendezvous hashing: adding a replica moves only the rooms it takes over);
 //! others are spread round-robin.

@@ -7,7 +7,7 @@
 //! tests read it. The users per room are read from the Flow at each scrape.
 //!
 //! Every metric is registered in [`Metrics::default`] or written by
-//! [`Occupancy`], and listed in the README.
+//! `Occupancy`, and listed in the README.
 
 mod http;
 

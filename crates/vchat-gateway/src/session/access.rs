@@ -2,14 +2,13 @@
 //! access token when the Flow has `with.auth`, else of its first request; and
 //! one stream per identity and room, a newer one replacing the older.
 //!
-//! A door hands the stream's [`Credentials`] to [`Door::open`](super::Door::open),
-//! whose gate verifies them ([`Access::seat`]) and gives the stream a [`Seat`].
-//! The session passes every request through [`Seat::check`] and every reply
-//! through [`Seat::reply`]; the door ends the stream once [`Seat::replaced`]
-//! fires. A stream takes its user's
-//! place once the Flow has answered its first request without an error: the
-//! executor has then moved the user's tile to it, and the older stream's end
-//! leaves the user where they are.
+//! A door hands the stream's `Credentials` to `Door::open`, whose gate verifies
+//! them (`Access::seat`) and gives the stream a `Seat`. The session passes every
+//! request through `Seat::check` and every reply through `Seat::reply`; the door
+//! ends the stream once `Seat::replaced` fires. A stream takes its user's place
+//! once the Flow has answered its first request without an error: the executor
+//! has then moved the user's tile to it, and the older stream's end leaves the
+//! user where they are.
 //!
 //! What a grant changes in requests, so that executors need not know tokens:
 //!

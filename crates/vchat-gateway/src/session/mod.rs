@@ -2,8 +2,8 @@
 //! turns its transport's messages into [`Request`]s and [`Reply`]s into
 //! messages, and leaves the rest to its [`Session`]:
 //!
-//! - admission ([`Door::open`]): the memory ceiling, streams per address and per
-//!   door (see [`gate`]), then who the stream is: its access token, and one
+//! - admission (`Door::open`): the memory ceiling, streams per address and per
+//!   door (see `gate.rs`), then who the stream is: its access token, and one
 //!   stream per user in a room (see [`access`]);
 //! - the stream's id, and telling the Flow's executors when the stream ends, however
 //!   it ends (the session is dropped);
