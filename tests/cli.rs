@@ -306,3 +306,48 @@ fn mosaic_client_example_runs() {
     );
     assert!(stdout.contains("5 responses, 0 errors"), "{stdout}");
 }
+
+/// A gateway whose log reader went away (stderr a pipe nobody reads) still stops
+/// on SIGTERM: a log line it cannot write must not take the shutdown with it.
+#[test]
+fn a_gateway_with_a_closed_log_pipe_still_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin("vchat"))
+        .args(["flow", "--uses"])
+        .arg(repo_root().join("tests/flows/unlabelled.yml"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("vchat: listening on grpc://") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the Flow did not start"
+        );
+    }
+    // Nobody reads its stderr (or stdout) any more.
+    drop(child.stderr.take());
+    drop(out);
+    signal(&child, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        status.is_some(),
+        "vchat flow still ran {STOP_GRACE:?} after SIGTERM"
+    );
+}

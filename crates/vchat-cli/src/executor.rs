@@ -86,6 +86,8 @@ pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitC
     } else {
         local
     };
+    let shutdown = CancellationToken::new();
+    crate::flow::on_signal(&shutdown)?;
     println!(
         "vchat {}: executor `{}` ({}) is ready",
         vchat_gateway::VERSION,
@@ -93,8 +95,6 @@ pub async fn run(args: ExecutorArgs, registry: Registry) -> anyhow::Result<ExitC
         spec.jtype
     );
     println!("vchat: listening on {scheme}://{shown}");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(crate::flow::wait_for_signal(shutdown.clone()));
     serve_executor_with(flow, args.max_message_bytes, listener, shutdown, link).await?;
     Ok(ExitCode::SUCCESS)
 }

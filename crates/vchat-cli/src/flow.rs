@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use vchat_core::Registry;
 use vchat_core::config::load_flow;
@@ -157,6 +158,8 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
     } else {
         "http"
     };
+    let shutdown = CancellationToken::new();
+    on_signal(&shutdown)?;
     print_panel(
         &spec
             .executors
@@ -170,8 +173,6 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
         started,
     );
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
     let flow = bound.gateway.flow();
     let server = tokio::spawn(bound.gateway.serve(bound.listener, shutdown.clone()));
     shutdown.cancelled().await;
@@ -196,7 +197,8 @@ pub async fn run(args: FlowArgs, registry: Registry) -> anyhow::Result<ExitCode>
     }
 }
 
-/// A duration setting in seconds: positive and finite, or an error naming it.
+/// What the Flow serves and where, on stdout; the last line, `vchat: listening
+/// on ...`, says it is ready.
 fn print_panel(
     executors: &[&str],
     local: SocketAddr,
@@ -255,25 +257,35 @@ fn print_panel(
     println!("vchat: listening on {scheme}://{connect}");
 }
 
-pub(crate) async fn wait_for_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C elsewhere).
+pub(crate) fn on_signal(shutdown: &CancellationToken) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("Cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
+        // Installed here, before the caller says it is ready: a SIGTERM from
+        // then on stops the server gracefully instead of killing it outright.
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            // Shutdown first: nothing after a signal may keep the server up.
+            shutdown.cancel();
+            tracing::info!("{name}");
+        });
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        });
     }
-    shutdown.cancel();
+    Ok(())
 }

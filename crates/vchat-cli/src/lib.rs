@@ -148,6 +148,10 @@ pub fn main_with(registry: Registry) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a pipe nobody reads any
+        // more) is dropped; reporting it on stderr would panic the task that
+        // logged, e.g. the one that stops the server on SIGTERM.
+        .log_internal_errors(false)
         .init();
     let rt = match cli.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()

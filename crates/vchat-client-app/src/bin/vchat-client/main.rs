@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a pipe nobody reads any
+        // more) is dropped; reporting it on stderr would panic the task that
+        // logged, e.g. the one that stops the server on SIGTERM.
+        .log_internal_errors(false)
         .init();
     let args = Args::parse();
     match run(args) {
