@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 use vchat_core::budget::Held;
-use vchat_core::wire::encode_grpc_message;
-use vchat_proto::DataRequestProto;
+use vchat_core::proto::WireReply;
 
 use crate::conn::{later, seconds};
 
@@ -73,7 +72,7 @@ pub(crate) fn body<S>(
     close: Option<CancellationToken>,
 ) -> OutboxBody
 where
-    S: Stream<Item = Result<DataRequestProto, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<WireReply, Status>> + Send + Unpin + 'static,
 {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -100,7 +99,7 @@ async fn produce<S>(
     limits: QueueLimits,
     close: Option<CancellationToken>,
 ) where
-    S: Stream<Item = Result<DataRequestProto, Status>> + Unpin,
+    S: Stream<Item = Result<WireReply, Status>> + Unpin,
 {
     let far = || later(Instant::now(), Duration::from_secs(86400 * 365));
     let (end, discard) = loop {
@@ -122,7 +121,7 @@ async fn produce<S>(
         tokio::select! {
             item = responses.next(), if room => {
                 let end = match item {
-                    Some(Ok(msg)) => match encode_grpc_message(&msg) {
+                    Some(Ok(msg)) => match msg.encode() {
                         Ok(chunks) => {
                             let mut st = shared.lock();
                             if st.chunks.is_empty() {
@@ -254,14 +253,14 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn response(n: usize) -> Result<DataRequestProto, Status> {
-        Ok(DataRequestProto {
+    fn response(n: usize) -> Result<WireReply, Status> {
+        Ok(WireReply::from(vchat_proto::DataRequestProto {
             header: Some(vchat_proto::HeaderProto {
                 request_id: "x".repeat(n),
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[tokio::test]
