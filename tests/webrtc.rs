@@ -60,7 +60,14 @@ fn http(
     let out = String::from_utf8_lossy(&out).to_string();
     let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -184,7 +191,13 @@ fn bad_offers_get_clear_errors() {
 
     // A good offer with a good token is answered: H.264, one host candidate
     // on the address the HTTP port was reached at, and a Location to leave.
-    let (s, h, answer) = http(&web, "POST", "/whip", &[SDP, auth], offer("H264").as_bytes());
+    let (s, h, answer) = http(
+        &web,
+        "POST",
+        "/whip",
+        &[SDP, auth],
+        offer("H264").as_bytes(),
+    );
     assert_eq!(s, 201, "{answer}");
     assert_eq!(header(&h, "content-type"), Some("application/sdp"));
     assert!(answer.contains("H264/90000"), "{answer}");
@@ -217,7 +230,13 @@ fn a_peer_that_never_connects_is_freed_in_time() {
     let flow = Flow::start(&yml, &[]);
     let web = flow.web_url().to_string();
     let metrics = flow.metrics_url().to_string();
-    let (s, h, body) = http(&web, "POST", "/whip?user=ann", &[SDP], offer("H264").as_bytes());
+    let (s, h, body) = http(
+        &web,
+        "POST",
+        "/whip?user=ann",
+        &[SDP],
+        offer("H264").as_bytes(),
+    );
     assert_eq!(s, 201, "{body}");
     let location = header(&h, "location").unwrap().to_string();
     let opened = Instant::now();
@@ -227,7 +246,13 @@ fn a_peer_that_never_connects_is_freed_in_time() {
         "the peer holds a stream"
     );
     // One peer is the limit: the next offer is refused, naming the setting.
-    let (s, _, body) = http(&web, "POST", "/whip?user=bob", &[SDP], offer("H264").as_bytes());
+    let (s, _, body) = http(
+        &web,
+        "POST",
+        "/whip?user=bob",
+        &[SDP],
+        offer("H264").as_bytes(),
+    );
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("webrtc.max_peers"), "{body}");
     // Nobody ever sends a STUN check: the peer is dropped after about 2 s.
@@ -248,7 +273,13 @@ fn a_peer_that_never_connects_is_freed_in_time() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Its place is free again.
-    let (s, _, body) = http(&web, "POST", "/whip?user=bob", &[SDP], offer("H264").as_bytes());
+    let (s, _, body) = http(
+        &web,
+        "POST",
+        "/whip?user=bob",
+        &[SDP],
+        offer("H264").as_bytes(),
+    );
     assert_eq!(s, 201, "{body}");
     assert!(
         flow.stderr().contains("did not connect in time"),
@@ -359,9 +390,13 @@ async fn two_webrtc_tabs_and_a_grpc_client_share_a_room() {
     // server still gets at least 10 of his frames per second.
     let bob_location = pages[1].eval("vchat.rtc.location").await;
     let bob_location = bob_location.as_str().unwrap().to_string();
-    cdp.call(Some(pages[0].session()), "Page.bringToFront", serde_json::json!({}))
-        .await
-        .unwrap();
+    cdp.call(
+        Some(pages[0].session()),
+        "Page.bringToFront",
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
     let fps = server_fps(&web, &bob_location, Duration::from_secs(5)).await;
     let visibility = pages[1].eval("document.visibilityState").await;
     assert!(
@@ -440,7 +475,9 @@ async fn a_gateway_without_webrtc_falls_back_to_the_websocket() {
         )
         .await;
     assert!(
-        s["webrtcError"].as_str().is_some_and(|e| e.starts_with("405")),
+        s["webrtcError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("405")),
         "{s}"
     );
     drop(chromium);

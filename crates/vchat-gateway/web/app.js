@@ -100,7 +100,7 @@
   setInterval(() => {
     const now = performance.now();
     while (recvTimes.length && now - recvTimes[0] > 2000) recvTimes.shift();
-    vchat.fps = recvTimes.length / 2;
+    if (vchat.transport !== 'webrtc') vchat.fps = recvTimes.length / 2;
     showStatus();
   }, 500);
 

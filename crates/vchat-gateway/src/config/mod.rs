@@ -290,7 +290,9 @@ impl GatewayConfig {
             let port = options.udp_port;
             let udp = tokio::net::UdpSocket::bind((host, port))
                 .await
-                .map_err(|e| format!("cannot bind UDP {host}:{port} for WebRTC (webrtc.udp_port): {e}"))?;
+                .map_err(|e| {
+                    format!("cannot bind UDP {host}:{port} for WebRTC (webrtc.udp_port): {e}")
+                })?;
             webrtc = Some(udp.local_addr().map_err(|e| e.to_string())?);
             gateway = gateway.webrtc(udp, options.clone());
         }
@@ -433,15 +435,17 @@ mod tests {
         assert_eq!(w.udp_port, 40000);
         assert_eq!(w.public_ip, Some("203.0.113.7".parse().unwrap()));
         assert_eq!(w.connect_timeout, Duration::from_secs(3));
-        assert_eq!(
-            w.max_peers,
-            vchat_core::config::DEFAULT_WEBRTC_MAX_PEERS
-        );
+        assert_eq!(w.max_peers, vchat_core::config::DEFAULT_WEBRTC_MAX_PEERS);
         with.webrtc = Some(vchat_core::config::WebRtcWith {
             enabled: Some(false),
             ..Default::default()
         });
-        assert!(GatewayConfig::resolve(&with, &cli).unwrap().webrtc.is_none());
+        assert!(
+            GatewayConfig::resolve(&with, &cli)
+                .unwrap()
+                .webrtc
+                .is_none()
+        );
         with.webrtc = Some(vchat_core::config::WebRtcWith {
             connect_timeout_s: Some(0.0),
             ..Default::default()

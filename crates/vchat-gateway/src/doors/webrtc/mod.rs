@@ -359,7 +359,9 @@ impl WebRtcDoor {
         {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     return plain(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         sdp::OfferError::TooLarge {
@@ -369,7 +371,10 @@ impl WebRtcDoor {
                         .to_string(),
                     );
                 }
-                return plain(StatusCode::BAD_REQUEST, format!("cannot read the offer: {e}"));
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the offer: {e}"),
+                );
             }
         };
         let text = match sdp::check_offer(&body, limit) {
@@ -393,6 +398,27 @@ impl WebRtcDoor {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this server has no address for WebRTC on this network: set webrtc.public_ip",
             );
+        };
+        // The peer's place first: a refused offer must not replace its user's
+        // stream (one per user and room) on the way.
+        let id = vchat_core::new_id();
+        let stats = Arc::new(PeerStats::default());
+        if !self
+            .registry
+            .insert(&id, stats.clone(), self.options.max_peers)
+        {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this server holds {} WebRTC peers, its limit (webrtc.max_peers); \
+                     try again later or use the WebSocket",
+                    self.options.max_peers
+                ),
+            );
+        }
+        let place = Place {
+            registry: &self.registry,
+            id: Some(&id),
         };
         let rate = RateLimit::per_second(self.max_fps)
             .or_else(|| RateLimit::per_second(DEFAULT_WEBSOCKET_MAX_FPS));
@@ -444,21 +470,6 @@ impl WebRtcDoor {
                 );
             }
         };
-        let id = vchat_core::new_id();
-        let stats = Arc::new(PeerStats::default());
-        if !self
-            .registry
-            .insert(&id, stats.clone(), self.options.max_peers)
-        {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "this server holds {} WebRTC peers, its limit (webrtc.max_peers); \
-                     try again later or use the WebSocket",
-                    self.options.max_peers
-                ),
-            );
-        }
         let cancel = self.shutdown.child_token();
         let (codec_tx, codec_rx) = std::sync::mpsc::sync_channel(CODEC_QUEUE);
         let latest = Arc::new(Latest::default());
@@ -478,7 +489,6 @@ impl WebRtcDoor {
                 .spawn(move || codec_thread(id, codec_rx, driver, latest, stats, limit))
         };
         if let Err(e) = spawned {
-            self.registry.remove(&id);
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot start the peer's codec: {e}"),
@@ -507,12 +517,13 @@ impl WebRtcDoor {
             last_pli: None,
         };
         if self.driver.send(Command::Add(Box::new(p))).await.is_err() {
-            self.registry.remove(&id);
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down",
             );
         }
+        // The driver frees the place from now on.
+        place.keep();
         tokio::spawn(run_stream(
             session,
             who,
@@ -553,6 +564,27 @@ impl WebRtcDoor {
             v4 => v4,
         };
         (ip.is_ipv4() == self.udp.is_ipv4()).then_some(SocketAddr::new(ip, port))
+    }
+}
+
+/// A peer's place in the registry while its offer is answered: given back
+/// unless kept.
+struct Place<'a> {
+    registry: &'a Registry,
+    id: Option<&'a str>,
+}
+
+impl Place<'_> {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.registry.remove(id);
+        }
     }
 }
 
@@ -616,10 +648,7 @@ fn codec_thread(
                 match encoder.encode(t.data(), h, w) {
                     Ok(au) if !au.is_empty() => {
                         stats.mosaics_encoded.fetch_add(1, Ordering::Relaxed);
-                        let send = driver.try_send(Command::Send {
-                            id: id.clone(),
-                            au,
-                        });
+                        let send = driver.try_send(Command::Send { id: id.clone(), au });
                         if send.is_err() {
                             // The link is behind: the browser must restart
                             // from a keyframe once it catches up.

@@ -49,8 +49,8 @@ pub fn check_offer(body: &[u8], limit: usize) -> Result<&str, OfferError> {
             limit,
         });
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| OfferError::NotSdp("it is not UTF-8 text".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| OfferError::NotSdp("it is not UTF-8 text".into()))?;
     if !text.trim_start().starts_with("v=0") {
         return Err(OfferError::NotSdp(
             "it does not start with the SDP version line `v=0`".into(),

@@ -200,7 +200,9 @@ async fn serve_connection<I>(
             let path = req.uri().path();
             let whip = path == WHIP_PATH || path.starts_with(&format!("{WHIP_PATH}/"));
             let response: BoxFuture<'static, Response<Body>> = match web.webrtc.clone() {
-                Some(webrtc) if whip => async move { webrtc.handle(req, peer, local).await }.boxed(),
+                Some(webrtc) if whip => {
+                    async move { webrtc.handle(req, peer, local).await }.boxed()
+                }
                 _ => futures::future::ready(web.handle(req, peer, &tracker)).boxed(),
             };
             async move { Ok::<_, Infallible>(response.await) }
