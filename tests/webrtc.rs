@@ -482,3 +482,133 @@ async fn a_gateway_without_webrtc_falls_back_to_the_websocket() {
     );
     drop(chromium);
 }
+
+/// Width, height and frames per second of a camera.
+type Shape = (u32, u32, u32);
+/// Bytes per second, mosaics per second, round trip (ms) and CPU (cores).
+type Measure = (f64, f64, Option<f64>, f64);
+
+/// CPU seconds (user and system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces), from state on.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// One browser user alone in a room for `window` over `transport`: wire bytes
+/// per second (both ways), mosaics per second, the page's frame round trip
+/// (WebSocket only) and the gateway's CPU.
+async fn one_user(
+    cdp: &std::sync::Arc<vchat_e2e::browser::Cdp>,
+    flow: &Flow,
+    run: usize,
+    transport: &str,
+    (w, h, fps): Shape,
+    window: Duration,
+) -> Measure {
+    let web = flow.web_url();
+    let metrics = flow.metrics_url();
+    let page = Page::open(
+        cdp,
+        "bench",
+        &format!(
+            "{web}/?user=u{run}&room=bench{run}&autojoin=1&fps={fps}&w={w}&h={h}&transport={transport}"
+        ),
+    )
+    .await;
+    page.wait_for("streaming", "vchat.frames > 10", BROWSER_PATIENCE)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let wire = |page_state: &Value, text: &str| -> f64 {
+        if transport == "webrtc" {
+            page_state["bytesSent"].as_f64().unwrap_or(0.0)
+                + page_state["bytesReceived"].as_f64().unwrap_or(0.0)
+        } else {
+            metric(text, "vchat_bytes_in_total") + metric(text, "vchat_bytes_out_total")
+        }
+    };
+    let (s0, m0, c0, t0) = (
+        page.state().await,
+        http_get(metrics),
+        cpu_seconds(flow.pid()),
+        Instant::now(),
+    );
+    let mut latencies = Vec::new();
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(l) = page.state().await["latencyMs"].as_f64() {
+            latencies.push(l);
+        }
+    }
+    let (s1, m1, c1) = (
+        page.state().await,
+        http_get(metrics),
+        cpu_seconds(flow.pid()),
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes = (wire(&s1, &m1) - wire(&s0, &m0)) / secs;
+    let mosaics = (s1["frames"].as_f64().unwrap() - s0["frames"].as_f64().unwrap()) / secs;
+    let cpu = (c1 - c0) / secs;
+    let latency = (transport == "ws" && !latencies.is_empty()).then(|| median(latencies));
+    page.eval("vchat.leave()").await;
+    page.close().await;
+    (bytes, mosaics, latency, cpu)
+}
+
+/// WebRTC (H.264) against the WebSocket (JPEG), one Chromium user at a time,
+/// alternating, medians of 3 runs. Run with
+/// `cargo test -p vchat-e2e --test webrtc -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints a table, asserts nothing about speed"]
+async fn bench_webrtc_against_websocket() {
+    let dir = scratch("webrtc-bench");
+    let yml = web_flow(&dir, "  monitoring: true\n");
+    let flow = Flow::start(&yml, &[]);
+    let chromium = Chromium::launch_with(&dir, &["--allow-loopback-in-peer-connection"]);
+    let cdp = chromium.connect().await;
+    let window = Duration::from_secs(8);
+    let sizes = [(320, 240, 15), (640, 480, 30)];
+    let mut results: Vec<(Shape, &str, Vec<Measure>)> = Vec::new();
+    for size in sizes {
+        for t in ["webrtc", "ws"] {
+            results.push((size, t, Vec::new()));
+        }
+    }
+    let mut run = 0;
+    for _ in 0..3 {
+        for r in results.iter_mut() {
+            run += 1;
+            let m = one_user(&cdp, &flow, run, r.1, r.0, window).await;
+            r.2.push(m);
+        }
+    }
+    println!(
+        "| size @ fps | transport | bytes/s (both ways) | mosaics/s | frame round trip p50 | gateway CPU |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for ((w, h, fps), t, runs) in results {
+        let b = median(runs.iter().map(|r| r.0).collect());
+        let m = median(runs.iter().map(|r| r.1).collect());
+        let lat: Vec<f64> = runs.iter().filter_map(|r| r.2).collect();
+        let c = median(runs.iter().map(|r| r.3).collect());
+        let lat = if lat.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.0} ms", median(lat))
+        };
+        println!(
+            "| {w}x{h} @ {fps} | {t} | {:.0} kB/s | {m:.1} | {lat} | {:.0} % |",
+            b / 1000.0,
+            c * 100.0
+        );
+    }
+    drop(chromium);
+}

@@ -128,13 +128,17 @@
     try { stats = await conn.getStats(); } catch (_) { return; }
     const now = performance.now();
     stats.forEach((s) => {
-      if (s.type === 'outbound-rtp' && s.kind === 'video') vchat.sent = s.framesSent || s.framesEncoded || 0;
+      if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        vchat.sent = s.framesSent || s.framesEncoded || 0;
+        vchat.bytesSent = s.bytesSent || 0;
+      }
       if (s.type === 'inbound-rtp' && s.kind === 'video') {
         const decoded = s.framesDecoded || 0;
         const last = poll.last;
         if (last) vchat.fps = (1000 * (decoded - last.n)) / Math.max(1, now - last.t);
         poll.last = { n: decoded, t: now };
         vchat.frames = decoded;
+        vchat.bytesReceived = s.bytesReceived || 0;
         if (video && video.videoWidth) {
           vchat.lastMosaic = { width: video.videoWidth, height: video.videoHeight };
         }

@@ -116,7 +116,7 @@ impl Peer {
 
     /// Writes one encoded mosaic on the peer's video.
     fn send(&mut self, au: Vec<u8>, now: Instant) {
-        let (Some(mid), Some(params)) = (self.video, self.pt.clone()) else {
+        let (Some(mid), Some(params)) = (self.video, self.pt) else {
             return;
         };
         if self.connect_by.is_some() {
