@@ -558,6 +558,15 @@ async fn one_user(
     let mosaics = (s1["frames"].as_f64().unwrap() - s0["frames"].as_f64().unwrap()) / secs;
     let cpu = (c1 - c0) / secs;
     let latency = (transport == "ws" && !latencies.is_empty()).then(|| median(latencies));
+    if let Some(location) = s1["rtc"]["location"]
+        .as_str()
+        .filter(|_| transport == "webrtc")
+    {
+        println!(
+            "{w}x{h}@{fps} run {run}: the gateway's counters {}",
+            peer_stats(web, location).unwrap_or_default()
+        );
+    }
     page.eval("vchat.leave()").await;
     page.close().await;
     (bytes, mosaics, latency, cpu)
