@@ -290,6 +290,45 @@ impl Page {
         }
     }
 
+    /// Opens a new window, runs `script` in each document it loads before the
+    /// document's own scripts, and loads `url` in it. A window of its own keeps
+    /// the page visible, as a tab in front is.
+    pub async fn open_with_script(cdp: &Arc<Cdp>, name: &str, url: &str, script: &str) -> Page {
+        let created = cdp
+            .browser(
+                "Target.createTarget",
+                json!({"url": "about:blank", "newWindow": true}),
+            )
+            .await;
+        let target = created["targetId"].as_str().unwrap().to_string();
+        let attached = cdp
+            .browser(
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        let session = attached["sessionId"].as_str().unwrap().to_string();
+        cdp.call(Some(&session), "Page.enable", json!({}))
+            .await
+            .unwrap();
+        cdp.call(
+            Some(&session),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": script}),
+        )
+        .await
+        .unwrap();
+        cdp.call(Some(&session), "Page.navigate", json!({"url": url}))
+            .await
+            .unwrap();
+        Page {
+            cdp: cdp.clone(),
+            session,
+            target,
+            name: name.to_string(),
+        }
+    }
+
     /// Evaluates `expression` in the page (awaiting a promise) and returns its
     /// value as JSON, or the exception's text.
     pub async fn try_eval(&self, expression: &str) -> Result<Value, String> {
