@@ -3,9 +3,11 @@
 // barcode in the mosaic shown, and byte counters for the page's WebSocket and
 // peer connections. Results in window.vchatBench.
 //
-// The camera is Chromium's fake camera drawn into a canvas at 30 frames a
-// second (a webcam's rate; the page sends at its own `fps`), with a band at the
-// top holding the user's number (bench_user, 0-15) and a 16-bit frame number:
+// The camera is a canvas painted 30 times a second (a webcam's rate; the page
+// sends at its own `fps`): a still, textured room (fixed pseudo-random
+// texture, as detailed as a webcam's picture of a room, so that JPEG frames
+// are of a webcam's size), Chromium's moving fake camera in the middle half,
+// and a band at the top holding the user's number (bench_user, 0-15) and a 16-bit frame number:
 // 20 blocks of W/20 pixels, each bit once as is and once inverted below it, so
 // a band mangled by JPEG or scaling reads as nothing rather than as a wrong
 // number. Round trip: from painting a frame to drawing the first mosaic whose
@@ -97,9 +99,33 @@
     }
   }
 
+  // The still room: smooth colour waves and grain, the same for every user.
+  function room() {
+    const c = Object.assign(document.createElement('canvas'), { width: W, height: H });
+    const cx = c.getContext('2d');
+    const img = cx.createImageData(W, H);
+    let seed = 0x9e3779b9;
+    const grain = () => {
+      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5;
+      return ((seed >>> 0) % 41) - 20;
+    };
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        const i = (y * W + x) * 4;
+        img.data[i] = 120 + 60 * Math.sin(x / 17 + y / 31) + grain();
+        img.data[i + 1] = 110 + 50 * Math.sin(x / 23 - y / 13) + grain();
+        img.data[i + 2] = 100 + 40 * Math.cos((x + y) / 19) + grain();
+        img.data[i + 3] = 255;
+      }
+    }
+    cx.putImageData(img, 0, 0);
+    return c;
+  }
+
   const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   navigator.mediaDevices.getUserMedia = async () => {
-    const real = await gum({ video: { width: W, height: H }, audio: false });
+    const real = await gum({ video: { width: W / 2, height: H / 2 }, audio: false });
+    const still = room();
     const video = document.createElement('video');
     video.muted = true;
     video.srcObject = real;
@@ -110,7 +136,8 @@
     const track = stream.getVideoTracks()[0];
     let id = 0;
     const timer = setInterval(() => {
-      ctx.drawImage(video, 0, 0, W, H);
+      ctx.drawImage(still, 0, 0);
+      ctx.drawImage(video, W / 4, H / 4, W / 2, H / 2);
       id = (id + 1) & 0xffff;
       stamp(ctx, id);
       painted.set(id, performance.now());

@@ -29,7 +29,7 @@ for size in $SIZES; do
     for round in $(seq 1 "$RUNS"); do
         for t in $TRANSPORTS; do
             with_var="WITH_$t"
-            f="$OUT/browser-$t-${size/@/-}-$round.json"
+            f="$OUT/browser-$t-${size/@/-}-u$USERS-$round.json"
             "$BENCH" --vchat "$VCHAT" --users "$USERS" --size "${size%@*}" --fps "${size#*@}" \
                 --transport "$t" --secs "$SECS" --warmup "$WARMUP" --with "${!with_var:-}" >"$f"
             echo "$t $size round $round: $(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["per_user"]; print(", ".join(f"{k} {v:.1f}" for k, v in p.items() if v is not None))' "$f")" >&2
@@ -42,10 +42,13 @@ echo "load after: $(uptime)" >&2
 python3 - "$USERS" "$RUNS" "$SECS" "${files[@]}" <<'EOF'
 import json, statistics, sys
 users, runs, secs, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-groups = {}
+groups, each = {}, {}
 for f in files:
     r = json.load(open(f))
-    groups.setdefault((r["size"], r["fps"], r["transport"]), []).append(r["per_user"])
+    key = (r["size"], r["fps"], r["transport"])
+    groups.setdefault(key, []).append(r["per_user"])
+    for u in r["users_detail"]:
+        each.setdefault(key + (u["user"],), []).append(u)
 def med(rs, k, scale=1.0):
     vs = [r[k] for r in rs if r.get(k) is not None]
     return statistics.median(vs) * scale if vs else float("nan")
@@ -56,4 +59,10 @@ for (size, fps, t), rs in groups.items():
     print(f"| {size} @ {fps:g} | {t} | {med(rs, 'bytes_sent_per_s', 1e-3):.1f} | {med(rs, 'bytes_received_per_s', 1e-3):.1f} "
           f"| {med(rs, 'frames_sent_per_s'):.1f} | {med(rs, 'mosaics_per_s'):.1f} "
           f"| {med(rs, 'rtt_ms_p50'):.0f} / {med(rs, 'rtt_ms_p90'):.0f} | {med(rs, 'server_cpu_percent'):.1f} |")
+print("\nEach user (medians of the runs):\n")
+print("| size @ fps | transport | user | sent KB/s | received KB/s | mosaics shown/s | round trip p50 / p90 ms |")
+print("|---|---|---|---|---|---|---|")
+for (size, fps, t, user), rs in each.items():
+    print(f"| {size} @ {fps:g} | {t} | {user} | {med(rs, 'bytes_sent_per_s', 1e-3):.1f} | {med(rs, 'bytes_received_per_s', 1e-3):.1f} "
+          f"| {med(rs, 'mosaics_per_s'):.1f} | {med(rs, 'rtt_ms_p50'):.0f} / {med(rs, 'rtt_ms_p90'):.0f} |")
 EOF
