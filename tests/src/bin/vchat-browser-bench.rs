@@ -224,6 +224,8 @@ async fn main() -> ExitCode {
                     p.name,
                     p.state().await
                 );
+                drop(chromium);
+                let _ = std::fs::remove_dir_all(&dir);
                 return ExitCode::FAILURE;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
