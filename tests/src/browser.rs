@@ -71,6 +71,14 @@ impl Chromium {
         )
     }
 
+    /// [`launch`](Self::launch) with `extra` command-line switches (e.g.
+    /// `--allow-loopback-in-peer-connection` for WebRTC on 127.0.0.1).
+    pub fn launch_with(dir: &Path, extra: &[&str]) -> Chromium {
+        let mut args = vec!["--use-fake-ui-for-media-stream"];
+        args.extend_from_slice(extra);
+        Chromium::start(dir, &args)
+    }
+
     /// [`launch`](Self::launch), but with Chromium's own handling of tabs in
     /// the background, as a user's browser has it: their timers slowed to about
     /// one a second.

@@ -191,7 +191,8 @@ async fn main() -> ExitCode {
         Flow::spawn(&args.vchat, &a)
     };
     let web = flow.web_url().to_string();
-    let chromium = Chromium::launch(&dir);
+    // Peer connections to the gateway on 127.0.0.1, for a WebRTC page.
+    let chromium = Chromium::launch_with(&dir, &["--allow-loopback-in-peer-connection"]);
     let cdp = chromium.connect().await;
     let mut pages = Vec::new();
     for i in 0..args.users {
