@@ -8,19 +8,22 @@
 #   bench/browser.sh                                 # ws, 320x240@15 and 640x480@30, 3 rounds
 #   TRANSPORTS="ws webrtc" USERS=4 RUNS=3 SECS=10 bench/browser.sh
 #   SIZES="320x240@15" WITH_webrtc='webrtc: {udp_port: 0}' bench/browser.sh
-# WITH_<transport> adds lines to the Flow's `with:` for that transport's runs.
+# WITH_<transport> adds lines to the Flow's `with:` for that transport's runs;
+# VCHAT=path/to/vchat measures that build instead of building this checkout's.
 # Each run's JSON (with every user's figures) is kept in target/bench/browser-*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,13p' "$0"; exit 0 ;; esac
 TRANSPORTS=${TRANSPORTS:-ws} SIZES=${SIZES:-320x240@15 640x480@30}
 USERS=${USERS:-4} RUNS=${RUNS:-3} SECS=${SECS:-10} WARMUP=${WARMUP:-3}
 OUT=target/bench
 mkdir -p "$OUT"
 
-cargo build --release -p vchat-cli >&2
+if [ -z "${VCHAT:-}" ]; then
+    cargo build --release -p vchat-cli >&2
+    VCHAT=target/release/vchat
+fi
 cargo build --workspace --bins >&2
-VCHAT=target/release/vchat
 BENCH=target/debug/vchat-browser-bench
 
 echo "load before: $(uptime)" >&2
