@@ -79,7 +79,18 @@ impl Chromium {
         Chromium::start(dir, &args)
     }
 
+    /// [`launch`](Self::launch), but with Chromium's own handling of tabs in
+    /// the background, as a user's browser has it: their timers slowed to about
+    /// one a second.
+    pub fn launch_throttling_background_tabs(dir: &Path) -> Chromium {
+        Chromium::start_with(dir, &["--use-fake-ui-for-media-stream"], true)
+    }
+
     fn start(dir: &Path, extra: &[&str]) -> Chromium {
+        Chromium::start_with(dir, extra, false)
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], throttle_background: bool) -> Chromium {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).unwrap();
         let mut cmd = Command::new(chromium_path());
@@ -97,20 +108,24 @@ impl Chromium {
             "--no-first-run",
             "--no-default-browser-check",
             "--mute-audio",
-            // Every page streams, not only the one in front.
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows",
             "--window-size=800,1000",
         ])
-        .args(extra)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // Its own process group, so that Drop ends the renderers and helpers too.
-        .process_group(0);
+        .args(extra);
+        if !throttle_background {
+            // Every page streams, not only the one in front.
+            cmd.args([
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
+            ]);
+        }
+        cmd.arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group, so that Drop ends the renderers and helpers too.
+            .process_group(0);
         let mut child = cmd.spawn().expect("start chromium");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -275,6 +290,45 @@ impl Page {
             )
             .await;
         let session = attached["sessionId"].as_str().unwrap().to_string();
+        Page {
+            cdp: cdp.clone(),
+            session,
+            target,
+            name: name.to_string(),
+        }
+    }
+
+    /// Opens a new window, runs `script` in each document it loads before the
+    /// document's own scripts, and loads `url` in it. A window of its own keeps
+    /// the page visible, as a tab in front is.
+    pub async fn open_with_script(cdp: &Arc<Cdp>, name: &str, url: &str, script: &str) -> Page {
+        let created = cdp
+            .browser(
+                "Target.createTarget",
+                json!({"url": "about:blank", "newWindow": true}),
+            )
+            .await;
+        let target = created["targetId"].as_str().unwrap().to_string();
+        let attached = cdp
+            .browser(
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
+        let session = attached["sessionId"].as_str().unwrap().to_string();
+        cdp.call(Some(&session), "Page.enable", json!({}))
+            .await
+            .unwrap();
+        cdp.call(
+            Some(&session),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": script}),
+        )
+        .await
+        .unwrap();
+        cdp.call(Some(&session), "Page.navigate", json!({"url": url}))
+            .await
+            .unwrap();
         Page {
             cdp: cdp.clone(),
             session,

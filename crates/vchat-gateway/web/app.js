@@ -10,9 +10,27 @@
 // the server), w and h (size of the frames sent), quality (JPEG, 0.1 to 1),
 // transport (ws: WebSocket only; webrtc: WebRTC only; default WebRTC, falling
 // back to the WebSocket; see webrtc.js).
+// capture (how frames are taken: auto, track or clock; see startCapture).
 // State for tests and for the curious: window.vchat.
 'use strict';
+
+// Started as a Worker (`new Worker('/app.js')`), this script is only a clock:
+// it posts a tick every N ms after it is sent N, and stops on 0. A Worker's
+// timers keep their rate in a background tab, where Chromium slows the page's
+// own to about one a second.
+function captureClock() {
+  let timer = null;
+  self.onmessage = (e) => {
+    clearInterval(timer);
+    timer = e.data > 0 ? setInterval(() => self.postMessage(0), e.data) : null;
+  };
+}
+
 (() => {
+  if (typeof document === 'undefined') {
+    captureClock();
+    return;
+  }
   const params = new URLSearchParams(location.search);
   // An access token for a gateway with access control: sent as the
   // WebSocket's `access_token`.
@@ -27,6 +45,11 @@
   const HEIGHT = Math.round(num('h', 240, 16, 1080));
   const QUALITY = num('quality', 0.7, 0.1, 1);
   const WANTED_FPS = num('fps', 15, 0.2, 60);
+  // track: every camera frame, read with MediaStreamTrackProcessor; clock: the
+  // <video>'s picture at each tick of a Worker's clock; auto: track where the
+  // browser has it.
+  const CAPTURE = ['track', 'clock'].includes(params.get('capture')) ? params.get('capture')
+    : typeof MediaStreamTrackProcessor === 'function' ? 'track' : 'clock';
   const MAX_IN_FLIGHT = 2;
   const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
 
@@ -36,9 +59,10 @@
     status: $('status'), message: $('message'), mosaic: $('mosaic'),
     participants: $('participants'), video: $('self'),
   };
-  const capture = document.createElement('canvas');
-  capture.width = WIDTH;
-  capture.height = HEIGHT;
+  // Off the page where the browser allows: a page canvas's toBlob may wait for
+  // an idle moment, which a background tab seldom has.
+  const capture = typeof OffscreenCanvas === 'function' ? new OffscreenCanvas(WIDTH, HEIGHT)
+    : Object.assign(document.createElement('canvas'), { width: WIDTH, height: HEIGHT });
   const captureCtx = capture.getContext('2d');
   const mosaicCtx = ui.mosaic.getContext('2d');
 
@@ -47,10 +71,10 @@
   let joined = false;
   let attempt = 0;
   let reconnectTimer = null;
-  let pumpTimer = null;
+  let capturer = null;
   let capturing = false;
   let sendSeq = 0;
-  let lastSend = 0;
+  let nextSend = 0;
   let pendingMeta = null;
   let lastJpeg = null;
   let errorTimer = null;
@@ -61,7 +85,7 @@
     state: 'idle', // idle | camera | connecting | streaming | reconnecting | left | error
     user: '', room: '',
     sent: 0, frames: 0, errors: 0, rateLimited: 0, skipped: 0, acks: 0,
-    inFlight: 0, fps: 0, latencyMs: null, maxFps: null, reconnects: 0,
+    inFlight: 0, fps: 0, latencyMs: null, maxFps: null, reconnects: 0, capture: CAPTURE,
     lastMosaic: null, // {width, height, participants, seq, bytes}
     lastError: null, message: '', notices: [], hello: null, closes: [],
     transport: null, // webrtc | websocket
@@ -144,6 +168,7 @@
   }
 
   function stopCamera() {
+    stopCapture();
     if (camera) camera.getTracks().forEach((t) => t.stop());
     camera = null;
     ui.video.srcObject = null;
@@ -181,7 +206,7 @@
   function leave(reason) {
     joined = false;
     clearTimeout(reconnectTimer);
-    clearTimeout(pumpTimer);
+    stopCapture();
     if (ws) ws.close(1000, reason || 'left');
     ws = null;
     if (window.vchatRtc) window.vchatRtc.close(reason || 'left');
@@ -220,12 +245,13 @@
       attempt = 0;
       say('');
       setState('streaming');
-      pump();
+      startCapture();
     };
     sock.onmessage = (ev) => { if (ws === sock) receive(ev.data); };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
       ws = null;
+      stopCapture();
       vchat.closes.push({ code: ev.code, reason: ev.reason });
       vchat.inFlight = 0;
       if (!joined) return;
@@ -254,7 +280,6 @@
       vchat.latencyMs = performance.now() - t;
       sentAt.delete(seq);
     }
-    pump();
   }
 
   function receive(data) {
@@ -329,46 +354,91 @@
       : '';
   }
 
-  // Sends the next frame when fewer than MAX_IN_FLIGHT await their reply and
-  // the frame rate allows; otherwise comes back when it would.
-  function pump() {
-    clearTimeout(pumpTimer);
-    if (!ws || ws.readyState !== WebSocket.OPEN || !camera || capturing) return;
-    if (vchat.inFlight >= MAX_IN_FLIGHT) return;
-    const fps = Math.min(WANTED_FPS, vchat.maxFps || WANTED_FPS);
-    const wait = lastSend + 1000 / fps - performance.now();
-    if (wait > 0) {
-      pumpTimer = setTimeout(pump, wait);
-      return;
+  // The capture loop. Frames are offered by the camera itself (each frame of its
+  // track) or by a Worker's clock, never by the page's timers, so a tab in the
+  // background sends at the rate of one in front. A frame is sent when the
+  // socket is open, fewer than MAX_IN_FLIGHT await their reply and the frame
+  // rate allows; any other is dropped, so nothing queues.
+  function startCapture() {
+    stopCapture();
+    const track = camera && camera.getVideoTracks()[0];
+    if (!track) return;
+    let stopped = false;
+    if (CAPTURE === 'track') {
+      const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+      capturer = { stop() { stopped = true; reader.cancel().catch(() => {}); } };
+      (async () => {
+        for (;;) {
+          let r;
+          try { r = await reader.read(); } catch (_) { return; }
+          if (r.done) return;
+          const frame = r.value;
+          if (stopped || !due()) {
+            frame.close();
+            continue;
+          }
+          send(frame, frame.displayWidth, frame.displayHeight).finally(() => frame.close());
+        }
+      })();
+    } else {
+      const clock = new Worker('/app.js');
+      // Twice the frame rate: a tick that finds the previous frame still being
+      // encoded, or MAX_IN_FLIGHT awaiting their reply, costs at most half a frame.
+      clock.postMessage(Math.max(5, 500 / WANTED_FPS));
+      clock.onmessage = () => {
+        const v = ui.video;
+        if (!stopped && v.videoWidth && v.videoHeight && due()) send(v, v.videoWidth, v.videoHeight);
+      };
+      capturer = { stop() { stopped = true; clock.terminate(); } };
     }
-    const v = ui.video;
-    if (!v.videoWidth || !v.videoHeight) {
-      pumpTimer = setTimeout(pump, 50);
-      return;
-    }
-    // Fill WIDTH x HEIGHT, cropping the camera's picture to that aspect.
-    const scale = Math.max(WIDTH / v.videoWidth, HEIGHT / v.videoHeight);
-    const sw = WIDTH / scale;
-    const sh = HEIGHT / scale;
-    captureCtx.drawImage(v, (v.videoWidth - sw) / 2, (v.videoHeight - sh) / 2, sw, sh, 0, 0, WIDTH, HEIGHT);
+  }
+
+  function stopCapture() {
+    if (capturer) capturer.stop();
+    capturer = null;
+  }
+
+  // Whether a frame offered now may be sent. Camera frames come at the camera's
+  // own rate, so a frame up to a quarter interval early counts as on time (or a
+  // 20 fps camera asked for 15 would give 10); the schedule advances one
+  // interval per frame sent, so the average stays at the rate asked for.
+  function due() {
+    if (!ws || ws.readyState !== WebSocket.OPEN || capturing) return false;
+    if (vchat.inFlight >= MAX_IN_FLIGHT) return false;
+    const interval = 1000 / Math.min(WANTED_FPS, vchat.maxFps || WANTED_FPS);
+    const now = performance.now();
+    if (now < nextSend - interval / 4) return false;
+    nextSend = Math.max(nextSend + interval, now);
+    return true;
+  }
+
+  // Encodes `source` (a VideoFrame or the <video>) as a JPEG and sends it.
+  async function send(source, width, height) {
     capturing = true;
-    lastSend = performance.now();
     const sock = ws;
-    capture.toBlob(async (blob) => {
-      try {
-        if (!blob || sock !== ws || sock.readyState !== WebSocket.OPEN) return;
-        const buf = await blob.arrayBuffer();
-        if (sock !== ws || sock.readyState !== WebSocket.OPEN) return;
-        sock.send(buf);
-        sendSeq += 1;
-        sentAt.set(sendSeq, performance.now());
-        vchat.sent += 1;
-        vchat.inFlight += 1;
-      } finally {
-        capturing = false;
-        pump();
-      }
-    }, 'image/jpeg', QUALITY);
+    try {
+      // Fill WIDTH x HEIGHT, cropping the camera's picture to that aspect.
+      const scale = Math.max(WIDTH / width, HEIGHT / height);
+      const sw = WIDTH / scale;
+      const sh = HEIGHT / scale;
+      captureCtx.drawImage(source, (width - sw) / 2, (height - sh) / 2, sw, sh, 0, 0, WIDTH, HEIGHT);
+      const blob = capture.convertToBlob
+        ? await capture.convertToBlob({ type: 'image/jpeg', quality: QUALITY })
+        : await new Promise((resolve) => capture.toBlob(resolve, 'image/jpeg', QUALITY));
+      if (!blob || sock !== ws || sock.readyState !== WebSocket.OPEN) return;
+      const buf = await blob.arrayBuffer();
+      if (sock !== ws || sock.readyState !== WebSocket.OPEN) return;
+      sock.send(buf);
+      sendSeq += 1;
+      sentAt.set(sendSeq, performance.now());
+      vchat.sent += 1;
+      vchat.inFlight += 1;
+    } catch (e) {
+      vchat.errors += 1;
+      vchat.lastError = { kind: 'capture', name: e.name, message: String(e.message) };
+    } finally {
+      capturing = false;
+    }
   }
 
   ui.join.addEventListener('click', () => join());

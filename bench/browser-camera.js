@@ -1,0 +1,213 @@
+// Injected by vchat-browser-bench into each page before the web client runs:
+// a camera that stamps each frame with a barcode, a reader that finds the
+// barcode in the mosaic shown, and byte counters for the page's WebSocket and
+// peer connections. Results in window.vchatBench.
+//
+// The camera is a canvas painted 30 times a second (a webcam's rate; the page
+// sends at its own `fps`): a still, textured room (fixed pseudo-random
+// texture, as detailed as a webcam's picture of a room, so that JPEG frames
+// are of a webcam's size), Chromium's moving fake camera in the middle half,
+// and a band at the top holding the user's number (bench_user, 0-15) and a 16-bit frame number:
+// 20 blocks of W/20 pixels, each bit once as is and once inverted below it, so
+// a band mangled by JPEG or scaling reads as nothing rather than as a wrong
+// number. Round trip: from painting a frame to drawing the first mosaic whose
+// tile carries it (the canvas the WebSocket page draws into, or any <video>
+// other than the page's own camera, read at each of its frames).
+'use strict';
+(() => {
+  const params = new URLSearchParams(location.search);
+  const W = Math.round(Number(params.get('w')) || 320);
+  const H = Math.round(Number(params.get('h')) || 240);
+  const ME = Number(params.get('bench_user')) & 15;
+  const CAMERA_FPS = 30;
+  const BITS = 20;
+  const painted = new Map();
+  const bench = {
+    painted: 0, mosaics: 0, rtts: [], unreadable: 0, bytesSent: 0, bytesReceived: 0,
+    peers: [],
+    // Bytes sent and received by the page: its WebSocket messages, and the
+    // transport of each peer connection.
+    async bytes() {
+      let sent = bench.bytesSent;
+      let received = bench.bytesReceived;
+      for (const pc of bench.peers) {
+        try {
+          const stats = await pc.getStats();
+          stats.forEach((r) => {
+            if (r.type === 'transport') {
+              sent += r.bytesSent || 0;
+              received += r.bytesReceived || 0;
+            }
+          });
+        } catch (_) { /* closed */ }
+      }
+      return { sent, received };
+    },
+  };
+  window.vchatBench = bench;
+
+  const block = W / BITS;
+  function stamp(ctx, id) {
+    const value = (ME << 16) | (id & 0xffff);
+    for (let b = 0; b < BITS; b++) {
+      const one = (value >> (BITS - 1 - b)) & 1;
+      ctx.fillStyle = one ? '#fff' : '#000';
+      ctx.fillRect(b * block, 0, block, block);
+      ctx.fillStyle = one ? '#000' : '#fff';
+      ctx.fillRect(b * block, block, block, block);
+    }
+  }
+
+  // The stamp of the tile whose band is in `data` (RGBA rows of width `w`,
+  // 2 * block rows), or -1.
+  function read(data, w) {
+    const scale = w / W;
+    let value = 0;
+    for (let b = 0; b < BITS; b++) {
+      const x = Math.floor((b + 0.5) * block * scale);
+      const luma = (y) => {
+        const i = (Math.floor(y * scale) * w + x) * 4;
+        return (data[i] + data[i + 1] + data[i + 2]) / 3;
+      };
+      const top = luma(block / 2) > 128;
+      const below = luma(block * 1.5) > 128;
+      if (top === below) return -1;
+      value = (value << 1) | (top ? 1 : 0);
+    }
+    return value;
+  }
+
+  // Reads every tile's band of the mosaic just drawn on `ctx` (a vertical
+  // mosaic: tiles of the frames' width, one under the other).
+  function shown(ctx, w, h) {
+    const now = performance.now();
+    bench.mosaics += 1;
+    const tileH = Math.round(H * (w / W));
+    const band = Math.ceil(2 * block * (w / W));
+    for (let top = 0; top + band <= h; top += tileH) {
+      const value = read(ctx.getImageData(0, top, w, band).data, w);
+      if (value < 0) {
+        bench.unreadable += 1;
+        continue;
+      }
+      if ((value >> 16) !== ME) continue;
+      const at = painted.get(value & 0xffff);
+      if (at !== undefined) {
+        bench.rtts.push(now - at);
+        painted.delete(value & 0xffff);
+      }
+    }
+  }
+
+  // The still room: smooth colour waves and grain, the same for every user.
+  function room() {
+    const c = Object.assign(document.createElement('canvas'), { width: W, height: H });
+    const cx = c.getContext('2d');
+    const img = cx.createImageData(W, H);
+    let seed = 0x9e3779b9;
+    const grain = () => {
+      seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5;
+      return ((seed >>> 0) % 41) - 20;
+    };
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        const i = (y * W + x) * 4;
+        img.data[i] = 120 + 60 * Math.sin(x / 17 + y / 31) + grain();
+        img.data[i + 1] = 110 + 50 * Math.sin(x / 23 - y / 13) + grain();
+        img.data[i + 2] = 100 + 40 * Math.cos((x + y) / 19) + grain();
+        img.data[i + 3] = 255;
+      }
+    }
+    cx.putImageData(img, 0, 0);
+    return c;
+  }
+
+  const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async () => {
+    const real = await gum({ video: { width: W / 2, height: H / 2 }, audio: false });
+    const still = room();
+    const video = document.createElement('video');
+    video.muted = true;
+    video.srcObject = real;
+    await video.play();
+    const canvas = Object.assign(document.createElement('canvas'), { width: W, height: H });
+    const ctx = canvas.getContext('2d');
+    const stream = canvas.captureStream(0);
+    const track = stream.getVideoTracks()[0];
+    let id = 0;
+    const timer = setInterval(() => {
+      ctx.drawImage(still, 0, 0);
+      ctx.drawImage(video, W / 4, H / 4, W / 2, H / 2);
+      id = (id + 1) & 0xffff;
+      stamp(ctx, id);
+      painted.set(id, performance.now());
+      // Frames never shown (dropped by the page's frame rate) are forgotten.
+      if (painted.size > 1000) painted.delete(painted.keys().next().value);
+      bench.painted += 1;
+      track.requestFrame();
+    }, 1000 / CAMERA_FPS);
+    track.addEventListener('ended', () => clearInterval(timer));
+    const stop = track.stop.bind(track);
+    track.stop = () => {
+      clearInterval(timer);
+      real.getTracks().forEach((t) => t.stop());
+      stop();
+    };
+    return stream;
+  };
+
+  // The WebSocket page draws each mosaic into canvas#mosaic.
+  const drawImage = CanvasRenderingContext2D.prototype.drawImage;
+  CanvasRenderingContext2D.prototype.drawImage = function (...args) {
+    const r = drawImage.apply(this, args);
+    if (this.canvas.id === 'mosaic') shown(this, this.canvas.width, this.canvas.height);
+    return r;
+  };
+
+  // A page that plays the mosaic in a <video>: read it at each of its frames.
+  const watched = new WeakSet();
+  const reader = document.createElement('canvas');
+  const readerCtx = reader.getContext('2d', { willReadFrequently: true });
+  function watch(video) {
+    if (watched.has(video) || video.id === 'self' || !video.requestVideoFrameCallback) return;
+    watched.add(video);
+    const onFrame = () => {
+      const w = video.videoWidth;
+      const h = video.videoHeight;
+      if (w && h) {
+        if (reader.width !== w || reader.height !== h) Object.assign(reader, { width: w, height: h });
+        drawImage.call(readerCtx, video, 0, 0);
+        shown(readerCtx, w, h);
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+  new MutationObserver(() => document.querySelectorAll('video').forEach(watch))
+    .observe(document, { childList: true, subtree: true });
+
+  const WS = window.WebSocket;
+  window.WebSocket = class extends WS {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => {
+        bench.bytesReceived += typeof e.data === 'string' ? new Blob([e.data]).size : e.data.byteLength;
+      });
+    }
+
+    send(data) {
+      bench.bytesSent += typeof data === 'string' ? new Blob([data]).size : (data.byteLength ?? data.size);
+      return super.send(data);
+    }
+  };
+
+  if (window.RTCPeerConnection) {
+    const PC = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends PC {
+      constructor(...args) {
+        super(...args);
+        bench.peers.push(this);
+      }
+    };
+  }
+})();
