@@ -214,7 +214,12 @@ mod codecs {
         b.bench(|| {
             let mut out = Vec::new();
             jpeg_encoder::Encoder::new(&mut out, QUALITY)
-                .encode(black_box(&px), w as u16, HEIGHT as u16, jpeg_encoder::ColorType::Bgr)
+                .encode(
+                    black_box(&px),
+                    w as u16,
+                    HEIGHT as u16,
+                    jpeg_encoder::ColorType::Bgr,
+                )
                 .unwrap();
             out
         });

@@ -293,11 +293,7 @@ fn place_tile(
 /// The cells of a grid of `n` tiles in a `canvas_h`x`canvas_w` canvas,
 /// `(top, left, height, width)` in order; none when they would have no
 /// pixels. A tile of [`grid_rects`] lies within its cell.
-pub fn grid_cells(
-    n: usize,
-    canvas_h: usize,
-    canvas_w: usize,
-) -> Vec<(usize, usize, usize, usize)> {
+pub fn grid_cells(n: usize, canvas_h: usize, canvas_w: usize) -> Vec<(usize, usize, usize, usize)> {
     let (rows, cols) = grid_shape(n);
     let (cell_h, cell_w) = (canvas_h / rows, canvas_w / cols);
     if cell_h == 0 || cell_w == 0 {

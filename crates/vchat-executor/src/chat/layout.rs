@@ -130,7 +130,8 @@ impl VideoChatExecutor {
         for &i in &redraw {
             if let (Some(&rect), Some((name, paused))) = (rects.get(i), snap.labels.get(i)) {
                 let shown = self.labels.then_some(name.as_str());
-                self.labeller.draw(&mut canvas.pixels, cw, rect, shown, *paused);
+                self.labeller
+                    .draw(&mut canvas.pixels, cw, rect, shown, *paused);
             }
         }
         canvas.drawn.clone_from(&snap.serials);

@@ -428,7 +428,10 @@ impl VideoChatExecutor {
         };
         // The newest canvas stays, whether or not its mosaic is kept.
         if let Some(canvas) = snap.canvas.take()
-            && room.canvas.as_ref().is_none_or(|c| c.version < canvas.version)
+            && room
+                .canvas
+                .as_ref()
+                .is_none_or(|c| c.version < canvas.version)
         {
             room.canvas = Some(canvas);
         }

@@ -111,7 +111,14 @@ async fn a_new_frame_redraws_only_its_own_cell() {
     send(&ex, &mut frame("a", 40, 40, 10), 1).await.unwrap();
     send(&ex, &mut frame("b", 40, 40, 20), 2).await.unwrap();
     // Mark a's cell in the kept canvas: a redraw of a would erase the mark.
-    ex.lock().rooms.get_mut(DEFAULT_ROOM).unwrap().canvas.as_mut().unwrap().pixels[0] = 99;
+    ex.lock()
+        .rooms
+        .get_mut(DEFAULT_ROOM)
+        .unwrap()
+        .canvas
+        .as_mut()
+        .unwrap()
+        .pixels[0] = 99;
     let mut b = frame("b", 40, 40, 30);
     send(&ex, &mut b, 2).await.unwrap();
     let t = b[0].tensor().unwrap();
@@ -120,5 +127,8 @@ async fn a_new_frame_redraws_only_its_own_cell() {
     // A third user changes the grid's shape: everything is drawn again.
     let mut c = frame("c", 40, 40, 40);
     send(&ex, &mut c, 3).await.unwrap();
-    assert_eq!(c[0].tensor().unwrap().data().to_vec(), whole(&ex, DEFAULT_ROOM));
+    assert_eq!(
+        c[0].tensor().unwrap().data().to_vec(),
+        whole(&ex, DEFAULT_ROOM)
+    );
 }
