@@ -5,6 +5,9 @@
 # Prints medians and B/A ratios.
 #   bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR        # each holds a release `vchat`
 #   USERS="3 10 20" RUNS=5 SECS=10 bench/ab.sh ...
+# Another Flow for both, and more arguments for `vchat bench` (the JPEG grid,
+# 50 rooms of 4):
+#   FLOW=bench/grid.yml BENCH_ARGS="--encoding jpeg --quality 75 --frames textured --rooms 50" USERS=200 bench/ab.sh ...
 # To compare against an earlier commit:
 #   git worktree add --detach ../base REV && (cd ../base && cargo build --release -p vchat-cli)
 #   cargo build --release -p vchat-cli && bench/ab.sh ../base/target/release target/release
@@ -13,6 +16,7 @@ cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { sed -n '2,9p' "$0"; exit 2; }
 A=$1 B=$2
 USERS=${USERS:-3 10} FPS=${FPS:-30} RUNS=${RUNS:-3} SECS=${SECS:-10}
+FLOW=${FLOW:-} BENCH_ARGS=${BENCH_ARGS:-}
 OUT=target/bench
 mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
@@ -20,7 +24,7 @@ TICK=$(getconf CLK_TCK)
 one() { # $1: bin dir, $2: users; prints p50 p99 rate target lost cpu% peak_MB
     rm -f "$OUT/ab-flow.out"
     # Each build serves its own checkout's flow.yml (BIN_DIR is CHECKOUT/target/release).
-    "$1/vchat" flow --uses "$1/../../flow.yml" --host 127.0.0.1 --port 0 >"$OUT/ab-flow.out" 2>"$OUT/ab-flow.log" &
+    "$1/vchat" flow --uses "${FLOW:-$1/../../flow.yml}" --host 127.0.0.1 --port 0 >"$OUT/ab-flow.out" 2>"$OUT/ab-flow.log" &
     local pid=$!
     until grep -q '^vchat: listening on' "$OUT/ab-flow.out" 2>/dev/null; do
         kill -0 $pid 2>/dev/null || { cat "$OUT/ab-flow.log" >&2; exit 1; }
@@ -31,7 +35,7 @@ one() { # $1: bin dir, $2: users; prints p50 p99 rate target lost cpu% peak_MB
     cpu0=$(awk '{print $14 + $15}' /proc/$pid/stat)
     w0=$(date +%s%N)
     # The load generator is always B's, so only the server differs.
-    json=$("$B/vchat" --threads 1 bench "$addr" --users "$2" --fps "$FPS" --duration "$SECS" --warmup 1 --json)
+    json=$("$B/vchat" --threads 1 bench "$addr" --users "$2" --fps "$FPS" --duration "$SECS" --warmup 1 --json $BENCH_ARGS)
     w1=$(date +%s%N)
     cpu1=$(awk '{print $14 + $15}' /proc/$pid/stat)
     peak=$(awk '/^VmHWM/ {print $2}' /proc/$pid/status)
@@ -58,7 +62,7 @@ done
 printf '%s\n' "${rows[@]}" | python3 -c '
 import statistics as st, sys
 fps, secs, runs = sys.argv[1:]
-print(f"Medians of {runs} rounds, {secs} s each, 200x300 raw frames at {fps} fps, vertical mosaic; A and B alternate.")
+print(f"Medians of {runs} rounds, {secs} s each, 200x300 frames at {fps} fps; A and B alternate.")
 print()
 print("| users | A p50 / p99 ms | B p50 / p99 ms | A responses/s | B responses/s | A CPU | B CPU | A peak RSS | B peak RSS | B/A p50 | B/A CPU |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -5,13 +5,15 @@
 # tests (the web client, driven headless), ImageMagick's `import` to capture the
 # native window for the README's screenshot, iproute2's `ip` for the cluster test
 # (network namespaces; Debian's minimal images lack it). Does nothing when they are all there
-# already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
-# are Rust crates: ring's C parts build with the compiler installed here.
+# already. TLS (rustls with ring) is a Rust crate: ring's C parts build with
+# the compiler installed here. JPEG is libjpeg-turbo, which the `turbojpeg`
+# crate builds from the source it bundles with cmake, and its SIMD code with
+# nasm (Debian 12's libturbojpeg 2.1 is older than the 3.0 API the crate binds).
 # OpenH264 (the WebRTC door's H.264) builds from the `openh264` crate's own C++
-# source with g++, and its SIMD assembly with nasm (without nasm it builds, slower).
+# source with g++, and its SIMD assembly with nasm too.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick iproute2 g++ nasm)
+packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick iproute2 g++ cmake nasm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -179,3 +179,152 @@ fn jpeg_decode_200x300_to_tile(b: Bencher) {
     let j = jpeg::encode_bgr(frame(1).data(), H, W, 80).unwrap();
     b.bench(|| jpeg::decode_bgr_to_fit(black_box(&j), usize::MAX, (48, 64)).unwrap());
 }
+
+/// The JPEG codecs side by side, called directly: jpeg-encoder / jpeg-decoder
+/// (pure Rust) against libjpeg-turbo (the `turbojpeg` crate), at the grid's
+/// quality (bench/grid.yml), on a grid canvas, a camera frame and a tile of a
+/// 100-user grid. `H` is the height; the width goes with it.
+mod codecs {
+    use super::*;
+
+    const QUALITY: u8 = 75;
+
+    fn width(h: usize) -> usize {
+        match h {
+            48 => 64,
+            200 => 300,
+            _ => 640,
+        }
+    }
+
+    /// Camera-like pixels of `h`x`width(h)`: a grid of textured frames for the
+    /// canvas, one textured frame otherwise.
+    fn pixels(h: usize) -> Bytes {
+        let w = width(h);
+        if h == 480 {
+            let frames: Vec<Tensor> = (0..9).map(frame).collect();
+            let tiles: Vec<_> = frames
+                .iter()
+                .map(|t| Frame::new(t.data().clone(), H, W))
+                .collect();
+            compose_grid(&tiles, h, w, None, usize::MAX).unwrap()
+        } else {
+            textured(user_color("user1"), h, w, 1).data().clone()
+        }
+    }
+
+    fn turbo_encode(px: &[u8], h: usize, w: usize) -> Vec<u8> {
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(i32::from(QUALITY)).unwrap();
+        c.set_subsamp(turbojpeg::Subsamp::Sub2x2).unwrap();
+        let image = turbojpeg::Image {
+            pixels: px,
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::BGR,
+        };
+        c.compress_to_vec(image).unwrap()
+    }
+
+    #[divan::bench(consts = [480, 200, 48])]
+    fn encode_jpeg_encoder<const HEIGHT: usize>(b: Bencher) {
+        let (px, w) = (pixels(HEIGHT), width(HEIGHT));
+        b.bench(|| {
+            let mut out = Vec::new();
+            jpeg_encoder::Encoder::new(&mut out, QUALITY)
+                .encode(
+                    black_box(&px),
+                    w as u16,
+                    HEIGHT as u16,
+                    jpeg_encoder::ColorType::Bgr,
+                )
+                .unwrap();
+            out
+        });
+    }
+
+    #[divan::bench(consts = [480, 200, 48])]
+    fn encode_turbojpeg<const HEIGHT: usize>(b: Bencher) {
+        let (px, w) = (pixels(HEIGHT), width(HEIGHT));
+        b.bench(|| turbo_encode(black_box(&px), HEIGHT, w));
+    }
+
+    /// The same, with one compressor kept across frames.
+    #[divan::bench(consts = [480, 200, 48])]
+    fn encode_turbojpeg_reused<const HEIGHT: usize>(b: Bencher) {
+        let (px, w) = (pixels(HEIGHT), width(HEIGHT));
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(i32::from(QUALITY)).unwrap();
+        c.set_subsamp(turbojpeg::Subsamp::Sub2x2).unwrap();
+        b.bench_local(|| {
+            let image = turbojpeg::Image {
+                pixels: black_box(&px[..]),
+                width: w,
+                pitch: w * 3,
+                height: HEIGHT,
+                format: turbojpeg::PixelFormat::BGR,
+            };
+            c.compress_to_vec(image).unwrap()
+        });
+    }
+
+    /// A 200x300 camera JPEG, as clients send them.
+    fn camera_jpeg() -> Vec<u8> {
+        turbo_encode(&pixels(200), 200, 300)
+    }
+
+    #[divan::bench]
+    fn decode_200x300_zune(b: Bencher) {
+        let j = camera_jpeg();
+        b.bench(|| {
+            let options = zune_core::options::DecoderOptions::default()
+                .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::BGR);
+            zune_jpeg::JpegDecoder::new_with_options(black_box(&j[..]), options)
+                .decode()
+                .unwrap()
+        });
+    }
+
+    fn turbo_decode(j: &[u8], scale: turbojpeg::ScalingFactor) -> Vec<u8> {
+        let mut d = turbojpeg::Decompressor::new().unwrap();
+        d.set_scaling_factor(scale).unwrap();
+        let hdr = d.read_header(j).unwrap().scaled(scale);
+        let mut px = vec![0u8; hdr.width * hdr.height * 3];
+        let image = turbojpeg::Image {
+            pixels: &mut px[..],
+            width: hdr.width,
+            pitch: hdr.width * 3,
+            height: hdr.height,
+            format: turbojpeg::PixelFormat::BGR,
+        };
+        d.decompress(j, image).unwrap();
+        px
+    }
+
+    #[divan::bench]
+    fn decode_200x300_turbojpeg(b: Bencher) {
+        let j = camera_jpeg();
+        b.bench(|| turbo_decode(black_box(&j), turbojpeg::ScalingFactor::ONE));
+    }
+
+    /// Scaled in the inverse DCT to 1/4 (50x75) for a 48x64 tile (100 users),
+    /// or 1/8 (25x38) for the 32x45 tiles of 200 users.
+    #[divan::bench(args = [4, 8])]
+    fn decode_200x300_scaled_jpeg_decoder(b: Bencher, denom: u16) {
+        let j = camera_jpeg();
+        b.bench(|| {
+            let mut d = jpeg_decoder::Decoder::new(black_box(&j[..]));
+            d.read_info().unwrap();
+            d.scale(300 / denom, 200 / denom).unwrap();
+            d.decode().unwrap()
+        });
+    }
+
+    #[divan::bench(args = [4, 8])]
+    fn decode_200x300_scaled_turbojpeg(b: Bencher, denom: usize) {
+        let j = camera_jpeg();
+        let scale = turbojpeg::ScalingFactor::new(1, denom);
+        b.bench(|| turbo_decode(black_box(&j), scale));
+    }
+}

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// Room the users join (tags.room); none by default.
     #[arg(long)]
     room: Option<String>,
+    /// Rooms the users are spread over, in turn: user N joins room
+    /// `ROOM-(N % ROOMS)` (ROOM from --room, else `bench`). 1 (the default):
+    /// every user in --room.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rooms: u64,
     /// Requests in flight per user at most.
     #[arg(long, default_value_t = 4)]
     window: usize,
@@ -145,7 +150,10 @@ fn prepare(args: &BenchArgs, u: usize, h: usize, w: usize) -> anyhow::Result<Vec
         // With tokens, the gateway takes the user and room from each one.
         if args.token.is_empty() {
             doc.set_tag_str("user", name.clone());
-            if let Some(r) = &args.room {
+            if args.rooms > 1 {
+                let base = args.room.as_deref().unwrap_or("bench");
+                doc.set_tag_str("room", format!("{base}-{}", u as u64 % args.rooms));
+            } else if let Some(r) = &args.room {
                 doc.set_tag_str("room", r.clone());
             }
         }

@@ -1,8 +1,14 @@
 //! JPEG frames: what a compact client sends as a `blob` with `mime_type`
 //! `image/jpeg`, converted from and to the BGR uint8 H×W×3 pixels of a raw frame.
 //!
-//! Pure Rust (zune-jpeg to decode, jpeg-encoder with SIMD to encode), so that
-//! neither the executor nor the server needs a C codec library.
+//! libjpeg-turbo (through the `turbojpeg` crate, built from the source it
+//! bundles) encodes and decodes: measured against the pure-Rust jpeg-encoder
+//! and jpeg-decoder in the micro-benchmarks (BENCHMARKS.md), it is the faster
+//! on canvases, frames and tiles, and it shrinks while decoding. It parses what
+//! peers send, so every declared size is checked before anything is allocated,
+//! and a progressive JPEG has at most [`MAX_JPEG_SCANS`] scans.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
 
@@ -13,7 +19,8 @@ pub const MIME_JPEG: &str = "image/jpeg";
 /// Default JPEG quality (1 to 100).
 pub const DEFAULT_QUALITY: u8 = 80;
 
-/// Encodes BGR `h`×`w`×3 pixels as a JPEG of `quality` (clamped to 1..=100).
+/// Encodes BGR `h`×`w`×3 pixels as a JPEG of `quality` (clamped to 1..=100),
+/// 4:2:0 below quality 90 and 4:4:4 from 90 on.
 pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Bytes, Error> {
     if h.checked_mul(w).and_then(|n| n.checked_mul(3)) != Some(pixels.len()) {
         return Err(Error::BadRequest(format!(
@@ -21,96 +28,121 @@ pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Byte
             pixels.len()
         )));
     }
-    let (Ok(h16), Ok(w16)) = (u16::try_from(h), u16::try_from(w)) else {
+    if h == 0 || w == 0 || h > 65535 || w > 65535 {
         return Err(Error::BadRequest(format!(
-            "a {h}x{w} frame is too large for JPEG (65535 at most)"
+            "a {h}x{w} frame cannot be a JPEG (1 to 65535 pixels a side)"
         )));
-    };
-    let mut out = Vec::with_capacity(h * w / 4 + 1024);
-    let encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-    encoder
-        .encode(pixels, w16, h16, jpeg_encoder::ColorType::Bgr)
-        .map_err(|e| Error::BadRequest(format!("cannot encode JPEG: {e}")))?;
-    Ok(Bytes::from(out))
+    }
+    let quality = quality.clamp(1, 100);
+    let failed = |e: turbojpeg::Error| Error::BadRequest(format!("cannot encode JPEG: {e}"));
+    COMPRESSOR.with(|c| {
+        let mut slot = c.borrow_mut();
+        let compressor = match &mut *slot {
+            Some(c) => c,
+            None => slot.insert(turbojpeg::Compressor::new().map_err(failed)?),
+        };
+        compressor.set_quality(i32::from(quality)).map_err(failed)?;
+        compressor
+            .set_subsamp(if quality < 90 {
+                turbojpeg::Subsamp::Sub2x2
+            } else {
+                turbojpeg::Subsamp::None
+            })
+            .map_err(failed)?;
+        let image = turbojpeg::Image {
+            pixels,
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::BGR,
+        };
+        compressor
+            .compress_to_vec(image)
+            .map(Bytes::from)
+            .map_err(failed)
+    })
+}
+
+thread_local! {
+    /// Made once per thread: a compressor's set-up costs as much as encoding a
+    /// small frame.
+    static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
+}
+
+/// The most scans a progressive JPEG may have: each scan is another pass over
+/// the whole image, so a small file of many scans would cost a lot of CPU.
+pub const MAX_JPEG_SCANS: u32 = 100;
+
+/// Decodes `data` into BGR pixels, shrunk by `denom` (1, 2, 4 or 8) in the
+/// inverse DCT: `(pixels, height, width)`. The declared size is checked against
+/// `max_pixels` before anything is allocated.
+fn decode_scaled(
+    data: &[u8],
+    max_pixels: usize,
+    pick: impl FnOnce(usize, usize) -> usize,
+) -> Result<(Bytes, usize, usize), Error> {
+    let bad = |e: turbojpeg::Error| Error::BadRequest(format!("not a valid JPEG: {e}"));
+    DECOMPRESSOR.with(|d| {
+        let mut slot = d.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            None => {
+                let mut d = turbojpeg::Decompressor::new().map_err(bad)?;
+                d.set_scan_limit(MAX_JPEG_SCANS).map_err(bad)?;
+                slot.insert(d)
+            }
+        };
+        let header = decompressor.read_header(data).map_err(bad)?;
+        let (h, w) = (header.height, header.width);
+        if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
+            return Err(Error::BadRequest(format!(
+                "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
+            )));
+        }
+        // Lossless JPEGs cannot be scaled.
+        let denom = if header.is_lossless { 1 } else { pick(h, w) };
+        let scale = turbojpeg::ScalingFactor::new(1, denom);
+        decompressor.set_scaling_factor(scale).map_err(bad)?;
+        let scaled = header.scaled(scale);
+        let (sh, sw) = (scaled.height, scaled.width);
+        // At most h×w×3, checked above.
+        let mut pixels = vec![0u8; sh * sw * 3];
+        let image = turbojpeg::Image {
+            pixels: &mut pixels[..],
+            width: sw,
+            pitch: sw * 3,
+            height: sh,
+            format: turbojpeg::PixelFormat::BGR,
+        };
+        decompressor.decompress(data, image).map_err(bad)?;
+        Ok((Bytes::from(pixels), sh, sw))
+    })
 }
 
 /// Decodes a JPEG into BGR pixels: `(pixels, height, width)`. `max_pixels`
 /// bounds the declared size before any pixel is decoded, so a tiny file cannot
 /// ask for a huge buffer.
 pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize), Error> {
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let side = max_pixels.clamp(1, 65535);
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::BGR)
-        .set_max_width(side)
-        .set_max_height(side);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(data, options);
-    decoder
-        .decode_headers()
-        .map_err(|e| Error::BadRequest(format!("not a valid JPEG: {e}")))?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or_else(|| Error::BadRequest("not a valid JPEG: no dimensions".into()))?;
-    if w.checked_mul(h).is_none_or(|px| px > max_pixels) {
-        return Err(Error::BadRequest(format!(
-            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
-        )));
-    }
-    let pixels = decoder
-        .decode()
-        .map_err(|e| Error::BadRequest(format!("not a valid JPEG: {e}")))?;
-    if pixels.len() != h * w * 3 {
-        return Err(Error::BadRequest(format!(
-            "JPEG decoded to {} bytes, expected {h}x{w}x3",
-            pixels.len()
-        )));
-    }
-    Ok((Bytes::from(pixels), h, w))
+    decode_scaled(data, max_pixels, |_, _| 1)
 }
 
-/// Decodes a JPEG into BGR pixels at least `fit` (height, width) in one axis,
-/// shrunk while decoding (by 1/2, 1/4 or 1/8, in the inverse DCT) when it is
-/// at least twice as large: a thumbnail for a grid tile costs a fraction of a
-/// full decode. Otherwise, or for JPEGs that are not colour, as [`decode_bgr`].
+/// Decodes a JPEG into BGR pixels at least `fit` (height, width) in both axes,
+/// shrunk while decoding (by 1/2, 1/4 or 1/8, in the inverse DCT) as far as
+/// that still holds: a thumbnail for a grid tile costs a fraction of a full
+/// decode. A JPEG less than twice `fit` in either axis is decoded whole.
 pub fn decode_bgr_to_fit(
     data: &[u8],
     max_pixels: usize,
     (fit_h, fit_w): (usize, usize),
 ) -> Result<(Bytes, usize, usize), Error> {
-    let bad = |e: jpeg_decoder::Error| Error::BadRequest(format!("not a valid JPEG: {e}"));
-    let mut decoder = jpeg_decoder::Decoder::new(data);
-    decoder.read_info().map_err(bad)?;
-    let Some(info) = decoder.info() else {
-        return decode_bgr(data, max_pixels);
-    };
-    let (h, w) = (usize::from(info.height), usize::from(info.width));
-    if w.checked_mul(h).is_none_or(|px| px > max_pixels) {
-        return Err(Error::BadRequest(format!(
-            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
-        )));
-    }
-    // `fit` comes from a configured canvas, however large: no overflow.
-    let small = fit_h.max(1).saturating_mul(2) <= h && fit_w.max(1).saturating_mul(2) <= w;
-    if !small || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
-        return decode_bgr(data, max_pixels);
-    }
-    // Both fit within u16: they are at most half the JPEG's own size.
-    let (sw, sh) = decoder
-        .scale(fit_w.max(1) as u16, fit_h.max(1) as u16)
-        .map_err(bad)?;
-    let (sh, sw) = (usize::from(sh), usize::from(sw));
-    let mut pixels = decoder.decode().map_err(bad)?;
-    if pixels.len() != sh * sw * 3 {
-        return Err(Error::BadRequest(format!(
-            "JPEG decoded to {} bytes, expected {sh}x{sw}x3",
-            pixels.len()
-        )));
-    }
-    for px in pixels.chunks_exact_mut(3) {
-        px.swap(0, 2);
-    }
-    Ok((Bytes::from(pixels), sh, sw))
+    decode_scaled(data, max_pixels, |h, w| {
+        // The scaled size rounds up, as libjpeg-turbo's does.
+        [8, 4, 2]
+            .into_iter()
+            .find(|&d| h.div_ceil(d) >= fit_h.max(1) && w.div_ceil(d) >= fit_w.max(1))
+            .unwrap_or(1)
+    })
 }
 
 /// The frame a document carries, as a BGR tensor: its tensor, or its JPEG blob

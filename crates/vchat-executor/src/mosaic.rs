@@ -270,21 +270,92 @@ pub fn compose_grid(
     let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
     let (rows, cols) = grid_shape(tiles.len());
     let cell = (canvas_h / rows) * (canvas_w / cols);
-    for (i, (tile, (top, left, th, tw))) in tiles
+    for (i, (tile, rect)) in tiles
         .iter()
         .zip(grid_rects(&dims, canvas_h, canvas_w))
         .enumerate()
     {
-        let scaled = resize(tile.bytes(), tile.height, tile.width, th, tw, cell)?;
-        for y in 0..th {
-            let dst = ((top + y) * canvas_w + left) * 3;
-            out[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
-        }
+        place_tile(&mut out, canvas_w, rect, tile, cell)?;
         if highlight == Some(i) {
-            draw_border(&mut out, canvas_w, (top, left, th, tw));
+            draw_border(&mut out, canvas_w, rect);
         }
     }
     Ok(Bytes::from(out))
+}
+
+/// Scales `tile` to the rectangle `(top, left, height, width)` of a canvas
+/// `canvas_w` pixels wide and copies it there; `max_pixels` bounds the scaled
+/// tile. The rectangle must lie within the canvas (as [`grid_rects`] gives).
+fn place_tile(
+    canvas: &mut [u8],
+    canvas_w: usize,
+    (top, left, th, tw): (usize, usize, usize, usize),
+    tile: &Frame,
+    max_pixels: usize,
+) -> Result<(), MosaicError> {
+    let scaled = resize(tile.bytes(), tile.height, tile.width, th, tw, max_pixels)?;
+    for y in 0..th {
+        let dst = ((top + y) * canvas_w + left) * 3;
+        canvas[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
+    }
+    Ok(())
+}
+
+/// The cells of a grid of `n` tiles in a `canvas_h`x`canvas_w` canvas,
+/// `(top, left, height, width)` in order; none when they would have no
+/// pixels. A tile of [`grid_rects`] lies within its cell.
+pub fn grid_cells(n: usize, canvas_h: usize, canvas_w: usize) -> Vec<(usize, usize, usize, usize)> {
+    let (rows, cols) = grid_shape(n);
+    let (cell_h, cell_w) = (canvas_h / rows, canvas_w / cols);
+    if cell_h == 0 || cell_w == 0 {
+        return Vec::new();
+    }
+    (0..n)
+        .map(|i| ((i / cols) * cell_h, (i % cols) * cell_w, cell_h, cell_w))
+        .collect()
+}
+
+/// Draws `tiles[i]` for each `i` of `redraw` in a canvas already holding a grid
+/// of `tiles.len()` tiles (as [`compose_grid`] made it, without highlight): its
+/// cell is cleared to black and the tile placed as [`compose_grid`] places it,
+/// so that the canvas is then the one [`compose_grid`] would make of `tiles`.
+/// Refused when the canvas is not `canvas_h`x`canvas_w` pixels within
+/// `max_pixels`, an index is out of range or a tile does not match its
+/// dimensions, before anything is drawn.
+pub fn redraw_grid_tiles(
+    canvas: &mut [u8],
+    tiles: &[Frame],
+    canvas_h: usize,
+    canvas_w: usize,
+    redraw: &[usize],
+    max_pixels: usize,
+) -> Result<(), MosaicError> {
+    let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
+    if canvas.len() != px * 3 {
+        return Err(MosaicError::BadInput(format!(
+            "{} bytes are not a {canvas_h}x{canvas_w}x3 canvas",
+            canvas.len()
+        )));
+    }
+    for &i in redraw {
+        let tile = tiles.get(i).ok_or_else(|| {
+            MosaicError::BadInput(format!("no tile {i} of {} to redraw", tiles.len()))
+        })?;
+        check_len(tile.pixels.len(), tile.height, tile.width)?;
+    }
+    let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
+    let rects = grid_rects(&dims, canvas_h, canvas_w);
+    let cells = grid_cells(tiles.len(), canvas_h, canvas_w);
+    for &i in redraw {
+        let (Some(&rect), Some(&(top, left, ch, cw))) = (rects.get(i), cells.get(i)) else {
+            continue;
+        };
+        for y in top..top + ch {
+            canvas[(y * canvas_w + left) * 3..(y * canvas_w + left + cw) * 3].fill(0);
+        }
+        place_tile(canvas, canvas_w, rect, &tiles[i], ch * cw)?;
+    }
+    Ok(())
 }
 
 /// Where [`compose_grid`] places tiles of these `(height, width)`s in a

@@ -2,17 +2,17 @@
 //! bottom, side by side, or a grid in a fixed canvas), with the requester's own
 //! tile outlined and the grid's names drawn.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use vchat_core::jpeg;
 use vchat_core::{Content, Document, Error, Tensor};
 
 use super::VideoChatExecutor;
-use super::cache::Snapshot;
+use super::cache::{GridCanvas, Snapshot};
 use super::config::Layout;
 use crate::Frame;
 use crate::mosaic::{
-    MosaicError, compose_grid, draw_border, grid_rects, grid_shape, stack_horizontally,
-    stack_vertically,
+    MosaicError, checked_pixels, compose_grid, draw_border, grid_rects, grid_shape,
+    redraw_grid_tiles, stack_horizontally, stack_vertically,
 };
 
 impl VideoChatExecutor {
@@ -57,6 +57,14 @@ impl VideoChatExecutor {
                     }
                 }
             }
+            // A mosaic shared by the room: its canvas patched where it changed.
+            Layout::Grid if highlight.is_none() && snap.serials.len() == snap.tiles.len() => {
+                let (ch, cw) = self.canvas;
+                let canvas = self.patch_grid(snap, snap.canvas.take()).map_err(failed)?;
+                let mosaic = Frame::new(Bytes::copy_from_slice(&canvas.pixels), ch, cw);
+                snap.canvas.set(Some(canvas));
+                mosaic
+            }
             Layout::Grid => {
                 let (ch, cw) = self.canvas;
                 let data = compose_grid(&snap.tiles, ch, cw, highlight, limit).map_err(failed)?;
@@ -77,6 +85,59 @@ impl VideoChatExecutor {
             }
         };
         Ok(Some(mosaic))
+    }
+
+    /// The grid of `snap` in `kept` (the room's canvas as last composed, if
+    /// any): only the cells whose tile changed since are drawn again, with their
+    /// names, unless the room's users changed (another grid shape), which draws
+    /// them all. The canvas is the one [`compose_grid`] and the names would make.
+    fn patch_grid(
+        &self,
+        snap: &Snapshot,
+        kept: Option<GridCanvas>,
+    ) -> Result<GridCanvas, MosaicError> {
+        let (ch, cw) = self.canvas;
+        let n = snap.tiles.len();
+        let mut canvas = match kept {
+            Some(c) if c.drawn.len() == n => c,
+            Some(mut c) => {
+                c.pixels.fill(0);
+                c.drawn.clear();
+                c
+            }
+            None => {
+                let px = checked_pixels(ch, cw, self.max_mosaic_pixels)?;
+                GridCanvas {
+                    pixels: vec![0u8; px * 3],
+                    drawn: Vec::new(),
+                    version: 0,
+                    _held: self.budget.hold(px * 3),
+                }
+            }
+        };
+        let redraw: Vec<usize> = (0..n)
+            .filter(|&i| canvas.drawn.get(i) != Some(&snap.serials[i]))
+            .collect();
+        redraw_grid_tiles(
+            &mut canvas.pixels,
+            &snap.tiles,
+            ch,
+            cw,
+            &redraw,
+            self.max_mosaic_pixels,
+        )?;
+        let dims: Vec<(usize, usize)> = snap.tiles.iter().map(Frame::dims).collect();
+        let rects = grid_rects(&dims, ch, cw);
+        for &i in &redraw {
+            if let (Some(&rect), Some((name, paused))) = (rects.get(i), snap.labels.get(i)) {
+                let shown = self.labels.then_some(name.as_str());
+                self.labeller
+                    .draw(&mut canvas.pixels, cw, rect, shown, *paused);
+            }
+        }
+        canvas.drawn.clone_from(&snap.serials);
+        canvas.version = snap.version;
+        Ok(canvas)
     }
 
     /// The frame of `doc`: a grid decodes a JPEG straight to about its tile's

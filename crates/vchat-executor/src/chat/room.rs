@@ -11,7 +11,7 @@ use vchat_core::budget::Held;
 use vchat_core::{Error, StreamId, Tensor};
 
 use super::VideoChatExecutor;
-use super::cache::{Cached, Snapshot};
+use super::cache::{Cached, GridCanvas, Snapshot};
 use super::config::Layout;
 use crate::Frame;
 use crate::label;
@@ -32,6 +32,9 @@ pub(super) struct Slot {
     pub(super) height: usize,
     pub(super) width: usize,
     pub(super) last_seen: Instant,
+    /// Changes with the tile's frame, name or pause: unique in its room, so
+    /// the grid canvas knows which cells to redraw.
+    pub(super) serial: u64,
     pub(super) _held: Held,
 }
 
@@ -47,6 +50,11 @@ pub(super) struct Room {
     pub(super) cache: Cached,
     /// When a request last set out to compose this room's mosaic (`mosaic_fps`).
     pub(super) composed_at: Option<Instant>,
+    /// The last serial given to a slot.
+    pub(super) serials: u64,
+    /// The grid's canvas as last composed; out of the room while a request
+    /// patches it.
+    pub(super) canvas: Option<GridCanvas>,
 }
 
 impl Room {
@@ -309,10 +317,15 @@ impl VideoChatExecutor {
             Some(slot) => {
                 // A paused source sends the same frame again: the room state, and
                 // so the cached mosaic others may share, stays the same.
-                changed |= (slot.height, slot.width) != (height, width)
+                let new = (slot.height, slot.width) != (height, width)
                     || slot.frame != data
                     || slot.name != *name
                     || slot.paused != *paused;
+                if new {
+                    room.serials += 1;
+                    slot.serial = room.serials;
+                }
+                changed |= new;
                 slot.name.clone_from(name);
                 slot.paused = *paused;
                 slot._held = self.budget.hold(data.len());
@@ -325,6 +338,7 @@ impl VideoChatExecutor {
             None => {
                 changed = true;
                 tracing::info!(room = room_name, user, "User joined");
+                room.serials += 1;
                 room.slots.push(Slot {
                     user: user.to_string(),
                     name: name.clone(),
@@ -335,6 +349,7 @@ impl VideoChatExecutor {
                     height,
                     width,
                     last_seen: now,
+                    serial: room.serials,
                 });
             }
         }
@@ -365,6 +380,8 @@ impl VideoChatExecutor {
                 labels: Vec::new(),
                 raw: room.cache.raw.clone(),
                 jpeg: room.cache.jpeg.clone(),
+                serials: Vec::new(),
+                canvas: None.into(),
             };
         }
         if self.mosaic_period.is_some() && !current {
@@ -372,6 +389,13 @@ impl VideoChatExecutor {
             room.composed_at = Some(now);
         }
         let shared = current;
+        let raw = shared.then(|| room.cache.raw.clone()).flatten();
+        // The request that composes a shared grid patches the room's canvas.
+        let canvas = if self.layout == Layout::Grid && !self.highlight_self && raw.is_none() {
+            room.canvas.take()
+        } else {
+            None
+        };
         Snapshot {
             version: room.version,
             participants: room.slots.iter().map(|s| s.user.clone()).collect(),
@@ -386,8 +410,10 @@ impl VideoChatExecutor {
                 .iter()
                 .map(|s| (s.name.clone(), s.paused))
                 .collect(),
-            raw: shared.then(|| room.cache.raw.clone()).flatten(),
+            raw,
             jpeg: shared.then(|| room.cache.jpeg.clone()).flatten(),
+            serials: room.slots.iter().map(|s| s.serial).collect(),
+            canvas: canvas.into(),
         }
     }
 
@@ -400,6 +426,15 @@ impl VideoChatExecutor {
         let Some(room) = state.rooms.get_mut(room) else {
             return;
         };
+        // The newest canvas stays, whether or not its mosaic is kept.
+        if let Some(canvas) = snap.canvas.take()
+            && room
+                .canvas
+                .as_ref()
+                .is_none_or(|c| c.version < canvas.version)
+        {
+            room.canvas = Some(canvas);
+        }
         let latest = if self.mosaic_period.is_some() {
             version >= room.cache.version
         } else {

@@ -37,6 +37,8 @@ impl VideoChatExecutor {
             labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
             raw: None,
             jpeg: None,
+            serials: r.slots.iter().map(|s| s.serial).collect(),
+            canvas: None.into(),
         });
         doc.content = None;
         doc.mime_type.clear();

@@ -1,6 +1,7 @@
 //! The chat through its `Executor` interface: frames in, mosaics out.
 
 mod bounds;
+mod canvas;
 mod labels;
 mod layouts;
 mod rooms;
