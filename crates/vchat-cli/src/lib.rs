@@ -176,7 +176,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Export(args) => export::run(args, registry).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(args, cli.threads).await,
             Command::Token(args) => token::run(args),
             // Handled above, before the runtime; kept for completeness.
             Command::Supervise(args) => Ok(supervise(args)),
