@@ -110,6 +110,44 @@ fn two_processes_merge_four_users_in_one_room() {
 }
 
 #[test]
+fn users_spread_over_rooms() {
+    let flow = Flow::start_default(&[]);
+    let out = bench(
+        flow.addr(),
+        "rooms",
+        &[
+            "--processes",
+            "2",
+            "--users",
+            "6",
+            "--rooms",
+            "3",
+            "--fps",
+            "10",
+            "--count",
+            "3",
+            "--warmup",
+            "1",
+            "--duration",
+            "60",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["answered"], 18, "{stdout}");
+    // Two users a room, whichever process runs them: mosaics of 2 tiles.
+    let per_response = v["bytes_in"].as_f64().unwrap() / 18.0;
+    assert!(
+        per_response > 1.5 * FRAME_BYTES && per_response < 2.5 * FRAME_BYTES,
+        "{per_response} bytes per response: {stdout}"
+    );
+}
+
+#[test]
 fn one_process_reports_its_cpu_in_the_table() {
     let flow = Flow::start_default(&[]);
     let pid = flow.pid().to_string();

@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Room the users join (tags.room); none by default.
     #[arg(long)]
     room: Option<String>,
+    /// Rooms the users are spread over, user N in room N mod ROOMS, named
+    /// `ROOM-K` (`room-K` without --room); 1 puts everyone in --room.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rooms: u32,
     /// Requests in flight per user at most.
     #[arg(long, default_value_t = 4)]
     window: usize,
@@ -374,7 +378,10 @@ fn prepare(args: &BenchArgs, u: usize, h: usize, w: usize) -> anyhow::Result<Vec
         // With tokens, the gateway takes the user and room from each one.
         if args.token.is_empty() {
             doc.set_tag_str("user", name.clone());
-            if let Some(r) = &args.room {
+            if args.rooms > 1 {
+                let base = args.room.as_deref().unwrap_or("room");
+                doc.set_tag_str("room", format!("{base}-{}", u % args.rooms as usize));
+            } else if let Some(r) = &args.room {
                 doc.set_tag_str("room", r.clone());
             }
         }
@@ -402,6 +409,16 @@ pub async fn run(args: BenchArgs, threads: Option<usize>) -> anyhow::Result<Exit
              one identity replaces the first)",
             args.users,
             args.token.len()
+        );
+    }
+    if !args.token.is_empty() && args.rooms > 1 {
+        bail!("--rooms with --token: each token names its own room");
+    }
+    if args.rooms as usize > args.users {
+        bail!(
+            "--rooms {} with --users {}: each room needs a user",
+            args.rooms,
+            args.users
         );
     }
     if args.processes as usize > args.users {
@@ -736,6 +753,7 @@ impl BenchArgs {
         if let Some(r) = &self.room {
             arg("--room", r.clone());
         }
+        arg("--rooms", self.rooms.to_string());
         arg("--window", self.window.to_string());
         for t in &self.token {
             arg("--token", t.clone());
