@@ -13,7 +13,10 @@ const FRAME_BYTES: f64 = 200.0 * 300.0 * 3.0;
 /// children can be found among other tests' processes.
 fn bench(addr: &str, marker: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin("vchat"));
-    c.arg("bench").arg(addr).args(args).env("VCHAT_BENCH_TEST", marker);
+    c.arg("bench")
+        .arg(addr)
+        .args(args)
+        .env("VCHAT_BENCH_TEST", marker);
     c
 }
 
@@ -136,7 +139,11 @@ fn users_spread_over_rooms() {
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["answered"], 18, "{stdout}");
     // Two users a room, whichever process runs them: mosaics of 2 tiles.
@@ -170,9 +177,16 @@ fn one_process_reports_its_cpu_in_the_table() {
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("bench CPU"), "{stdout}");
-    assert!(stdout.contains(&format!("server CPU  pid {pid}:")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("server CPU  pid {pid}:")),
+        "{stdout}"
+    );
     assert!(stdout.contains("peak RSS"), "{stdout}");
 }
 
@@ -203,7 +217,15 @@ fn children_that_cannot_connect_are_reported() {
     let out = bench(
         &addr,
         "refused",
-        &["--processes", "2", "--users", "2", "--duration", "1", "--json"],
+        &[
+            "--processes",
+            "2",
+            "--users",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        ],
     )
     .output()
     .unwrap();
@@ -248,9 +270,7 @@ fn a_child_killed_during_the_run_is_reported() {
     assert!(log.contains("load generator process"), "{log}");
     assert!(log.contains("signal: 9"), "{log}");
     // The other child is stopped with the parent.
-    wait_for("the other child's exit", || {
-        children(&marker, 0).is_empty()
-    });
+    wait_for("the other child's exit", || children(&marker, 0).is_empty());
 }
 
 #[test]

@@ -663,7 +663,12 @@ fn merge(
     let (server_pid, server_cpu_s, server_cpu_percent, server_peak_rss_mb) = match server {
         Some((pid, Some(a), Some(b), wall)) => {
             let cpu = (b - a).max(0.0);
-            (Some(pid), Some(cpu), Some(100.0 * cpu / wall), peak_rss_mb(pid))
+            (
+                Some(pid),
+                Some(cpu),
+                Some(100.0 * cpu / wall),
+                peak_rss_mb(pid),
+            )
         }
         Some((pid, ..)) => {
             warnings.push(format!(
@@ -688,9 +693,7 @@ fn merge(
         p50_ms: percentile(&latencies, 0.50),
         p90_ms: percentile(&latencies, 0.90),
         p99_ms: percentile(&latencies, 0.99),
-        max_ms: latencies
-            .last()
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        max_ms: latencies.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
         bytes_out: sum(|r| r.bytes_out),
         bytes_in: sum(|r| r.bytes_in),
         cores,
@@ -889,10 +892,7 @@ impl Child {
         }
         let stderr = self.stderr.lock().unwrap();
         let stderr = stderr.trim();
-        let stderr = &stderr[stderr
-            .len()
-            .saturating_sub(STDERR_TAIL)
-            .min(stderr.len())..];
+        let stderr = &stderr[stderr.len().saturating_sub(STDERR_TAIL).min(stderr.len())..];
         anyhow::anyhow!(
             "load generator process {} of {n} (pid {}, users {}..{}) failed: {what}; {status}{}",
             i + 1,
