@@ -30,6 +30,7 @@ split_from=10
 out=""
 svg=bench/curve.svg
 build=1
+nice=0
 vchat=target/release/vchat
 
 usage() {
@@ -46,6 +47,8 @@ options:
   --split-from N    users from which the load generator runs as 2 processes [$split_from]
   --out FILE        the CSV [bench/results/curve-DATE.csv]
   --svg FILE        the plot [$svg]
+  --nice N          run the gateway and the load generator at this niceness
+                    (negative, as root: ahead of other work on a shared machine) [$nice]
   --no-build        use target/release/vchat as it is
   --vchat BIN       measure this vchat binary instead (no build) [$vchat]
 USAGE
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
     --split-from) split_from=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --svg) svg=$2; shift 2 ;;
+    --nice) nice=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --vchat) vchat=$2; build=0; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -79,7 +83,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=${out:-bench/results/curve-$stamp.csv}
 work=target/bench/curve/$stamp
 mkdir -p "$work" "$(dirname "$out")"
-pin=(taskset -c "$cpus")
+pin=(nice -n "$nice" taskset -c "$cpus")
 
 # grid.yml admits 256 users a room; the sweep may go past that.
 max_grid=$(tr ',' '\n' <<<"$grid" | sort -n | tail -1)
@@ -128,7 +132,7 @@ echo "  loopback: $(jq -r .gb_per_s <<<"$loopback") GB/s (one TCP connection, tw
   echo "uptime before: $(uptime)"
   echo "loopback: $loopback"
   echo "binary: $vchat ($(stat -c %y "$vchat" | cut -d. -f1))"
-  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from"
+  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from --nice $nice"
   echo "points:"
 } >"${out%.csv}.txt"
 
@@ -146,7 +150,7 @@ point() {
   local cmd=("${pin[@]}" "$vchat" --threads 1 bench "$addr" --users "$users" --fps "$fps"
     --duration "$duration" --warmup "$warmup" --processes "$procs"
     --server-pid "$gateway_pid" --json "$@")
-  echo "  ${cmd[*]:3}" >>"${out%.csv}.txt"
+  echo "  ${cmd[*]:5}" >>"${out%.csv}.txt"
   local json note=""
   if json=$("${cmd[@]}" 2>"$work/$tag.bench.log"); then
     note=$(jq -r '.warnings | join(" / ")' <<<"$json")

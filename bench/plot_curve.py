@@ -42,6 +42,11 @@ def load(path):
                     "p99_ms", "server_peak_rss_mb"):
             vals = [v for v in (fnum(r[col]) for r in rs) if v is not None]
             m[col] = statistics.median(vals) if vals else None
+        # What the egress would be with every offered frame answered: the
+        # response size times the offered rate (n users' mosaics to n users).
+        sizes = [v for v in (fnum(r["bytes_per_response"]) for r in rs) if v]
+        offered = fnum(rs[0]["offered_per_s"])
+        m["offered_bytes_per_s"] = statistics.median(sizes) * offered if sizes and offered else None
         m["rooms"] = int(rs[0]["rooms"] or 1)
         med[key] = m
     loop = [fnum(r["loopback_bytes_per_s"]) for r in rows]
@@ -89,7 +94,7 @@ class Panel:
         o.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{bottom + 32}" font-size="12" text-anchor="middle">users (log scale)</text>')
         o.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" font-size="12" text-anchor="middle">{esc(self.ylabel)}</text>')
 
-    def series(self, pts, colour, dashed=False, note=None):
+    def series(self, pts, colour, dashed=False, note=None, thin=False):
         pts = [(u, v) for u, v in pts if v is not None]
         if not pts:
             return
@@ -98,7 +103,12 @@ class Panel:
             self.out.append(f'<text x="{self.x(u) + 7:.1f}" y="{self.y(v) - 6:.1f}" font-size="11" fill="{colour}">{esc(note)}</text>')
         path = " ".join(f"{self.x(u):.1f},{self.y(v):.1f}" for u, v in pts)
         dash = ' stroke-dasharray="5,4"' if dashed else ""
-        self.out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        if thin:
+            dash = ' stroke-dasharray="2,3" stroke-opacity="0.7"'
+        width = 1.5 if thin else 2
+        self.out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="{width}"{dash}/>')
+        if thin:
+            return
         for u, v in pts:
             self.out.append(f'<circle cx="{self.x(u):.1f}" cy="{self.y(v):.1f}" r="3.5" fill="{colour}"><title>{u} users: {v:.4g}</title></circle>')
 
@@ -141,13 +151,14 @@ def main():
         p.hline(200, "#555", "2 cores")
     panels.append(p)
 
-    egress = [m["egress_bytes_per_s"] for m in med.values() if m["egress_bytes_per_s"]]
+    egress = [m[c] for m in med.values() for c in ("egress_bytes_per_s", "offered_bytes_per_s") if m[c]]
     top = max(egress + [loopback or 0, 1e6])
     low = 10 ** math.floor(math.log10(min(egress + [1e6])))
-    p = Panel(60 + PANEL_H, "Egress of the gateway (bytes of responses a second)", "bytes per second (log scale)",
+    p = Panel(60 + PANEL_H, "Egress of the gateway, bytes of responses a second (dotted: had every frame been answered)", "bytes per second (log scale)",
               low, 10 ** math.ceil(math.log10(top * 1.5)), True)
     p.frame([10 ** k for k in range(int(math.log10(low)), int(math.log10(p.ymax)) + 1)], human_bytes)
     for s, _, c in SERIES:
+        p.series(pts(s, "offered_bytes_per_s"), c, thin=True)
         p.series(pts(s, "egress_bytes_per_s"), c, note=note(s))
     if loopback:
         p.hline(loopback, "#555", f"loopback limit, one TCP connection: {loopback / 1e9:.2f} GB/s")
