@@ -10,8 +10,8 @@
 # Also the loopback limit (bench/loopback.py). Writes bench/results/curve-*.csv
 # (and a .txt beside it: commit, machine, load, the commands) and bench/curve.svg
 # (bench/plot_curve.py).
-#   bench/curve.sh                                   # ~8 minutes on 2 cores
-#   bench/curve.sh --repeats 3                       # medians of 3, ~20 minutes
+#   bench/curve.sh                                   # ~5 minutes on 2 cores
+#   bench/curve.sh --repeats 3                       # medians of 3, ~15 minutes
 #   bench/curve.sh --vertical 1,10 --grid 10 --rooms '' --duration 3   # a quick look
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,12 @@ duration=8
 warmup=1
 repeats=1
 cpus=0,1
-# From this many users on, the load generator runs as 2 single-threaded
-# processes: one receiving thread would be the bottleneck first.
+# From this many users on, the raw vertical load generator runs as 2
+# single-threaded processes: receiving n^2 mosaic bytes, one thread would be the
+# bottleneck first. The JPEG points' responses are small: one process keeps up
+# (and a second takes CPU from the gateway on the same cores).
 split_from=10
+grid_processes=1
 out=""
 svg=bench/curve.svg
 build=1
@@ -44,11 +47,15 @@ options:
   --duration S      seconds measured per point [$duration], after --warmup [$warmup]
   --repeats N       runs of every point [$repeats]
   --cpus LIST       cores of the gateway and the load generator (taskset) [$cpus]
-  --split-from N    users from which the load generator runs as 2 processes [$split_from]
+  --split-from N    raw vertical users from which the load generator runs as 2
+                    processes [$split_from]
+  --grid-processes N  load generator processes of the JPEG points [$grid_processes]
   --out FILE        the CSV [bench/results/curve-DATE.csv]
   --svg FILE        the plot [$svg]
   --nice N          run the gateway and the load generator at this niceness
-                    (negative, as root: ahead of other work on a shared machine) [$nice]
+                    (negative, as root: ahead of other work on a shared machine;
+                    with the kernel's autogroup scheduling it only ranks them
+                    among this session's processes) [$nice]
   --no-build        use target/release/vchat as it is
   --vchat BIN       measure this vchat binary instead (no build) [$vchat]
 USAGE
@@ -65,6 +72,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats=$2; shift 2 ;;
     --cpus) cpus=$2; shift 2 ;;
     --split-from) split_from=$2; shift 2 ;;
+    --grid-processes) grid_processes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --svg) svg=$2; shift 2 ;;
     --nice) nice=$2; shift 2 ;;
@@ -110,7 +118,7 @@ start_gateway() {
   gateway_pid=$!
   addr=""
   for _ in $(seq 200); do
-    addr=$(grep -oE 'listening on grpc://127\.0\.0\.1:[0-9]+' "$log" | head -1 | sed 's/listening on //' || true)
+    addr=$(grep -soE 'listening on grpc://127\.0\.0\.1:[0-9]+' "$log" | head -1 | sed 's/listening on //' || true)
     [ -n "$addr" ] && return 0
     kill -0 "$gateway_pid" 2>/dev/null || break
     sleep 0.05
@@ -132,25 +140,23 @@ echo "  loopback: $(jq -r .gb_per_s <<<"$loopback") GB/s (one TCP connection, tw
   echo "uptime before: $(uptime)"
   echo "loopback: $loopback"
   echo "binary: $vchat ($(stat -c %y "$vchat" | cut -d. -f1))"
-  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from --nice $nice"
+  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from --grid-processes $grid_processes --nice $nice"
   echo "points:"
 } >"${out%.csv}.txt"
 
-header=scenario,users,rooms,fps,repeat,processes,offered_per_s,answered_per_s,answered_pct,p50_ms,p99_ms,server_cpu_pct,bench_cpu_pct,bench_cpu_pct_per_process,egress_bytes_per_s,bytes_per_response,server_peak_rss_mb,held,loopback_bytes_per_s,note
+header=scenario,users,rooms,fps,repeat,processes,offered_per_s,answered_per_s,answered_pct,p50_ms,p99_ms,server_cpu_pct,bench_cpu_pct,bench_cpu_pct_per_process,egress_bytes_per_s,bytes_per_response,server_peak_rss_mb,held,loopback_bytes_per_s,loadavg_1m,note
 echo "$header" >"$out"
 
-# point SCENARIO USERS ROOMS FLOW BENCH_ARGS...
+# point SCENARIO USERS ROOMS FLOW REPEAT PROCESSES BENCH_ARGS...
 point() {
-  local scenario=$1 users=$2 nrooms=$3 flow=$4 rep=$5
-  shift 5
-  local procs=1
-  [ "$users" -ge "$split_from" ] && procs=2
+  local scenario=$1 users=$2 nrooms=$3 flow=$4 rep=$5 procs=$6
+  shift 6
   local tag="$scenario-$users-$rep"
   start_gateway "$flow" "$work/$tag.gateway.log"
   local cmd=("${pin[@]}" "$vchat" --threads 1 bench "$addr" --users "$users" --fps "$fps"
     --duration "$duration" --warmup "$warmup" --processes "$procs"
     --server-pid "$gateway_pid" --json "$@")
-  echo "  ${cmd[*]:5}" >>"${out%.csv}.txt"
+  echo "  ${cmd[*]:6}" >>"${out%.csv}.txt"
   local json note=""
   if json=$("${cmd[@]}" 2>"$work/$tag.bench.log"); then
     note=$(jq -r '.warnings | join(" / ")' <<<"$json")
@@ -159,8 +165,12 @@ point() {
     json='{}'
   fi
   stop_gateway
+  # The machine's load over the last minute: the figures of a busy machine
+  # are not those of an idle one.
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
   jq -r --arg s "$scenario" --arg rooms "$nrooms" --arg rep "$rep" --arg procs "$procs" \
-     --arg users "$users" --arg fps "$fps" --arg loop "$loopback_bps" --arg note "$note" '
+     --arg users "$users" --arg fps "$fps" --arg loop "$loopback_bps" --arg load "$load" --arg note "$note" '
     def r(n): if . == null then "" else (. * pow(10; n) | round) / pow(10; n) end;
     [ $s, $users, $rooms, $fps, $rep, $procs,
       (($fps | tonumber) * ($users | tonumber)),
@@ -173,22 +183,24 @@ point() {
       (if .answered and .answered > 0 then (.bytes_in / .answered | round) else null end),
       (.server_peak_rss_mb | r(1)),
       (if .rate then (if (.rate >= 0.99 * .target_rate and .p99_ms <= 50) then "yes" else "no" end) else "no" end),
-      $loop, $note
+      $loop, $load, $note
     ] | map(if . == null then "" else tostring end) | map(gsub(","; ";")) | join(",")' \
     <<<"$json" >>"$out"
-  tail -1 "$out" | awk -F, '{printf "  %-8s %3s users: %s of %s/s, p50 %s p99 %s ms, gateway %s%% CPU, bench %s%%, %s B/s, RSS %s MB %s\n", $1, $2, $8, $7, $10, $11, $12, $13, $15, $17, $20}' >&2
+  tail -1 "$out" | awk -F, '{printf "  %-8s %3s users: %s of %s/s, p50 %s p99 %s ms, gateway %s%% CPU, bench %s%%, %s B/s, RSS %s MB %s\n", $1, $2, $8, $7, $10, $11, $12, $13, $15, $17, $21}' >&2
 }
 
 for rep in $(seq "$repeats"); do
   for n in ${vertical//,/ }; do
-    point vertical "$n" 1 flow.yml "$rep" --room all
+    procs=1
+    [ "$n" -ge "$split_from" ] && procs=2
+    point vertical "$n" 1 flow.yml "$rep" "$procs" --room all
   done
   for n in ${grid//,/ }; do
-    point grid "$n" 1 "$work/grid.yml" "$rep" --room all --encoding jpeg --frames textured
+    point grid "$n" 1 "$work/grid.yml" "$rep" "$grid_processes" --room all --encoding jpeg --frames textured
   done
   if [ -n "$rooms" ]; then
     r=${rooms%x*} u=${rooms#*x}
-    point rooms $(( r * u )) "$r" "$work/grid.yml" "$rep" --room room --rooms "$r" --encoding jpeg --frames textured
+    point rooms $(( r * u )) "$r" "$work/grid.yml" "$rep" "$grid_processes" --room room --rooms "$r" --encoding jpeg --frames textured
   fi
 done
 

@@ -2,10 +2,11 @@
 """The loopback limit: how many bytes a second one TCP connection over
 127.0.0.1 carries between two processes on this machine, with nothing else
 done to the bytes (the ceiling of a gateway's egress when its clients run on
-the same machine). Prints one JSON object; the median of --repeats runs.
+the same machine). Prints one JSON object: the best of --repeats runs (the
+limit: on a shared machine other work only ever lowers a run) and their median.
 
-    python3 bench/loopback.py                 # 3 runs of 3 s
-    python3 bench/loopback.py --seconds 2 --repeats 1
+    python3 bench/loopback.py                 # 5 runs of 2 s
+    python3 bench/loopback.py --seconds 1 --repeats 1
 """
 import argparse
 import json
@@ -54,13 +55,14 @@ def one_run(seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     runs = [one_run(args.seconds) for _ in range(args.repeats)]
     print(json.dumps({
-        "bytes_per_s": statistics.median(runs),
-        "gb_per_s": round(statistics.median(runs) / 1e9, 3),
+        "bytes_per_s": max(runs),
+        "gb_per_s": round(max(runs) / 1e9, 3),
+        "median_gb_per_s": round(statistics.median(runs) / 1e9, 3),
         "runs_gb_per_s": [round(r / 1e9, 3) for r in runs],
     }))
 
