@@ -1079,3 +1079,84 @@ fn print_table(r: &Report) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn cpu(role: &str, users: usize, percent: f64, usable_cores: usize) -> ProcessCpu {
+        ProcessCpu {
+            pid: 1,
+            role: role.to_string(),
+            users,
+            cpu_s: percent / 100.0,
+            cpu_percent: percent,
+            usable_cores,
+        }
+    }
+
+    fn shard(latencies_ms: &[u64], answered: u64) -> ShardResult {
+        ShardResult {
+            seconds: 2.0,
+            sent: answered,
+            answered,
+            errors: 0,
+            skipped: 0,
+            bytes_out: 10,
+            bytes_in: 20,
+            latencies_ns: latencies_ms.iter().map(|ms| ms * 1_000_000).collect(),
+            cpu: cpu("child", 2, 10.0, 1),
+        }
+    }
+
+    #[test]
+    fn shares_cover_every_user_once() {
+        for users in 1..20 {
+            for n in 1..=users {
+                let all: Vec<usize> = (0..n).flat_map(|i| shard_users(users, i, n)).collect();
+                assert_eq!(all, (0..users).collect::<Vec<_>>());
+                assert!((0..n).all(|i| !shard_users(users, i, n).is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_are_over_every_latency_not_averaged() {
+        let args = Cli::parse_from(["bench", "grpc://127.0.0.1:1", "--users", "4"]).bench;
+        // One process fast, one slow: the merged p50 is a latency of the
+        // slow one (the 6th of 10 samples), not a mean of the two medians.
+        let fast = shard(&[1, 1, 1, 1], 4);
+        let slow = shard(&[100, 100, 100, 100, 100, 100], 6);
+        let r = merge(&args, (2, 2), vec![fast, slow], vec![], None, 2);
+        assert_eq!(r.p50_ms, 100.0);
+        assert_eq!(r.answered, 10);
+        assert_eq!(r.bytes_in, 40);
+        assert_eq!(r.rate, 5.0);
+        assert_eq!(r.bench_processes.len(), 2);
+        assert!((r.bench_cpu_s - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_busy_load_generator_is_warned_about() {
+        assert!(busy_warnings(&[cpu("single", 3, 70.0, 1)], 2).is_empty());
+        assert_eq!(busy_warnings(&[cpu("single", 3, 85.0, 1)], 2).len(), 1);
+        // Two cores to use: 85% of one is not busy.
+        assert!(busy_warnings(&[cpu("single", 3, 85.0, 2)], 2).is_empty());
+        // Each child under its own limit, together over the machine's.
+        let procs = [
+            cpu("child", 2, 79.0, 1),
+            cpu("child", 2, 79.0, 1),
+            cpu("parent", 0, 5.0, 2),
+        ];
+        let w = busy_warnings(&procs, 2);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("processes used"), "{w:?}");
+    }
+}
