@@ -101,12 +101,13 @@ fn two_processes_merge_four_users_in_one_room() {
     pids.dedup();
     assert_eq!(pids.len(), 3, "{stdout}");
     let cpu: Vec<f64> = procs.iter().map(|p| p["cpu_s"].as_f64().unwrap()).collect();
-    assert!(cpu[1] > 0.0 && cpu[2] > 0.0, "{stdout}");
+    // CPU times are counted in clock ticks: a short run may round to 0.
+    assert!(cpu.iter().all(|c| c.is_finite() && *c >= 0.0), "{stdout}");
     let total = v["bench_cpu_s"].as_f64().unwrap();
     assert!((total - cpu.iter().sum::<f64>()).abs() < 1e-9, "{stdout}");
     // The server measured over the same window.
     assert_eq!(v["server_pid"].as_u64(), Some(u64::from(flow.pid())));
-    assert!(v["server_cpu_s"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert!(v["server_cpu_s"].as_f64().unwrap() >= 0.0, "{stdout}");
     assert!(v["server_peak_rss_mb"].as_f64().unwrap() > 1.0, "{stdout}");
     // The children are gone with the parent.
     assert!(children(&marker, 0).is_empty());
