@@ -63,8 +63,10 @@ enum Command {
     /// a request to receiving its response (matched by request_id) as p50, p90,
     /// p99 and max; responses per second against the target rate; errors;
     /// skipped frames (due while a user's window was full, never sent); lost
-    /// frames (sent, never answered); bytes out and in. A table by default, one
-    /// JSON object with --json; a progress bar on stderr while it runs.
+    /// frames (sent, never answered); bytes out and in; the CPU of the load
+    /// generator's own processes (with --server-pid, the server's too), so
+    /// that a load generator short of CPU shows. A table by default, one JSON
+    /// object with --json; a progress bar on stderr while it runs.
     Bench(bench::BenchArgs),
     /// Print an access token for a Flow with access control (`with.auth`).
     ///
@@ -176,7 +178,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
             Command::Executor(args) => executor::run(args, registry).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Export(args) => export::run(args, registry).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(args, cli.threads).await,
             Command::Token(args) => token::run(args),
             // Handled above, before the runtime; kept for completeness.
             Command::Supervise(args) => Ok(supervise(args)),
