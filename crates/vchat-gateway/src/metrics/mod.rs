@@ -408,6 +408,7 @@ mod tests {
             ("vchat_requests_total", "counter"),
             ("vchat_request_failures_total", "counter"),
             ("vchat_frames_skipped_total", "counter"),
+            ("vchat_frames_dropped_total", "counter"),
             ("vchat_streams_rejected_total", "counter"),
             ("vchat_bytes_in_total", "counter"),
             ("vchat_bytes_out_total", "counter"),
