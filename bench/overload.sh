@@ -7,6 +7,8 @@
 # gateway's vchat_requests_total minus vchat_frames_dropped_total), p50/p99.
 #   A=/path/to/old/vchat B=target/release/vchat bench/overload.sh
 #   POINTS="20x30 40x30 20x60" RUNS=3 SECS=8 bench/overload.sh
+# The load generator multiplexes its users over one connection from one address:
+# the Flow allows 1024 (--max-streams-per-ip, --max-concurrent-streams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:-target/release/vchat} B=${B:-target/release/vchat}
@@ -15,7 +17,9 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 run() { # BIN USERS FPS -> "peak_MB rate target mosaics_per_s p50 p99"
     local bin=$1 users=$2 fps=$3
+    rm -f "$OUT/flow.out"
     "$bin" flow --uses flow.yml --host 127.0.0.1 --port 0 --port-monitoring 0 \
+        --max-streams-per-ip 1024 --max-concurrent-streams 1024 \
         >"$OUT/flow.out" 2>"$OUT/flow.log" &
     local pid=$!
     until grep -q '^vchat: listening on' "$OUT/flow.out" 2>/dev/null; do sleep 0.01; done

@@ -102,7 +102,10 @@ async fn slow_readers_get_the_newest_mosaic_and_memory_stays_flat() {
 
     // A user who reads every answer before sending the next frame.
     let mut healthy = open(&flow).await;
-    healthy.0.send(frame_request("h-join", "healthy", [0, 0, 0])).unwrap();
+    healthy
+        .0
+        .send(frame_request("h-join", "healthy", [0, 0, 0]))
+        .unwrap();
     assert_eq!(status(&next(&mut healthy.1).await).0, 0);
     let baseline = peak_rss_kib(pid);
 
@@ -117,8 +120,12 @@ async fn slow_readers_get_the_newest_mosaic_and_memory_stays_flat() {
         for i in 0..FRAMES {
             tick.tick().await;
             for (u, tx) in senders.iter().enumerate() {
-                tx.send(frame_request(&format!("{u}-{i}"), &format!("slow{u}"), color(u, i)))
-                    .unwrap();
+                tx.send(frame_request(
+                    &format!("{u}-{i}"),
+                    &format!("slow{u}"),
+                    color(u, i),
+                ))
+                .unwrap();
             }
         }
     });
@@ -129,7 +136,10 @@ async fn slow_readers_get_the_newest_mosaic_and_memory_stays_flat() {
     let mut widest = 0;
     while !sending.is_finished() {
         let id = format!("h-{healthy_answers}");
-        healthy.0.send(frame_request(&id, "healthy", [0, 0, 0])).unwrap();
+        healthy
+            .0
+            .send(frame_request(&id, "healthy", [0, 0, 0]))
+            .unwrap();
         let resp = next(&mut healthy.1).await;
         assert_eq!(status(&resp).0, 0, "{:?}", status(&resp));
         assert!(!is_skipped(&resp), "the healthy user's mosaic was dropped");
@@ -192,11 +202,17 @@ async fn slow_readers_get_the_newest_mosaic_and_memory_stays_flat() {
     let text = tokio::task::spawn_blocking(move || http_get(&url))
         .await
         .unwrap();
-    assert_eq!(metric(&text, "vchat_frames_dropped_total"), skipped_seen as f64);
+    assert_eq!(
+        metric(&text, "vchat_frames_dropped_total"),
+        skipped_seen as f64
+    );
     assert!(dropped >= 1.0);
 
     // The healthy user is still served.
-    healthy.0.send(frame_request("h-last", "healthy", [0, 0, 0])).unwrap();
+    healthy
+        .0
+        .send(frame_request("h-last", "healthy", [0, 0, 0]))
+        .unwrap();
     let resp = next(&mut healthy.1).await;
     assert!(!is_skipped(&resp));
     assert_eq!(status(&resp).0, 0);
