@@ -156,7 +156,9 @@ async fn produce<S>(
                             let chunks = VecDeque::from(chunks);
                             st.bytes += chunks.iter().map(Bytes::len).sum::<usize>();
                             let replaceable = is_frame(&msg).then_some(msg);
-                            st.entries.push_back(Entry { chunks, replaceable });
+                            if !chunks.is_empty() {
+                                st.entries.push_back(Entry { chunks, replaceable });
+                            }
                             let replaced = supersede(&mut st, limits.max_frame_bytes);
                             let bytes = st.bytes;
                             st.held.set(bytes);
@@ -221,18 +223,17 @@ fn finish(shared: &Shared, status: Status, discard: bool) {
 }
 
 /// The next chunk for the socket. A response the peer has begun to take is
-/// no longer replaceable: its rest must follow.
+/// no longer replaceable: its rest must follow. A response is gone from the
+/// queue with its last chunk, so that an empty queue never counts as waiting
+/// (`send_timeout`).
 fn take_chunk(st: &mut State) -> Option<Bytes> {
-    loop {
-        let entry = st.entries.front_mut()?;
-        entry.replaceable = None;
-        match entry.chunks.pop_front() {
-            Some(chunk) => return Some(chunk),
-            None => {
-                st.entries.pop_front();
-            }
-        }
+    let entry = st.entries.front_mut()?;
+    entry.replaceable = None;
+    let chunk = entry.chunks.pop_front();
+    if entry.chunks.is_empty() {
+        st.entries.pop_front();
     }
+    chunk
 }
 
 /// Whether `msg` is a frame another of the same stream may supersede: a
