@@ -75,7 +75,7 @@ fn mosaic_response(users: usize) -> DataRequestProto {
         .map(|n| Frame::new(frame(n).data().clone(), H, W))
         .collect();
     let mosaic = stack_vertically(&parts, usize::MAX).unwrap().pixels;
-    let mosaic = Tensor::image(users * H, W, 3, mosaic).unwrap();
+    let mosaic = Tensor::image(users * H, W, 3, mosaic.into_contiguous()).unwrap();
     request("alice", mosaic)
 }
 
@@ -93,6 +93,25 @@ fn encode_response_chunked(b: Bencher, users: usize) {
     let resp = mosaic_response(users);
     b.counter(divan::counter::BytesCount::new(resp.encoded_len()))
         .bench(|| encode_grpc_message(black_box(&resp)).unwrap());
+}
+
+/// A `users` mosaic from its frames to the chunks the gateway sends, as the
+/// chat and the gRPC door do it: stacked as a rope, written as its pieces.
+#[divan::bench(args = [3, 10, 20])]
+fn compose_and_encode_vertical(b: Bencher, users: usize) {
+    let parts: Vec<_> = (0..users)
+        .map(|n| Frame::new(frame(n).data().clone(), H, W))
+        .collect();
+    let envelope = vchat_core::proto::request_from_proto(request("alice", frame(0))).0;
+    b.counter(divan::counter::BytesCount::new(users * H * W * 3))
+        .bench(|| {
+            let mosaic = stack_vertically(black_box(&parts), usize::MAX).unwrap();
+            let docs = DocumentArray(vec![Document::with_tensor(mosaic.into_tensor().unwrap())]);
+            let reply = vchat_core::Reply::ok(docs);
+            vchat_core::proto::reply_into_wire(envelope.clone(), reply)
+                .encode()
+                .unwrap()
+        });
 }
 
 /// JPEG encode of a 200x300 camera-like frame (quality 80).

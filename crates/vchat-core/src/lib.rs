@@ -28,6 +28,7 @@ pub mod jpeg;
 pub mod proto;
 mod registry;
 mod request;
+pub mod rope;
 mod tensor;
 pub mod wire;
 
@@ -39,6 +40,7 @@ pub use executor::{
 };
 pub use registry::Registry;
 pub use request::{Outcome, ROOT_ENDPOINT, Reply, Request};
+pub use rope::Rope;
 pub use tensor::{DType, Tensor};
 
 pub use async_trait::async_trait;

@@ -4,14 +4,19 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use prost_types::{Struct, Value, value::Kind};
+use tonic::Status;
+use vchat_proto::docarray::{document_proto, nd_array_proto};
 use vchat_proto::jina::RouteProto;
 use vchat_proto::jina::data_request_proto::{DataContentProto, data_content_proto::Documents};
 use vchat_proto::jina::status_proto::{ExceptionProto, StatusCode};
+use vchat_proto::prost::Message as _;
 use vchat_proto::{DataRequestProto, HeaderProto, StatusProto};
 
 use crate::request::ROOT_ENDPOINT;
-use crate::{DocumentArray, Error, Outcome, Reply, Request};
+use crate::wire::{Encode, Ropes, encode_grpc_message_with};
+use crate::{Content, DocumentArray, Error, Outcome, Reply, Request, Tensor};
 
 /// Parameter key flagging a reply as skipped (no frame; see `skip_frames`).
 pub const SKIPPED_PARAMETER: &str = "__skipped__";
@@ -109,6 +114,89 @@ pub fn reply_into_proto(envelope: Envelope, reply: Reply) -> DataRequestProto {
         parameters: (!parameters.is_empty()).then_some(Struct { fields: parameters }),
         routes,
         data: docs.map(docs_content),
+    }
+}
+
+/// A reply on its way to the wire, its tensors still in the pieces they were
+/// put together from (a vertical mosaic: its users' frames), so that encoding
+/// it writes those pieces instead of a joined copy (see [`crate::wire::Ropes`]).
+#[derive(Debug)]
+pub struct WireReply {
+    /// The wire reply, with stand-ins for the ropes' bytes.
+    proto: DataRequestProto,
+    ropes: Ropes,
+}
+
+impl WireReply {
+    /// The length of the encoded message (the same as of the joined reply).
+    pub fn encoded_len(&self) -> usize {
+        self.proto.encoded_len()
+    }
+
+    /// The wire reply, its ropes' bytes stand-ins: for its header, status,
+    /// parameters and the kind of its documents' content.
+    pub fn proto(&self) -> &DataRequestProto {
+        &self.proto
+    }
+
+    /// The gRPC message, as chunks that share the reply's buffers.
+    pub fn encode(&self) -> Result<Vec<Bytes>, Status> {
+        encode_grpc_message_with(&self.proto, &self.ropes)
+    }
+
+    /// The wire reply with its ropes joined (a copy of each).
+    pub fn into_proto(self) -> DataRequestProto {
+        let WireReply { mut proto, ropes } = self;
+        if ropes.is_empty() {
+            return proto;
+        }
+        if let Some(Documents::Docs(docs)) = proto.data.as_mut().and_then(|d| d.documents.as_mut())
+        {
+            for doc in &mut docs.docs {
+                if let Some(document_proto::Content::Tensor(t)) = &mut doc.content
+                    && let Some(nd_array_proto::Content::Dense(d)) = &mut t.content
+                    && let Some(rope) = ropes.rope_of(&d.buffer)
+                {
+                    d.buffer = rope.contiguous().clone();
+                }
+            }
+        }
+        proto
+    }
+}
+
+impl From<DataRequestProto> for WireReply {
+    fn from(proto: DataRequestProto) -> Self {
+        WireReply {
+            proto,
+            ropes: Ropes::default(),
+        }
+    }
+}
+
+impl Encode for WireReply {
+    fn encode_chunks(&self) -> Result<Vec<Bytes>, Status> {
+        self.encode()
+    }
+}
+
+/// [`reply_into_proto`], keeping the reply's tensors in their pieces.
+pub fn reply_into_wire(envelope: Envelope, mut reply: Reply) -> WireReply {
+    let mut ropes = Ropes::default();
+    for doc in reply.docs.iter_mut().flat_map(|d| d.iter_mut()) {
+        if let Some(Content::Tensor(t)) = &mut doc.content
+            && !t.rope().is_contiguous()
+        {
+            let stand_in = ropes.stand_in(t.rope().clone());
+            // Same dtype, shape and length: cannot fail.
+            if let Ok(s) = Tensor::new(t.dtype(), t.shape().to_vec(), stand_in) {
+                *t = s;
+            }
+        }
+    }
+    WireReply {
+        proto: reply_into_proto(envelope, reply),
+        ropes,
     }
 }
 
@@ -228,6 +316,68 @@ mod tests {
                 (0..docs).map(|_| Document::new()).collect(),
             ))),
         }
+    }
+
+    /// A reply of three documents: a rope of `pieces` (each `piece` bytes),
+    /// nothing, and a tensor in one buffer.
+    fn roped_reply(pieces: usize, piece: usize) -> (Reply, Vec<bytes::Bytes>) {
+        let parts: Vec<bytes::Bytes> = (0..pieces)
+            .map(|i| bytes::Bytes::from(vec![i as u8 + 1; piece]))
+            .collect();
+        let rope = crate::Rope::from_pieces(parts.clone()).unwrap();
+        let rows = pieces * piece / 3;
+        let stacked = Tensor::from_rope(crate::DType::U8, vec![rows, 1, 3], rope).unwrap();
+        let whole = Tensor::image(1, 2, 3, bytes::Bytes::from_static(&[9; 6])).unwrap();
+        let docs = vec![
+            Document::with_tensor(stacked),
+            Document::new(),
+            Document::with_tensor(whole),
+        ];
+        (Reply::ok(DocumentArray(docs)), parts)
+    }
+
+    fn joined(chunks: &[bytes::Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_roped_reply_is_written_as_its_pieces_with_the_same_bytes() {
+        let envelope = request_from_proto(wire(0)).0;
+        let (reply, parts) = roped_reply(3, 6144);
+        let wire_reply = reply_into_wire(envelope.clone(), reply.clone());
+        let chunks = wire_reply.encode().unwrap();
+        // (Joining a rope is shared by its clones: the plain message comes second.)
+        let plain =
+            crate::wire::encode_grpc_message(&reply_into_proto(envelope.clone(), reply.clone()))
+                .unwrap();
+        assert_eq!(
+            joined(&chunks),
+            joined(&plain),
+            "the same bytes on the wire"
+        );
+        assert_eq!(
+            wire_reply.encoded_len() + 5,
+            chunks.iter().map(|c| c.len()).sum::<usize>()
+        );
+        // Each piece is a chunk of its own: shared, not copied.
+        for p in &parts {
+            assert!(
+                chunks.iter().any(|c| c.as_ptr() == p.as_ptr()),
+                "a piece was copied"
+            );
+        }
+        // Joined for whoever needs a plain message.
+        assert_eq!(
+            wire_reply.into_proto(),
+            reply_into_proto(envelope.clone(), reply)
+        );
+        // Pieces too small to be worth their own chunk are joined.
+        let (small, _) = roped_reply(3, 6);
+        let small_wire = reply_into_wire(envelope.clone(), small.clone());
+        assert_eq!(
+            joined(&small_wire.encode().unwrap()),
+            joined(&crate::wire::encode_grpc_message(&reply_into_proto(envelope, small)).unwrap())
+        );
     }
 
     #[test]

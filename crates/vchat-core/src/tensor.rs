@@ -5,6 +5,7 @@ use ndarray::{Array3, ArrayView3};
 use vchat_proto::docarray::{DenseNdArrayProto, NdArrayProto, nd_array_proto};
 
 use crate::Error;
+use crate::rope::Rope;
 
 /// Element type of a [`Tensor`], named as numpy names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,19 +111,26 @@ impl std::fmt::Display for DType {
 
 /// A dense n-dimensional array whose buffer length always matches its shape and dtype.
 ///
-/// The buffer is a [`Bytes`]: cloning a tensor or slicing it out of a received
-/// message never copies pixels. Multi-byte elements are little-endian.
+/// The buffer is a [`Rope`] of [`Bytes`]: cloning a tensor, slicing it out of a
+/// received message or putting it together from other buffers never copies
+/// pixels. Multi-byte elements are little-endian.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tensor {
     dtype: DType,
     shape: Vec<usize>,
-    data: Bytes,
+    data: Rope,
 }
 
 impl Tensor {
     /// A tensor over `data`, or [`Error::BadRequest`] when
     /// `data.len() != product(shape) * dtype.itemsize()`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Bytes) -> Result<Self, Error> {
+        Tensor::from_rope(dtype, shape, Rope::from(data))
+    }
+
+    /// A tensor over the bytes of `data` in order (see [`Tensor::new`]): a
+    /// buffer put together from others without copying them.
+    pub fn from_rope(dtype: DType, shape: Vec<usize>, data: Rope) -> Result<Self, Error> {
         // The wire carries dimensions as uint32: a larger one would be sent
         // truncated, as another shape (an empty tensor may have any dimension).
         if shape.iter().any(|&d| u32::try_from(d).is_err()) {
@@ -164,14 +172,20 @@ impl Tensor {
         &self.shape
     }
 
-    /// The C-order buffer.
+    /// The C-order buffer in one piece: no copy, unless the tensor was put
+    /// together from pieces ([`Tensor::from_rope`]), which are then joined once.
     pub fn data(&self) -> &Bytes {
-        &self.data
+        self.data.contiguous()
     }
 
-    /// The C-order buffer, by value (no copy).
+    /// The C-order buffer, by value (see [`Tensor::data`]).
     pub fn into_data(self) -> Bytes {
-        self.data
+        self.data.into_contiguous()
+    }
+
+    /// The C-order buffer as the pieces it was put together from.
+    pub fn rope(&self) -> &Rope {
+        &self.data
     }
 
     /// `(height, width)` when this is an H×W×3 uint8 image, else a message saying
@@ -202,7 +216,7 @@ impl Tensor {
                 self.dtype, self.shape
             )));
         }
-        image_view(&self.data, &self.shape)
+        image_view(self.data.contiguous(), &self.shape)
     }
 
     /// A uint8 H×W×C image from an array. An array in standard (C) layout hands
@@ -254,7 +268,7 @@ impl Tensor {
     pub fn into_proto(self) -> NdArrayProto {
         NdArrayProto {
             content: Some(nd_array_proto::Content::Dense(DenseNdArrayProto {
-                buffer: self.data,
+                buffer: self.data.into_contiguous(),
                 // Lossless: `Tensor::new` refuses dimensions over u32::MAX.
                 shape: self.shape.iter().map(|&d| d as u32).collect(),
                 dtype: self.dtype.numpy_str().to_string(),

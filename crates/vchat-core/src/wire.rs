@@ -14,7 +14,11 @@
 //!   `bytes` field that lies within one piece a slice of it. The sender above
 //!   makes each large field a piece of its own, and a piece stays one HTTP/2
 //!   DATA frame up to [`MAX_FRAME`](crate::MAX_FRAME), so the pixels arrive
-//!   where the kernel put them.
+//!   where the kernel put them;
+//! - a tensor put together from pieces (a [`Rope`], such as a vertical mosaic
+//!   of its users' stored frames) goes out as those pieces ([`Ropes`]): the
+//!   bytes on the wire are the same as for the joined buffer, which is never
+//!   made.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -27,19 +31,76 @@ use tonic::Status;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use vchat_proto::prost::Message as ProstMessage;
 
+use crate::rope::Rope;
+
 /// `bytes` fields at least this long are shared, not copied; shorter ones are
 /// cheaper to copy than to send as a chunk of their own.
 pub const SHARE_MIN: usize = 4096;
 
-/// A [`BufMut`] that keeps large [`Bytes`] it is given as chunks of their own
-/// instead of copying them.
+/// Length of the region that rope stand-ins are cut from: the largest rope
+/// sent as its pieces, plus the number of ropes in one message. Larger ropes
+/// are joined. Above the largest mosaic the chat makes by default (64 users of
+/// 640×480).
+const STAND_IN_LEN: usize = 64 << 20;
+
+/// Zeros that are never read: a stand-in is a slice of this region, told
+/// apart from every other buffer by its address. The region lies in the
+/// zero-initialised data of the program, which takes no memory until touched.
+static STAND_IN: [u8; STAND_IN_LEN] = [0; STAND_IN_LEN];
+
+/// The ropes of one message, each stood in for in the protobuf message by a
+/// [`Bytes`] of its length: prost sizes and frames the message as for the
+/// joined bytes, and [`ChunkedBuf`] writes the rope's pieces where prost puts
+/// the stand-in. The stand-in of the `i`-th rope starts at `STAND_IN[i]`, so
+/// that stand-ins of the same length differ.
+///
+/// A message holding stand-ins must be encoded with its `Ropes` (and nothing
+/// else): its stand-ins read as zeros.
 #[derive(Debug, Default)]
-pub struct ChunkedBuf {
-    chunks: Vec<Bytes>,
-    current: BytesMut,
+pub struct Ropes {
+    ropes: Vec<Rope>,
 }
 
-impl ChunkedBuf {
+impl Ropes {
+    /// What goes in the message where `rope` belongs: a stand-in, or the bytes
+    /// themselves when the rope is already in one piece, too short to be worth
+    /// sending as pieces, or too long for a stand-in.
+    pub fn stand_in(&mut self, rope: Rope) -> Bytes {
+        let i = self.ropes.len();
+        let fits = i
+            .checked_add(rope.len())
+            .is_some_and(|end| end <= STAND_IN_LEN);
+        if rope.is_contiguous() || rope.len() < SHARE_MIN || !fits {
+            return rope.into_contiguous();
+        }
+        let stand_in = Bytes::from_static(&STAND_IN[i..i + rope.len()]);
+        self.ropes.push(rope);
+        stand_in
+    }
+
+    /// The rope `bytes` stands in for, if it is one of these stand-ins.
+    pub fn rope_of(&self, bytes: &[u8]) -> Option<&Rope> {
+        let i = (bytes.as_ptr() as usize).checked_sub(STAND_IN.as_ptr() as usize)?;
+        self.ropes.get(i).filter(|r| r.len() == bytes.len())
+    }
+
+    /// Whether there are no ropes.
+    pub fn is_empty(&self) -> bool {
+        self.ropes.is_empty()
+    }
+}
+
+/// A [`BufMut`] that keeps large [`Bytes`] it is given as chunks of their own
+/// instead of copying them, and writes the pieces of the [`Ropes`] whose
+/// stand-ins it is given.
+#[derive(Debug, Default)]
+pub struct ChunkedBuf<'r> {
+    chunks: Vec<Bytes>,
+    current: BytesMut,
+    ropes: Option<&'r Ropes>,
+}
+
+impl ChunkedBuf<'_> {
     /// The chunks written so far, in order.
     pub fn into_chunks(mut self) -> Vec<Bytes> {
         self.flush();
@@ -54,7 +115,7 @@ impl ChunkedBuf {
 }
 
 // SAFETY: every method forwards to the inner `BytesMut`, whose contract holds.
-unsafe impl BufMut for ChunkedBuf {
+unsafe impl BufMut for ChunkedBuf<'_> {
     fn remaining_mut(&self) -> usize {
         self.current.remaining_mut()
     }
@@ -82,7 +143,10 @@ unsafe impl BufMut for ChunkedBuf {
         let n = src.remaining();
         if n >= SHARE_MIN {
             self.flush();
-            self.chunks.push(src.copy_to_bytes(n));
+            match self.ropes.and_then(|r| r.rope_of(src.chunk())) {
+                Some(rope) => self.chunks.extend_from_slice(rope.pieces()),
+                None => self.chunks.push(src.copy_to_bytes(n)),
+            }
         } else {
             while src.has_remaining() {
                 let c = src.chunk();
@@ -97,10 +161,21 @@ unsafe impl BufMut for ChunkedBuf {
 /// `msg` as one gRPC message (uncompressed: the 5-byte prefix, then the protobuf),
 /// in chunks that share the message's large `bytes` fields.
 pub fn encode_grpc_message<M: ProstMessage>(msg: &M) -> Result<Vec<Bytes>, Status> {
+    encode_grpc_message_with(msg, &Ropes::default())
+}
+
+/// [`encode_grpc_message`] of a message whose stand-ins are for `ropes`.
+pub fn encode_grpc_message_with<M: ProstMessage>(
+    msg: &M,
+    ropes: &Ropes,
+) -> Result<Vec<Bytes>, Status> {
     let len = msg.encoded_len();
     let len32 = u32::try_from(len)
         .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response is too large")))?;
-    let mut buf = ChunkedBuf::default();
+    let mut buf = ChunkedBuf {
+        ropes: Some(ropes),
+        ..ChunkedBuf::default()
+    };
     buf.current.reserve(512);
     buf.put_u8(0);
     buf.put_u32(len32);
@@ -147,10 +222,22 @@ fn trailers(status: &Status) -> HeaderMap {
     map
 }
 
+/// A message that can be written as the chunks of one gRPC message.
+pub trait Encode {
+    /// The chunks (see [`encode_grpc_message`]).
+    fn encode_chunks(&self) -> Result<Vec<Bytes>, Status>;
+}
+
+impl<M: ProstMessage> Encode for M {
+    fn encode_chunks(&self) -> Result<Vec<Bytes>, Status> {
+        encode_grpc_message(self)
+    }
+}
+
 impl<S, M> http_body::Body for GrpcBody<S>
 where
     S: Stream<Item = Result<M, Status>> + Unpin,
-    M: ProstMessage,
+    M: Encode,
 {
     type Data = Bytes;
     type Error = Status;
@@ -169,7 +256,7 @@ where
             }
             let end = match Pin::new(&mut this.messages).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(msg))) => match encode_grpc_message(&msg) {
+                Poll::Ready(Some(Ok(msg))) => match msg.encode_chunks() {
                     Ok(chunks) => {
                         this.pending.extend(chunks);
                         continue;

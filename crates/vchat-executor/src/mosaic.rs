@@ -11,6 +11,8 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use vchat_core::Rope;
+
 use crate::Frame;
 
 /// Colour of the border around a user's own tile (`highlight_self`), BGR green.
@@ -70,23 +72,28 @@ pub fn checked_pixels(h: usize, w: usize, limit: usize) -> Result<usize, MosaicE
 
 /// Checks that `src` is an `h`×`w`×3 frame.
 fn check_frame(src: &[u8], h: usize, w: usize) -> Result<(), MosaicError> {
+    check_len(src.len(), h, w)
+}
+
+/// Checks that `len` bytes are an `h`×`w`×3 frame.
+fn check_len(len: usize, h: usize, w: usize) -> Result<(), MosaicError> {
     if h == 0 || w == 0 {
         return Err(MosaicError::BadInput(format!(
             "a {h}x{w} frame has no pixels"
         )));
     }
     match h.checked_mul(w).and_then(|px| px.checked_mul(3)) {
-        Some(n) if n == src.len() => Ok(()),
+        Some(n) if n == len => Ok(()),
         _ => Err(MosaicError::BadInput(format!(
-            "{} bytes are not a {h}x{w}x3 frame",
-            src.len()
+            "{len} bytes are not a {h}x{w}x3 frame"
         ))),
     }
 }
 
 /// Stacks frames of equal width top to bottom. For C-order frames this is byte
-/// concatenation: one allocation, one copy per frame. Refused when the frames
-/// differ in width or the result is over `max_pixels`.
+/// concatenation, so the result's pixels are the frames' own, in order, as the
+/// pieces of a rope: nothing is copied. Refused when the frames differ in width
+/// or the result is over `max_pixels`.
 pub fn stack_vertically(parts: &[Frame], max_pixels: usize) -> Result<Frame, MosaicError> {
     let width = parts
         .first()
@@ -95,7 +102,7 @@ pub fn stack_vertically(parts: &[Frame], max_pixels: usize) -> Result<Frame, Mos
     let mut height = 0usize;
     for part in parts {
         let (h, w) = part.dims();
-        check_frame(&part.pixels, h, w)?;
+        check_len(part.pixels.len(), h, w)?;
         if w != width {
             return Err(MosaicError::BadInput(format!(
                 "frames to stack vertically differ in width: {w} and {width}"
@@ -104,11 +111,14 @@ pub fn stack_vertically(parts: &[Frame], max_pixels: usize) -> Result<Frame, Mos
         height = height.saturating_add(h);
     }
     checked_pixels(height, width, max_pixels)?;
-    let mut out = BytesMut::with_capacity(height * width * 3);
-    for part in parts {
-        out.extend_from_slice(&part.pixels);
-    }
-    Ok(Frame::new(out.freeze(), height, width))
+    let pieces = parts
+        .iter()
+        .flat_map(|p| p.pixels.pieces().iter().cloned())
+        .collect();
+    // Within the pixel limit, so the lengths add up without overflow.
+    let pixels = Rope::from_pieces(pieces)
+        .ok_or_else(|| MosaicError::BadInput("frames too large to stack".into()))?;
+    Ok(Frame::new(pixels, height, width))
 }
 
 /// Places frames of equal height side by side. One allocation, one copy per row
@@ -122,7 +132,7 @@ pub fn stack_horizontally(parts: &[Frame], max_pixels: usize) -> Result<Frame, M
     let mut width = 0usize;
     for part in parts {
         let (h, w) = part.dims();
-        check_frame(&part.pixels, h, w)?;
+        check_len(part.pixels.len(), h, w)?;
         if h != height {
             return Err(MosaicError::BadInput(format!(
                 "frames to stack horizontally differ in height: {h} and {height}"
@@ -132,10 +142,11 @@ pub fn stack_horizontally(parts: &[Frame], max_pixels: usize) -> Result<Frame, M
     }
     checked_pixels(height, width, max_pixels)?;
     let mut out = BytesMut::with_capacity(height * width * 3);
+    let sources: Vec<&[u8]> = parts.iter().map(|p| &p.bytes()[..]).collect();
     for y in 0..height {
-        for part in parts {
+        for (part, src) in parts.iter().zip(&sources) {
             let row = part.width * 3;
-            out.extend_from_slice(&part.pixels[y * row..(y + 1) * row]);
+            out.extend_from_slice(&src[y * row..(y + 1) * row]);
         }
     }
     Ok(Frame::new(out.freeze(), height, width))
@@ -252,7 +263,7 @@ pub fn compose_grid(
     max_pixels: usize,
 ) -> Result<Bytes, MosaicError> {
     for t in tiles {
-        check_frame(&t.pixels, t.height, t.width)?;
+        check_len(t.pixels.len(), t.height, t.width)?;
     }
     let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
     let mut out = vec![0u8; px * 3];
@@ -264,7 +275,7 @@ pub fn compose_grid(
         .zip(grid_rects(&dims, canvas_h, canvas_w))
         .enumerate()
     {
-        let scaled = resize(&tile.pixels, tile.height, tile.width, th, tw, cell)?;
+        let scaled = resize(tile.bytes(), tile.height, tile.width, th, tw, cell)?;
         for y in 0..th {
             let dst = ((top + y) * canvas_w + left) * 3;
             out[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
@@ -357,7 +368,7 @@ mod tests {
     #[test]
     fn stacking_concatenates() {
         let f = stack_vertically(&[frame(&[1, 2, 3], 1, 1), frame(&[4, 5, 6], 1, 1)], ANY).unwrap();
-        let (s, h, w) = (f.pixels, f.height, f.width);
+        let (s, h, w) = (f.pixels.contiguous(), f.height, f.width);
         assert_eq!((&s[..], h, w), (&[1, 2, 3, 4, 5, 6][..], 2, 1));
     }
 
@@ -365,7 +376,7 @@ mod tests {
     fn horizontal_interleaves_rows() {
         // Two 2-row frames, 1 and 2 pixels wide.
         let f = stack_horizontally(&[solid(2, 1, 1), solid(2, 2, 2)], ANY).unwrap();
-        let (out, h, w) = (f.pixels, f.height, f.width);
+        let (out, h, w) = (f.pixels.contiguous(), f.height, f.width);
         assert_eq!((h, w), (2, 3));
         let firsts: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(firsts, vec![1, 2, 2, 1, 2, 2]);

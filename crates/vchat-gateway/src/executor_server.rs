@@ -3,20 +3,24 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
+use prost::Message;
+use tonic::codegen::{Body, BoxFuture, StdError, http};
+use tonic::server::NamedService;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use vchat_core::proto::{reply_into_proto, request_from_proto};
+use vchat_core::proto::{WireReply, reply_into_wire, request_from_proto};
+use vchat_core::wire::{GrpcBody, GrpcMessages, grpc_response};
 use vchat_core::{DocumentArray, Reply, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId};
 use vchat_proto::jina::jina_discover_endpoints_rpc_server::{
     JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer,
 };
 use vchat_proto::jina::jina_info_rpc_server::{JinaInfoRpc, JinaInfoRpcServer};
-use vchat_proto::jina::jina_single_data_request_rpc_server::{
-    JinaSingleDataRequestRpc, JinaSingleDataRequestRpcServer,
-};
 use vchat_proto::{DataRequestProto, EndpointsProto, JinaInfoProto};
 
 use crate::error::GatewayError;
@@ -47,30 +51,88 @@ fn take_stream(request: &mut vchat_core::Request) -> StreamId {
     raw.map_or(UNKNOWN_STREAM, StreamId)
 }
 
-#[tonic::async_trait]
-impl JinaSingleDataRequestRpc for Service {
-    async fn process_single_data(
-        &self,
-        request: Request<DataRequestProto>,
-    ) -> Result<Response<DataRequestProto>, Status> {
-        let (envelope, request) = request_from_proto(request.into_inner());
+impl Service {
+    /// The reply to one request, its tensors still in their pieces.
+    async fn process_single_data(&self, proto: DataRequestProto) -> WireReply {
+        let (envelope, request) = request_from_proto(proto);
         let reply = match request {
             Ok(mut request) => {
                 let stream = take_stream(&mut request);
                 if request.endpoint == STREAM_CLOSED_ENDPOINT {
                     self.flow.stream_closed(stream).await;
-                    return Ok(Response::new(reply_into_proto(
-                        envelope,
-                        Reply::ok(DocumentArray::new()),
-                    )));
+                    Reply::ok(DocumentArray::new())
+                } else {
+                    self.flow.process(request, stream).await
                 }
-                self.flow.process(request, stream).await
             }
             Err(reply) => reply,
         };
-        Ok(Response::new(reply_into_proto(envelope, reply)))
+        reply_into_wire(envelope, reply)
     }
 }
+
+/// `jina.JinaSingleDataRequestRPC`, written by hand rather than generated so
+/// that a reply travels through [`vchat_core::wire`]: a vertical mosaic goes to
+/// the socket as its users' frames, never joined into one buffer.
+#[derive(Clone)]
+struct SingleDataServer {
+    service: Arc<Service>,
+    max_message_bytes: usize,
+}
+
+impl NamedService for SingleDataServer {
+    const NAME: &'static str = "jina.JinaSingleDataRequestRPC";
+}
+
+impl<B> tower_service::Service<http::Request<B>> for SingleDataServer
+where
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != SINGLE_DATA_PATH {
+                return Ok(Status::unimplemented("no such method").into_http());
+            }
+            if let Some(enc) = req.headers().get("grpc-encoding")
+                && enc.as_bytes() != b"identity"
+            {
+                let enc = String::from_utf8_lossy(enc.as_bytes()).into_owned();
+                return Ok(Status::unimplemented(format!(
+                    "requests compressed with {enc:?} are not supported: send them uncompressed"
+                ))
+                .into_http());
+            }
+            let mut messages = GrpcMessages::new(Box::pin(req.into_body()), this.max_message_bytes);
+            let proto = match messages.next().await {
+                Some(Ok(m)) => DataRequestProto::decode(m)
+                    .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}"))),
+                Some(Err(status)) => Err(status),
+                None => Err(Status::invalid_argument("the call carries no request")),
+            };
+            match proto {
+                Ok(proto) => {
+                    let reply = this.service.process_single_data(proto).await;
+                    let body = GrpcBody::response(futures::stream::iter([Ok::<_, Status>(reply)]));
+                    Ok(grpc_response(tonic::body::Body::new(body)))
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The path of the one method of `jina.JinaSingleDataRequestRPC`.
+const SINGLE_DATA_PATH: &str = "/jina.JinaSingleDataRequestRPC/process_single_data";
 
 #[tonic::async_trait]
 impl JinaDiscoverEndpointsRpc for Service {
@@ -129,9 +191,7 @@ pub async fn serve_executor_with(
         flow: Arc::new(flow),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JinaSingleDataRequestRpcServer<Service>>()
-        .await;
+    health.set_serving::<SingleDataServer>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -162,9 +222,10 @@ pub async fn serve_executor_with(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InterceptedService::new(
-            JinaSingleDataRequestRpcServer::from_arc(service.clone())
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(usize::MAX),
+            SingleDataServer {
+                service: service.clone(),
+                max_message_bytes,
+            },
             check.clone(),
         ))
         .add_service(InterceptedService::new(

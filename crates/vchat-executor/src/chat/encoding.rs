@@ -87,7 +87,7 @@ impl VideoChatExecutor {
                 let j = match &snap.jpeg {
                     Some(j) if shared => j.clone(),
                     _ => {
-                        jpeg::encode_bgr(&mosaic.pixels, mosaic.height, mosaic.width, self.quality)
+                        jpeg::encode_bgr(mosaic.bytes(), mosaic.height, mosaic.width, self.quality)
                             .map_err(|e| self.reject(e.to_string()))?
                     }
                 };

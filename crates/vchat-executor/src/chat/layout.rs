@@ -34,17 +34,18 @@ impl VideoChatExecutor {
                 snap.tiles[0].clone()
             }
             Layout::Vertical | Layout::Horizontal if snap.tiles.len() < 2 => return Ok(None),
-            Layout::Vertical => {
-                let mosaic = stack_vertically(&snap.tiles, limit).map_err(failed)?;
-                match highlight {
-                    None => mosaic,
-                    Some(me) => {
-                        let top = snap.tiles[..me].iter().map(|t| t.height).sum();
-                        let rect = (top, 0, snap.tiles[me].height, mosaic.width);
-                        outlined(mosaic, rect)
-                    }
+            // The users' frames themselves, in order: only a highlighted tile
+            // is copied, to draw its border.
+            Layout::Vertical => match highlight {
+                None => stack_vertically(&snap.tiles, limit).map_err(failed)?,
+                Some(me) => {
+                    let mut tiles = snap.tiles.clone();
+                    let own = &tiles[me];
+                    let rect = (0, 0, own.height, own.width);
+                    tiles[me] = outlined(own.clone(), rect);
+                    stack_vertically(&tiles, limit).map_err(failed)?
                 }
-            }
+            },
             Layout::Horizontal => {
                 let mosaic = stack_horizontally(&snap.tiles, limit).map_err(failed)?;
                 match highlight {
@@ -106,7 +107,7 @@ impl VideoChatExecutor {
 
 /// `mosaic` with a border inside the rectangle `(top, left, height, width)`.
 fn outlined(mosaic: Frame, rect: (usize, usize, usize, usize)) -> Frame {
-    let mut m = BytesMut::from(mosaic.pixels);
+    let mut m = BytesMut::from(mosaic.pixels.into_contiguous());
     draw_border(&mut m, mosaic.width, rect);
     Frame::new(m.freeze(), mosaic.height, mosaic.width)
 }

@@ -3,7 +3,7 @@
 //! stored, so the viewer is not in the room.
 
 use vchat_core::value::Kind;
-use vchat_core::{Document, Error, Tensor};
+use vchat_core::{Document, Error};
 
 use super::cache::Snapshot;
 use super::config::{PARTICIPANTS_TAG, VIEWER_TAG};
@@ -54,13 +54,14 @@ impl VideoChatExecutor {
         };
         match output {
             Encoding::Raw => {
-                let t = Tensor::image(mosaic.height, mosaic.width, 3, mosaic.pixels)
+                let t = mosaic
+                    .into_tensor()
                     .map_err(|e| self.reject(format!("internal: {e}")))?;
                 doc.set_tensor(t);
             }
             Encoding::Jpeg => {
                 let j = vchat_core::jpeg::encode_bgr(
-                    &mosaic.pixels,
+                    mosaic.bytes(),
                     mosaic.height,
                     mosaic.width,
                     self.quality,

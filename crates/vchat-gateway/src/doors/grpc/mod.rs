@@ -20,10 +20,9 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 use vchat_core::config::StreamMode;
-use vchat_core::proto::{Envelope, reply_into_proto, request_from_proto};
+use vchat_core::proto::{Envelope, WireReply, reply_into_wire, request_from_proto};
 use vchat_core::wire::{GrpcMessages, grpc_response};
 use vchat_core::{Error, Reply};
-use vchat_proto::DataRequestProto;
 
 use crate::conn::ConnInfo;
 use crate::session::access::{status_of, until_replaced};
@@ -43,15 +42,13 @@ pub const PREFETCH_METADATA: &str = "__prefetch__";
 /// The requests of one `Call` stream, decoded.
 pub type Inbounds = futures::stream::BoxStream<'static, Result<Inbound, Status>>;
 
-type Responses = futures::stream::BoxStream<'static, Result<DataRequestProto, Status>>;
+type Responses = futures::stream::BoxStream<'static, Result<WireReply, Status>>;
 
 /// The responses of one stream: the stream's session lives as long as they do.
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<DataRequestProto, Status>> + Send>>;
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WireReply, Status>> + Send>>;
 
 /// A future of a single-response stream.
-fn single(
-    item: Result<DataRequestProto, Status>,
-) -> futures::future::BoxFuture<'static, Responses> {
+fn single(item: Result<WireReply, Status>) -> futures::future::BoxFuture<'static, Responses> {
     futures::future::ready(futures::stream::once(futures::future::ready(item)).boxed()).boxed()
 }
 
@@ -188,7 +185,7 @@ fn answer(
     // this stream is answered as skipped, unprocessed.
     if mode == StreamMode::SendReceive && !session.admit_frame() {
         let reply = Reply::skipped("over the stream's max_fps");
-        return single(Ok(reply_into_proto(
+        return single(Ok(reply_into_wire(
             Envelope::of_header(envelope.header),
             reply,
         )));
@@ -196,7 +193,7 @@ fn answer(
     if mode == StreamMode::Receive {
         let replies = session
             .respond(request)
-            .map(move |reply| Ok(reply_into_proto(envelope.clone(), reply)));
+            .map(move |reply| Ok(reply_into_wire(envelope.clone(), reply)));
         return futures::future::ready(replies.boxed()).boxed();
     }
     // Processed inside the future, so that `buffered` runs up to `prefetch`
@@ -216,10 +213,10 @@ fn respond(
     reply: Reply,
     started: Instant,
     size_in: usize,
-) -> DataRequestProto {
+) -> WireReply {
     let endpoint = envelope.endpoint().to_string();
     let failed = reply.is_error();
-    let resp = reply_into_proto(envelope, reply);
+    let resp = reply_into_wire(envelope, reply);
     session.record(&endpoint, started, failed, size_in, resp.encoded_len());
     resp
 }

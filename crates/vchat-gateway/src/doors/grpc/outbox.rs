@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 use vchat_core::budget::Held;
-use vchat_core::proto::{SKIPPED_PARAMETER, bool_value, is_error, is_skipped};
-use vchat_core::wire::encode_grpc_message;
+use vchat_core::proto::{SKIPPED_PARAMETER, WireReply, bool_value, is_error, is_skipped};
 use vchat_proto::DataRequestProto;
 use vchat_proto::docarray::document_proto::Content;
 use vchat_proto::jina::data_request_proto::data_content_proto::Documents;
@@ -48,7 +47,7 @@ struct Entry {
     chunks: VecDeque<Bytes>,
     /// The response while it may still be replaced: a frame the peer has not
     /// begun to take. Its pixels are the same bytes as `chunks`', not a copy.
-    replaceable: Option<DataRequestProto>,
+    replaceable: Option<WireReply>,
 }
 
 struct State {
@@ -97,7 +96,7 @@ pub(crate) fn body<S>(
     dropped: OnDropped,
 ) -> OutboxBody
 where
-    S: Stream<Item = Result<DataRequestProto, Status>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<WireReply, Status>> + Send + Unpin + 'static,
 {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -125,7 +124,7 @@ async fn produce<S>(
     close: Option<CancellationToken>,
     dropped: OnDropped,
 ) where
-    S: Stream<Item = Result<DataRequestProto, Status>> + Unpin,
+    S: Stream<Item = Result<WireReply, Status>> + Unpin,
 {
     let far = || later(Instant::now(), Duration::from_secs(86400 * 365));
     let (end, discard) = loop {
@@ -147,7 +146,7 @@ async fn produce<S>(
         tokio::select! {
             item = responses.next(), if room => {
                 let end = match item {
-                    Some(Ok(msg)) => match encode_grpc_message(&msg) {
+                    Some(Ok(msg)) => match msg.encode() {
                         Ok(chunks) => {
                             let mut st = shared.lock();
                             if st.entries.is_empty() {
@@ -155,7 +154,7 @@ async fn produce<S>(
                             }
                             let chunks = VecDeque::from(chunks);
                             st.bytes += chunks.iter().map(Bytes::len).sum::<usize>();
-                            let replaceable = is_frame(&msg).then_some(msg);
+                            let replaceable = is_frame(msg.proto()).then_some(msg);
                             if !chunks.is_empty() {
                                 st.entries.push_back(Entry { chunks, replaceable });
                             }
@@ -266,17 +265,24 @@ fn supersede(st: &mut State, budget: usize) -> u64 {
             break;
         }
         let entry = &mut st.entries[i];
-        let Some(mut msg) = entry.replaceable.take() else {
+        let Some(msg) = entry.replaceable.take() else {
             continue;
         };
-        msg.data = None;
-        msg.parameters
+        let frame = msg.proto();
+        let mut skipped = DataRequestProto {
+            header: frame.header.clone(),
+            parameters: frame.parameters.clone(),
+            routes: frame.routes.clone(),
+            data: None,
+        };
+        skipped
+            .parameters
             .get_or_insert_with(Default::default)
             .fields
             .insert(SKIPPED_PARAMETER.to_string(), bool_value(true));
         // A reply without documents encodes to a few hundred bytes; should it
         // fail, the frame goes out as it was.
-        let Ok(chunks) = encode_grpc_message(&msg) else {
+        let Ok(chunks) = WireReply::from(skipped).encode() else {
             continue;
         };
         let old: usize = entry.chunks.iter().map(Bytes::len).sum();
@@ -353,14 +359,14 @@ mod tests {
     use http_body_util::BodyExt;
     use vchat_proto::StatusProto;
 
-    fn response(n: usize) -> Result<DataRequestProto, Status> {
-        Ok(DataRequestProto {
+    fn response(n: usize) -> Result<WireReply, Status> {
+        Ok(WireReply::from(vchat_proto::DataRequestProto {
             header: Some(vchat_proto::HeaderProto {
                 request_id: "x".repeat(n),
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[tokio::test]
@@ -428,12 +434,16 @@ mod tests {
     }
 
     /// A response carrying a frame of `n` bytes, with `id` as its request id.
-    fn frame(id: usize, n: usize) -> Result<DataRequestProto, Status> {
+    fn frame(id: usize, n: usize) -> Result<WireReply, Status> {
+        Ok(WireReply::from(frame_proto(id, n)))
+    }
+
+    fn frame_proto(id: usize, n: usize) -> DataRequestProto {
         let doc = vchat_proto::DocumentProto {
             content: Some(Content::Blob(Bytes::from(vec![id as u8; n]))),
             ..Default::default()
         };
-        Ok(DataRequestProto {
+        DataRequestProto {
             header: Some(vchat_proto::HeaderProto {
                 request_id: id.to_string(),
                 ..Default::default()
@@ -444,7 +454,7 @@ mod tests {
                 })),
             }),
             ..Default::default()
-        })
+        }
     }
 
     fn decode_all(mut bytes: Bytes) -> Vec<DataRequestProto> {
@@ -511,12 +521,12 @@ mod tests {
             if i % 2 == 0 {
                 frame(i, 10_000)
             } else {
-                let mut r = frame(i, 10_000).unwrap();
+                let mut r = frame_proto(i, 10_000);
                 r.header.as_mut().unwrap().status = Some(StatusProto {
                     code: vchat_proto::jina::status_proto::StatusCode::Error as i32,
                     ..Default::default()
                 });
-                Ok(r)
+                Ok(WireReply::from(r))
             }
         }));
         let limits = QueueLimits {
