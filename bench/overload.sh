@@ -7,19 +7,23 @@
 # gateway's vchat_requests_total minus vchat_frames_dropped_total), p50/p99.
 #   A=/path/to/old/vchat B=target/release/vchat bench/overload.sh
 #   POINTS="20x30 40x30 20x60" RUNS=3 SECS=8 bench/overload.sh
+#   A_ARGS="--max-outbox-bytes 1099511627776" bench/overload.sh   # one binary, bound off in A
 # The load generator multiplexes its users over one connection from one address:
 # the Flow allows 1024 (--max-streams-per-ip, --max-concurrent-streams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:-target/release/vchat} B=${B:-target/release/vchat}
+A_ARGS=${A_ARGS:-} B_ARGS=${B_ARGS:-}
 POINTS=${POINTS:-20x30 40x30 20x60} RUNS=${RUNS:-3} SECS=${SECS:-8}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-run() { # BIN USERS FPS -> "peak_MB rate target mosaics_per_s p50 p99"
+run() { # BIN USERS FPS ARGS -> "peak_MB rate target mosaics_per_s p50 p99"
     local bin=$1 users=$2 fps=$3
+    local -a extra
+    read -r -a extra <<<"$4"
     rm -f "$OUT/flow.out"
     "$bin" flow --uses flow.yml --host 127.0.0.1 --port 0 --port-monitoring 0 \
-        --max-streams-per-ip 1024 --max-concurrent-streams 1024 \
+        --max-streams-per-ip 1024 --max-concurrent-streams 1024 "${extra[@]}" \
         >"$OUT/flow.out" 2>"$OUT/flow.log" &
     local pid=$!
     until grep -q '^vchat: listening on' "$OUT/flow.out" 2>/dev/null; do sleep 0.01; done
@@ -47,8 +51,8 @@ for point in $POINTS; do
     users=${point%x*} fps=${point#*x}
     for i in $(seq "$RUNS"); do
         for side in A B; do
-            bin=${!side}
-            row=$(run "$bin" "$users" "$fps")
+            bin=${!side} args_var=${side}_ARGS
+            row=$(run "$bin" "$users" "$fps" "${!args_var}")
             echo "$point $side run $i: peak_MB rate target mosaics/s p50 p99 = $row" >&2
             rows[$point.$side]+="$row"$'\n'
         done
