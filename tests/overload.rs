@@ -159,8 +159,8 @@ async fn slow_readers_get_the_newest_mosaic_and_memory_stays_flat() {
     let dropped = metric_reaches(&flow, "vchat_frames_dropped_total", 1.0).await;
 
     // Without the bound each slow stream holds mosaics up to
-    // max_stream_queue_bytes (8 MiB) and 8 MiB of requests it no longer reads:
-    // about a hundred MiB here. With it, about two mosaics each.
+    // max_stream_queue_bytes (8 MiB) and stops reading its requests, which wait
+    // in its HTTP/2 window: over 50 MiB here. With it, about two mosaics each.
     let grown_mib = peak_rss_kib(pid).saturating_sub(baseline) / 1024;
     assert!(
         grown_mib < 48,
