@@ -7,9 +7,11 @@
 # (network namespaces; Debian's minimal images lack it). Does nothing when they are all there
 # already. TLS (rustls with ring) and JPEG (zune-jpeg, jpeg-encoder)
 # are Rust crates: ring's C parts build with the compiler installed here.
+# OpenH264 (the WebRTC door's H.264) builds from the `openh264` crate's own C++
+# source with g++, and its SIMD assembly with nasm (without nasm it builds, slower).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick iproute2)
+packages=(libopencv-dev clang libclang-dev xvfb xauth chromium imagemagick iproute2 g++ nasm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -3,6 +3,9 @@
 //! `vchat-client`, and the WebSocket's handling of bad input, origins, limits
 //! and TLS, from a plain WebSocket client.
 //!
+//! The pages here use the WebSocket (`?transport=ws`); the WebRTC transport has
+//! its own tests in webrtc.rs.
+//!
 //! Screenshots and the pages' last mosaics are kept in target/e2e/browser-*/.
 
 use std::path::Path;
@@ -97,7 +100,7 @@ async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
     let ann = Page::open(
         &cdp,
         "ann",
-        &format!("{web}/?user=ann&room=r1&autojoin=1&fps=10"),
+        &format!("{web}/?user=ann&room=r1&autojoin=1&fps=10&transport=ws"),
     )
     .await;
     ann.wait_for("a first mosaic", "vchat.frames > 0", BROWSER_PATIENCE)
@@ -105,7 +108,7 @@ async fn two_browser_tabs_and_a_grpc_client_share_a_room() {
     let bob = Page::open(
         &cdp,
         "bob",
-        &format!("{web}/?user=bob&room=r1&autojoin=1&fps=10"),
+        &format!("{web}/?user=bob&room=r1&autojoin=1&fps=10&transport=ws"),
     )
     .await;
     bob.wait_for(
@@ -272,7 +275,7 @@ async fn a_page_whose_camera_is_denied_says_so_and_sends_nothing() {
     let dora = Page::open(
         &cdp,
         "dora",
-        &format!("{}/?user=dora&autojoin=1", flow.web_url()),
+        &format!("{}/?user=dora&autojoin=1&transport=ws", flow.web_url()),
     )
     .await;
     let s = dora
@@ -668,7 +671,12 @@ async fn the_page_streams_over_https_and_wss_with_the_flows_certificate() {
     assert!(web.starts_with("https://127.0.0.1:"), "{web}");
     let chromium = Chromium::launch_accepting_any_certificate(&dir);
     let cdp = chromium.connect().await;
-    let jo = Page::open(&cdp, "jo", &format!("{web}/?user=jo&room=tls&autojoin=1")).await;
+    let jo = Page::open(
+        &cdp,
+        "jo",
+        &format!("{web}/?user=jo&room=tls&autojoin=1&transport=ws"),
+    )
+    .await;
     let s = jo
         .wait_for("a mosaic over wss", "vchat.frames > 2", BROWSER_PATIENCE)
         .await;

@@ -71,6 +71,14 @@ impl Chromium {
         )
     }
 
+    /// [`launch`](Self::launch) with `extra` command-line switches (e.g.
+    /// `--allow-loopback-in-peer-connection` for WebRTC on 127.0.0.1).
+    pub fn launch_with(dir: &Path, extra: &[&str]) -> Chromium {
+        let mut args = vec!["--use-fake-ui-for-media-stream"];
+        args.extend_from_slice(extra);
+        Chromium::start(dir, &args)
+    }
+
     fn start(dir: &Path, extra: &[&str]) -> Chromium {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).unwrap();

@@ -16,6 +16,7 @@ use vchat_proto::{JinaInfoProto, StatusProto};
 
 use crate::conn::{self, ConnLimits};
 use crate::doors::grpc::{GrpcDoor, JinaRpcServer};
+use crate::doors::webrtc::{WebRtcDoor, WebRtcOptions};
 use crate::doors::websocket::{self, WebOptions, WebSocketDoor};
 use crate::error::GatewayError;
 use crate::flow::FlowRuntime;
@@ -80,6 +81,7 @@ pub struct Gateway {
     tls: Option<(Vec<u8>, Vec<u8>)>,
     monitoring: Option<TcpListener>,
     web: Option<(TcpListener, WebOptions)>,
+    webrtc: Option<(tokio::net::UdpSocket, WebRtcOptions)>,
     metrics: Arc<Metrics>,
     access: Arc<Access>,
 }
@@ -96,6 +98,7 @@ impl Gateway {
             tls: None,
             monitoring: None,
             web: None,
+            webrtc: None,
             metrics,
             access: Access::open(),
         }
@@ -138,6 +141,13 @@ impl Gateway {
     /// WebSocket at `/ws` (see [`websocket`]), over TLS when [`tls`](Self::tls) is set.
     pub fn web(mut self, listener: TcpListener, options: WebOptions) -> Self {
         self.web = Some((listener, options));
+        self
+    }
+
+    /// Serves the WebRTC door (see [`crate::doors::webrtc`]) on `socket`, its
+    /// signalling on the browser side's port: only with [`web`](Self::web).
+    pub fn webrtc(mut self, socket: tokio::net::UdpSocket, options: WebRtcOptions) -> Self {
+        self.webrtc = Some((socket, options));
         self
     }
 
@@ -193,8 +203,14 @@ impl Gateway {
                     Some((cert, key)) => Some(tls_acceptor(cert, key)?),
                     None => None,
                 };
-                let web =
+                let max_fps = options.max_fps;
+                let mut web =
                     WebSocketDoor::new(&sessions, options, shutdown.clone(), acceptor.is_some());
+                if let Some((socket, options)) = self.webrtc {
+                    let door =
+                        WebRtcDoor::start(&sessions, socket, options, max_fps, shutdown.clone())?;
+                    web = web.with_webrtc(door);
+                }
                 Some(tokio::spawn(websocket::serve(
                     listener,
                     acceptor,

@@ -7,7 +7,9 @@
 // reply, so a slow network or server never builds a backlog.
 //
 // URL parameters: user, room, autojoin=1, fps (frames per second sent, capped by
-// the server), w and h (size of the frames sent), quality (JPEG, 0.1 to 1).
+// the server), w and h (size of the frames sent), quality (JPEG, 0.1 to 1),
+// transport (ws: WebSocket only; webrtc: WebRTC only; default WebRTC, falling
+// back to the WebSocket; see webrtc.js).
 // State for tests and for the curious: window.vchat.
 'use strict';
 (() => {
@@ -62,6 +64,7 @@
     inFlight: 0, fps: 0, latencyMs: null, maxFps: null, reconnects: 0,
     lastMosaic: null, // {width, height, participants, seq, bytes}
     lastError: null, message: '', notices: [], hello: null, closes: [],
+    transport: null, // webrtc | websocket
     join, leave,
     // The newest mosaic JPEG, base64, or null.
     lastMosaicBase64() {
@@ -97,7 +100,7 @@
   setInterval(() => {
     const now = performance.now();
     while (recvTimes.length && now - recvTimes[0] > 2000) recvTimes.shift();
-    vchat.fps = recvTimes.length / 2;
+    if (vchat.transport !== 'webrtc') vchat.fps = recvTimes.length / 2;
     showStatus();
   }, 500);
 
@@ -181,12 +184,22 @@
     clearTimeout(pumpTimer);
     if (ws) ws.close(1000, reason || 'left');
     ws = null;
+    if (window.vchatRtc) window.vchatRtc.close(reason || 'left');
     stopCamera();
     setState('left');
   }
 
   function connect() {
     clearTimeout(reconnectTimer);
+    // WebRTC first when the browser has it (webrtc.js); the WebSocket when
+    // it fails or with ?transport=ws.
+    if (window.vchatRtc && window.vchatRtc.wanted()) {
+      window.vchatRtc.connect({
+        camera, token, fps: WANTED_FPS, isJoined: () => joined, setState, say, fail, fallback: connect,
+      });
+      return;
+    }
+    if (window.vchatRtc) window.vchatRtc.showTransport('websocket');
     const q = new URLSearchParams();
     if (vchat.user) q.set('user', vchat.user);
     if (vchat.room) q.set('room', vchat.room);
@@ -365,7 +378,10 @@
   }
   // Closing the tab ends the stream at once: the others' mosaics drop this user
   // without waiting for the server's idle timeout.
-  window.addEventListener('pagehide', () => { if (ws) ws.close(1000, 'tab closed'); });
+  window.addEventListener('pagehide', () => {
+    if (ws) ws.close(1000, 'tab closed');
+    if (window.vchatRtc) window.vchatRtc.close('tab closed');
+  });
 
   ui.user.value = params.get('user') || '';
   ui.room.value = params.get('room') || '';

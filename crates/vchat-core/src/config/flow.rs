@@ -50,6 +50,14 @@ pub const DEFAULT_METRICS_MAX_ROOMS: usize = 64;
 /// metrics name rooms and count users.
 pub const DEFAULT_MONITORING_HOST: &str = "127.0.0.1";
 
+/// Default most WebRTC peer connections open at once on one gateway.
+pub const DEFAULT_WEBRTC_MAX_PEERS: usize = 64;
+/// Default seconds a WebRTC peer has to complete ICE and DTLS after its offer
+/// is answered; then it is dropped and its stream freed.
+pub const DEFAULT_WEBRTC_CONNECT_TIMEOUT_S: f64 = 10.0;
+/// Default largest SDP offer accepted on `POST /whip`, in bytes.
+pub const DEFAULT_WEBRTC_MAX_SDP_BYTES: usize = 32 * 1024;
+
 /// The gateway protocols a Flow may name in `with.protocol`.
 pub const PROTOCOLS: [&str; 2] = ["grpc", "websocket"];
 
@@ -187,6 +195,41 @@ pub struct FlowWith {
     /// reaches the gateway joins any room under any name.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// The WebRTC door (`POST /whip` on `port_http`), served with the browser
+    /// side; absent: on, with the defaults of [`WebRtcWith`].
+    #[serde(default)]
+    pub webrtc: Option<WebRtcWith>,
+}
+
+/// `with.webrtc` of a Flow: the browser's camera over WebRTC (H.264 both ways),
+/// signalled on the browser side's HTTP port.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcWith {
+    /// Serve WebRTC beside the WebSocket; default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// UDP port of every peer connection (one socket for all); 0 or absent:
+    /// a free port picked at start and logged.
+    #[serde(default)]
+    pub udp_port: Option<u16>,
+    /// The address peers reach the UDP port at, for a server behind NAT (the
+    /// port forwarded as is); absent: the address each browser reached the
+    /// HTTP port at.
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    /// Most peer connections open at once; one more is answered 503. Default
+    /// [`DEFAULT_WEBRTC_MAX_PEERS`].
+    #[serde(default)]
+    pub max_peers: Option<usize>,
+    /// Seconds a peer has to complete ICE and DTLS once answered; then it is
+    /// dropped. Default [`DEFAULT_WEBRTC_CONNECT_TIMEOUT_S`].
+    #[serde(default)]
+    pub connect_timeout_s: Option<f64>,
+    /// Largest SDP offer, in bytes; a larger one is answered 413. Default
+    /// [`DEFAULT_WEBRTC_MAX_SDP_BYTES`].
+    #[serde(default)]
+    pub max_sdp_bytes: Option<usize>,
 }
 
 /// `with.auth` of a Flow.

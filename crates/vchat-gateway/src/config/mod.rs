@@ -20,6 +20,7 @@ use vchat_core::config::{
 };
 
 use crate::conn::ConnLimits;
+use crate::doors::webrtc::WebRtcOptions;
 use crate::doors::websocket::WebOptions;
 use crate::flow::FlowRuntime;
 use crate::server::Gateway;
@@ -86,6 +87,8 @@ pub struct GatewayConfig {
     pub tls: Option<TlsFiles>,
     /// The browser side: its port and settings.
     pub web: Option<(u16, WebOptions)>,
+    /// The WebRTC door, served with the browser side.
+    pub webrtc: Option<WebRtcOptions>,
     /// The metrics address and port, when monitoring is on.
     pub monitoring: Option<(String, u16)>,
     /// The verifier of access tokens; `None`: the gateway is open, and names
@@ -107,6 +110,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// Where the browser side listens.
     pub web: Option<SocketAddr>,
+    /// The WebRTC door's UDP socket.
+    pub webrtc: Option<SocketAddr>,
     /// Where the metrics listen.
     pub metrics: Option<SocketAddr>,
 }
@@ -227,6 +232,10 @@ impl GatewayConfig {
             };
             (cli.http_port.or(with.port_http).unwrap_or(0), options)
         });
+        let webrtc = match (&web, with.webrtc.clone().unwrap_or_default()) {
+            (Some(_), w) if w.enabled.unwrap_or(true) => Some(webrtc_options(&w)?),
+            _ => None,
+        };
         let monitoring =
             (cli.port_monitoring.is_some() || with.monitoring.unwrap_or(false)).then(|| {
                 let host = cli
@@ -251,6 +260,7 @@ impl GatewayConfig {
             connections,
             tls,
             web,
+            webrtc,
             monitoring,
             auth,
             max_memory_mb,
@@ -280,6 +290,17 @@ impl GatewayConfig {
             web = Some(w.local_addr().map_err(|e| e.to_string())?);
             gateway = gateway.web(w, options.clone());
         }
+        let mut webrtc = None;
+        if let Some(options) = self.webrtc.as_ref().filter(|_| web.is_some()) {
+            let port = options.udp_port;
+            let udp = tokio::net::UdpSocket::bind((host, port))
+                .await
+                .map_err(|e| {
+                    format!("cannot bind UDP {host}:{port} for WebRTC (webrtc.udp_port): {e}")
+                })?;
+            webrtc = Some(udp.local_addr().map_err(|e| e.to_string())?);
+            gateway = gateway.webrtc(udp, options.clone());
+        }
         if let Some(tls) = &self.tls {
             gateway = gateway.tls(tls.cert_pem.clone(), tls.key_pem.clone());
         }
@@ -304,9 +325,34 @@ impl GatewayConfig {
             listener,
             grpc,
             web,
+            webrtc,
             metrics,
         })
     }
+}
+
+/// The WebRTC door's settings from `with.webrtc`, checked.
+fn webrtc_options(w: &vchat_core::config::WebRtcWith) -> Result<WebRtcOptions, String> {
+    let d = WebRtcOptions::default();
+    let public_ip = match &w.public_ip {
+        Some(ip) => Some(
+            ip.trim()
+                .parse()
+                .map_err(|_| format!("webrtc.public_ip must be an IP address, got {ip:?}"))?,
+        ),
+        None => None,
+    };
+    let connect_timeout = match w.connect_timeout_s {
+        Some(s) => seconds("webrtc.connect_timeout_s", s)?,
+        None => d.connect_timeout,
+    };
+    Ok(WebRtcOptions {
+        udp_port: w.udp_port.unwrap_or(d.udp_port),
+        public_ip,
+        max_peers: w.max_peers.unwrap_or(d.max_peers),
+        connect_timeout,
+        max_sdp_bytes: w.max_sdp_bytes.unwrap_or(d.max_sdp_bytes).max(1),
+    })
 }
 
 #[cfg(test)]
@@ -364,6 +410,52 @@ mod tests {
         };
         let c = GatewayConfig::resolve(&FlowWith::default(), &cli).unwrap();
         assert!(c.web.is_some());
+        assert!(c.webrtc.is_some(), "WebRTC comes with the browser side");
         assert_eq!(c.monitoring, Some((DEFAULT_MONITORING_HOST.to_string(), 0)));
+    }
+
+    #[test]
+    fn webrtc_settings_are_checked() {
+        let cli = Overrides {
+            http_port: Some(0),
+            ..Default::default()
+        };
+        let mut with = FlowWith {
+            webrtc: Some(vchat_core::config::WebRtcWith {
+                public_ip: Some("not an ip".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = GatewayConfig::resolve(&with, &cli).unwrap_err();
+        assert!(e.contains("webrtc.public_ip"), "{e}");
+        with.webrtc = Some(vchat_core::config::WebRtcWith {
+            public_ip: Some("203.0.113.7".into()),
+            udp_port: Some(40000),
+            connect_timeout_s: Some(3.0),
+            ..Default::default()
+        });
+        let c = GatewayConfig::resolve(&with, &cli).unwrap();
+        let w = c.webrtc.unwrap();
+        assert_eq!(w.udp_port, 40000);
+        assert_eq!(w.public_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(w.connect_timeout, Duration::from_secs(3));
+        assert_eq!(w.max_peers, vchat_core::config::DEFAULT_WEBRTC_MAX_PEERS);
+        with.webrtc = Some(vchat_core::config::WebRtcWith {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        assert!(
+            GatewayConfig::resolve(&with, &cli)
+                .unwrap()
+                .webrtc
+                .is_none()
+        );
+        with.webrtc = Some(vchat_core::config::WebRtcWith {
+            connect_timeout_s: Some(0.0),
+            ..Default::default()
+        });
+        let e = GatewayConfig::resolve(&with, &cli).unwrap_err();
+        assert!(e.contains("webrtc.connect_timeout_s"), "{e}");
     }
 }

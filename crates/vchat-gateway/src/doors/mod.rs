@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | gRPC, `jina.JinaRPC/Call` | [`grpc`] | `port` |
 //! | WebSocket (the browser page) | [`websocket`] | `port_http` |
+//! | WebRTC (the browser page, H.264) | [`webrtc`] | `port_http` (`/whip`), `webrtc.udp_port` |
 
 pub mod grpc;
+pub mod webrtc;
 pub mod websocket;

@@ -7,6 +7,7 @@
 //! | `GET /` | the web client (`web/index.html` and `web/app.js`, built into the binary) |
 //! | `GET /ws?user=NAME&room=ROOM` | the WebSocket; `room` is optional (the shared room) |
 //! | `GET /ws?access_token=TOKEN` | the WebSocket of a Flow with `with.auth`: user and room are the token's |
+//! | `GET /webrtc.js`, `/whip...` | the WebRTC door's script and signalling (see [`super::webrtc`]) |
 //!
 //! # Wire format
 //!
@@ -49,6 +50,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -64,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vchat_core::config::DEFAULT_WEBSOCKET_MAX_FPS;
 
+use super::webrtc::{WEBRTC_JS, WHIP_PATH, WebRtcDoor};
 use crate::session::{Credentials, Door, RateLimit, Refused, Sessions};
 
 mod messages;
@@ -115,6 +119,7 @@ pub(crate) struct WebSocketDoor {
     options: WebOptions,
     shutdown: CancellationToken,
     tls: bool,
+    webrtc: Option<Arc<WebRtcDoor>>,
 }
 
 impl WebSocketDoor {
@@ -129,7 +134,14 @@ impl WebSocketDoor {
             options,
             shutdown,
             tls,
+            webrtc: None,
         }
+    }
+
+    /// Also serves the WebRTC door's signalling (`/whip`) and script.
+    pub(crate) fn with_webrtc(mut self, webrtc: Arc<WebRtcDoor>) -> Self {
+        self.webrtc = Some(webrtc);
+        self
     }
 
     /// Largest frame accepted: the smaller of the two message limits.
@@ -154,13 +166,14 @@ pub(crate) async fn serve(
         };
         // Small messages (status, mosaics' tails) must not wait for delayed ACKs.
         let _ = sock.set_nodelay(true);
+        let local = sock.local_addr().ok();
         let (web, tls, inner) = (web.clone(), tls.clone(), tracker.clone());
         tracker.spawn(async move {
             match tls {
-                None => serve_connection(sock, peer, web, inner).await,
+                None => serve_connection(sock, peer, local, web, inner).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                        Ok(Ok(s)) => serve_connection(s, peer, web, inner).await,
+                        Ok(Ok(s)) => serve_connection(s, peer, local, web, inner).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -172,15 +185,27 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, web: Arc<WebSocketDoor>, tracker: TaskTracker)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    web: Arc<WebSocketDoor>,
+    tracker: TaskTracker,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
         let web = web.clone();
-        hyper::service::service_fn(move |req| {
-            let response = web.handle(req, peer, &tracker);
-            async move { Ok::<_, Infallible>(response) }
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let path = req.uri().path();
+            let whip = path == WHIP_PATH || path.starts_with(&format!("{WHIP_PATH}/"));
+            let response: BoxFuture<'static, Response<Body>> = match web.webrtc.clone() {
+                Some(webrtc) if whip => {
+                    async move { webrtc.handle(req, peer, local).await }.boxed()
+                }
+                _ => futures::future::ready(web.handle(req, peer, &tracker)).boxed(),
+            };
+            async move { Ok::<_, Infallible>(response.await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -265,6 +290,7 @@ impl WebSocketDoor {
                 r
             }
             "/app.js" => respond(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+            "/webrtc.js" => respond(StatusCode::OK, "text/javascript; charset=utf-8", WEBRTC_JS),
             WS_PATH => self.upgrade(req, peer, tracker),
             _ => plain(
                 StatusCode::NOT_FOUND,

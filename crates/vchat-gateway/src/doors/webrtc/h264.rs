@@ -1,0 +1,410 @@
+//! H.264 both ways with OpenH264: the size a peer's stream announces (its
+//! sequence parameter set) checked before the decoder allocates for it, a
+//! decoded picture as a BGR frame, and a BGR mosaic as an encoded picture.
+
+use bytes::Bytes;
+use openh264::OpenH264API;
+use openh264::decoder::{Decoder, DecoderConfig};
+use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, UsageType};
+use openh264::formats::{BgrSliceU8, YUVBuffer, YUVSource};
+use vchat_core::Tensor;
+
+/// Bits per second the mosaic is encoded at, per pixel of a 30 fps picture:
+/// 640x480 at about 1.2 Mbit/s, plenty for a mosaic of faces.
+const BITS_PER_PIXEL_SECOND: u64 = 4;
+/// Encoder bit rate bounds, bits per second.
+const MIN_BITRATE: u64 = 200_000;
+const MAX_BITRATE: u64 = 8_000_000;
+/// The frame rate the encoder's rate control plans for.
+const ENCODER_FPS: f32 = 30.0;
+
+/// The NAL units of an Annex B byte stream (start codes removed).
+pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        // Skip to the byte after the next 00 00 01.
+        loop {
+            let start = rest.windows(3).position(|w| w == [0, 0, 1])?;
+            rest = &rest[start + 3..];
+            let end = rest
+                .windows(3)
+                .position(|w| w == [0, 0, 1] || w == [0, 0, 0])
+                .unwrap_or(rest.len());
+            let unit = &rest[..end];
+            rest = &rest[end..];
+            if !unit.is_empty() {
+                return Some(unit);
+            }
+        }
+    })
+}
+
+/// Reads the bits of an RBSP (emulation prevention bytes removed).
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+    zeros: usize,
+    byte: usize,
+    cur: u8,
+    left: u8,
+}
+
+impl<'a> Bits<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Bits {
+            data,
+            pos: 0,
+            zeros: 0,
+            byte: 0,
+            cur: 0,
+            left: 0,
+        }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        if self.left == 0 {
+            let mut b = *self.data.get(self.byte)?;
+            self.byte += 1;
+            if self.zeros >= 2 && b == 3 {
+                self.zeros = 0;
+                b = *self.data.get(self.byte)?;
+                self.byte += 1;
+            }
+            self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
+            self.cur = b;
+            self.left = 8;
+            self.pos += 1;
+        }
+        self.left -= 1;
+        Some(u32::from((self.cur >> self.left) & 1))
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some((acc << 1) | self.bit()?))
+    }
+
+    /// Unsigned Exp-Golomb; at most 31 leading zeros (a 32-bit value).
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let v = (1u64 << zeros) - 1 + u64::from(self.bits(zeros)?);
+        u32::try_from(v).ok()
+    }
+
+    fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+/// Width and height of the pictures a sequence parameter set (a NAL unit of
+/// type 7, its header byte included) announces, cropping applied; `None` when
+/// it cannot be read.
+pub fn sps_dimensions(nal: &[u8]) -> Option<(usize, usize)> {
+    if nal.first()? & 0x1f != 7 {
+        return None;
+    }
+    let mut b = Bits::new(&nal[1..]);
+    let profile = b.bits(8)?;
+    b.bits(16)?; // constraint flags, level
+    b.ue()?; // seq_parameter_set_id
+    let mut chroma_format = 1;
+    if matches!(
+        profile,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format = b.ue()?;
+        if chroma_format > 3 {
+            return None;
+        }
+        if chroma_format == 3 {
+            b.bit()?; // separate_colour_plane_flag
+        }
+        b.ue()?; // bit_depth_luma_minus8
+        b.ue()?; // bit_depth_chroma_minus8
+        b.bit()?; // qpprime_y_zero_transform_bypass_flag
+        if b.bit()? == 1 {
+            let lists = if chroma_format == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if b.bit()? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + b.se()? + 256).rem_euclid(256);
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    b.ue()?; // log2_max_frame_num_minus4
+    match b.ue()? {
+        0 => {
+            b.ue()?;
+        }
+        1 => {
+            b.bit()?;
+            b.se()?;
+            b.se()?;
+            let cycle = b.ue()?;
+            if cycle > 255 {
+                return None;
+            }
+            for _ in 0..cycle {
+                b.se()?;
+            }
+        }
+        2 => {}
+        _ => return None,
+    }
+    b.ue()?; // max_num_ref_frames
+    b.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = u64::from(b.ue()?) + 1;
+    let height_units = u64::from(b.ue()?) + 1;
+    let frame_mbs_only = u64::from(b.bit()?);
+    if frame_mbs_only == 0 {
+        b.bit()?; // mb_adaptive_frame_field_flag
+    }
+    b.bit()?; // direct_8x8_inference_flag
+    let width = width_mbs * 16;
+    let height = height_units * 16 * (2 - frame_mbs_only);
+    let (mut crop_x, mut crop_y) = (0u64, 0u64);
+    if b.bit()? == 1 {
+        let (unit_x, unit_y) = match chroma_format {
+            1 => (2, 2 * (2 - frame_mbs_only)),
+            2 => (2, 2 - frame_mbs_only),
+            _ => (1, 2 - frame_mbs_only),
+        };
+        crop_x = (u64::from(b.ue()?) + u64::from(b.ue()?)) * unit_x;
+        crop_y = (u64::from(b.ue()?) + u64::from(b.ue()?)) * unit_y;
+    }
+    let w = width.checked_sub(crop_x).filter(|w| *w > 0)?;
+    let h = height.checked_sub(crop_y).filter(|h| *h > 0)?;
+    Some((usize::try_from(w).ok()?, usize::try_from(h).ok()?))
+}
+
+/// Why the pictures of a `w`x`h` stream are refused as BGR frames over
+/// `limit` bytes (`max_frame_bytes`).
+pub fn too_large(w: usize, h: usize, limit: usize) -> Option<String> {
+    match w.checked_mul(h).and_then(|p| p.checked_mul(3)) {
+        Some(n) if n <= limit => None,
+        n => Some(format!(
+            "the H.264 stream's pictures are {w}x{h}, {} bytes as BGR frames, over the \
+             limit of {limit} bytes (max_frame_bytes)",
+            n.map_or_else(|| "too many".to_string(), |n| n.to_string())
+        )),
+    }
+}
+
+/// Decodes one peer's H.264 into BGR frames, refusing pictures over the frame
+/// limit before the decoder sees their parameters.
+pub struct FrameDecoder {
+    decoder: Decoder,
+    limit: usize,
+    /// The last parameter set announced pictures over the limit: every access
+    /// unit is dropped until one within it.
+    refusing: Option<String>,
+}
+
+/// What became of one access unit.
+pub enum Decoded {
+    /// A picture, as a BGR frame.
+    Frame(Tensor),
+    /// Nothing yet (no complete picture).
+    Nothing,
+    /// Not decodable: a keyframe is needed.
+    Broken(String),
+    /// Over the frame limit: dropped undecoded.
+    TooLarge(String),
+}
+
+impl FrameDecoder {
+    pub fn new(limit: usize) -> Result<Self, String> {
+        let decoder = Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
+            .map_err(|e| format!("cannot start the H.264 decoder: {e}"))?;
+        Ok(FrameDecoder {
+            decoder,
+            limit,
+            refusing: None,
+        })
+    }
+
+    /// Decodes one access unit (Annex B).
+    pub fn decode(&mut self, au: &[u8]) -> Decoded {
+        for nal in nal_units(au) {
+            if nal.first().is_some_and(|h| h & 0x1f == 7) {
+                self.refusing = match sps_dimensions(nal) {
+                    Some((w, h)) => too_large(w, h, self.limit),
+                    None => Some("an unreadable H.264 sequence parameter set".to_string()),
+                };
+            }
+        }
+        if let Some(why) = &self.refusing {
+            return Decoded::TooLarge(why.clone());
+        }
+        let yuv = match self.decoder.decode(au) {
+            Ok(Some(yuv)) => yuv,
+            Ok(None) => return Decoded::Nothing,
+            Err(e) => return Decoded::Broken(e.to_string()),
+        };
+        let (w, h) = yuv.dimensions();
+        if let Some(why) = too_large(w, h, self.limit) {
+            return Decoded::TooLarge(why);
+        }
+        let mut pixels = vec![0u8; w * h * 3];
+        yuv.write_rgb8(&mut pixels);
+        for px in pixels.chunks_exact_mut(3) {
+            px.swap(0, 2);
+        }
+        match Tensor::image(h, w, 3, Bytes::from(pixels)) {
+            Ok(t) => Decoded::Frame(t),
+            Err(e) => Decoded::Broken(e.to_string()),
+        }
+    }
+}
+
+/// Encodes mosaics (BGR frames) for one peer.
+pub struct FrameEncoder {
+    encoder: Option<Encoder>,
+    size: (usize, usize),
+    keyframe: bool,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        FrameEncoder {
+            encoder: None,
+            size: (0, 0),
+            keyframe: true,
+        }
+    }
+}
+
+impl FrameEncoder {
+    /// The next picture is a keyframe (a peer joined, lost one, or asked).
+    pub fn want_keyframe(&mut self) {
+        self.keyframe = true;
+    }
+
+    /// One `h`x`w` BGR frame as an H.264 access unit (Annex B); odd sizes lose
+    /// their last row or column (4:2:0 needs even ones).
+    pub fn encode(&mut self, bgr: &[u8], h: usize, w: usize) -> Result<Vec<u8>, String> {
+        let (ew, eh) = (w & !1, h & !1);
+        if ew < 16 || eh < 16 || w.checked_mul(h).and_then(|p| p.checked_mul(3)) != Some(bgr.len())
+        {
+            return Err(format!("a mosaic of {w}x{h} cannot be encoded"));
+        }
+        if self.encoder.is_none() || self.size != (ew, eh) {
+            let bps = (ew as u64 * eh as u64 * BITS_PER_PIXEL_SECOND)
+                .clamp(MIN_BITRATE, MAX_BITRATE) as u32;
+            let config = EncoderConfig::new()
+                .bitrate(BitRate::from_bps(bps))
+                .max_frame_rate(FrameRate::from_hz(ENCODER_FPS))
+                .usage_type(UsageType::CameraVideoRealTime)
+                .skip_frames(false);
+            let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+                .map_err(|e| format!("cannot start the H.264 encoder: {e}"))?;
+            self.encoder = Some(encoder);
+            self.size = (ew, eh);
+            self.keyframe = true;
+        }
+        let cropped;
+        let pixels = if (ew, eh) == (w, h) {
+            bgr
+        } else {
+            cropped = bgr
+                .chunks_exact(w * 3)
+                .take(eh)
+                .flat_map(|row| &row[..ew * 3])
+                .copied()
+                .collect::<Vec<u8>>();
+            &cropped
+        };
+        let yuv = YUVBuffer::from_rgb_source(BgrSliceU8::new(pixels, (ew, eh)));
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Err("no encoder".into());
+        };
+        if std::mem::take(&mut self.keyframe) {
+            encoder.force_intra_frame();
+        }
+        let out = encoder.encode(&yuv).map_err(|e| e.to_string())?;
+        Ok(out.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn solid(w: usize, h: usize, bgr: [u8; 3]) -> Vec<u8> {
+        bgr.iter().copied().cycle().take(w * h * 3).collect()
+    }
+
+    #[test]
+    fn an_encoded_frame_decodes_to_its_size_and_colour() {
+        let mut enc = FrameEncoder::default();
+        let au = enc.encode(&solid(64, 48, [200, 30, 40]), 48, 64).unwrap();
+        let sps = nal_units(&au).find(|n| n[0] & 0x1f == 7).unwrap();
+        assert_eq!(sps_dimensions(sps), Some((64, 48)));
+        let mut dec = FrameDecoder::new(1 << 20).unwrap();
+        let Decoded::Frame(t) = dec.decode(&au) else {
+            panic!("no frame")
+        };
+        assert_eq!(t.frame_dims().unwrap(), (48, 64));
+        let px = &t.data()[(24 * 64 + 32) * 3..][..3];
+        for (got, want) in px.iter().zip([200u8, 30, 40]) {
+            assert!(got.abs_diff(want) < 20, "{px:?}");
+        }
+    }
+
+    #[test]
+    fn odd_mosaics_are_cropped_and_cropping_is_read() {
+        let mut enc = FrameEncoder::default();
+        let au = enc.encode(&solid(81, 41, [0, 0, 0]), 41, 81).unwrap();
+        let sps = nal_units(&au).find(|n| n[0] & 0x1f == 7).unwrap();
+        assert_eq!(sps_dimensions(sps), Some((80, 40)));
+        assert!(enc.encode(&[0; 10], 2, 2).is_err());
+        assert!(enc.encode(&[0; 10], 100, 100).is_err());
+    }
+
+    #[test]
+    fn pictures_over_the_limit_are_refused_before_decoding() {
+        let mut enc = FrameEncoder::default();
+        let au = enc.encode(&solid(64, 48, [1, 2, 3]), 48, 64).unwrap();
+        let mut dec = FrameDecoder::new(64 * 48 * 3 - 1).unwrap();
+        match dec.decode(&au) {
+            Decoded::TooLarge(m) => assert!(m.contains("max_frame_bytes"), "{m}"),
+            _ => panic!("decoded over the limit"),
+        }
+        assert!(too_large(usize::MAX, 2, usize::MAX).is_some());
+        assert!(too_large(640, 480, 640 * 480 * 3).is_none());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut dec = FrameDecoder::new(1 << 20).unwrap();
+        for seed in 0u32..200 {
+            let mut x = seed.wrapping_mul(2654435761) | 1;
+            let mut data = vec![0, 0, 0, 1, 0x67];
+            for _ in 0..(seed % 64) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                data.push(x as u8);
+            }
+            let _ = sps_dimensions(&data[4..]);
+            let _ = dec.decode(&data);
+        }
+        assert_eq!(nal_units(&[0, 0, 1]).count(), 0);
+        assert_eq!(nal_units(&[0, 0, 0, 1, 9, 0, 0, 1, 7, 1]).count(), 2);
+    }
+}
