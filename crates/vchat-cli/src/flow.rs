@@ -66,6 +66,11 @@ pub struct FlowArgs {
     /// `with.max_stream_queue_bytes`; default 8 MiB).
     #[arg(long)]
     max_stream_queue_bytes: Option<usize>,
+    /// Most bytes of frames waiting for one gRPC stream's peer before the older
+    /// ones are replaced by skipped replies (overrides `with.max_outbox_bytes`;
+    /// default 2 MiB).
+    #[arg(long)]
+    max_outbox_bytes: Option<usize>,
     /// Seconds a new connection has for its TLS handshake and HTTP/2 preface
     /// (overrides `with.handshake_timeout_s`; default 10).
     #[arg(long)]
@@ -121,6 +126,7 @@ impl FlowArgs {
             stream_idle_timeout_s: self.stream_idle_timeout_s,
             send_timeout_s: self.send_timeout_s,
             max_stream_queue_bytes: self.max_stream_queue_bytes,
+            max_outbox_bytes: self.max_outbox_bytes,
             handshake_timeout_s: self.handshake_timeout_s,
             max_memory_mb: self.max_memory_mb,
             ssl_certfile: self.ssl_certfile.clone(),

@@ -133,6 +133,12 @@ impl WireReply {
         self.proto.encoded_len()
     }
 
+    /// The wire reply, its ropes' bytes stand-ins: for its header, status,
+    /// parameters and the kind of its documents' content.
+    pub fn proto(&self) -> &DataRequestProto {
+        &self.proto
+    }
+
     /// The gRPC message, as chunks that share the reply's buffers.
     pub fn encode(&self) -> Result<Vec<Bytes>, Status> {
         encode_grpc_message_with(&self.proto, &self.ropes)

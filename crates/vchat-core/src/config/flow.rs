@@ -33,6 +33,11 @@ pub const DEFAULT_SEND_TIMEOUT_S: f64 = 20.0;
 /// Default most bytes of responses waiting for one stream's peer to take them:
 /// a few mosaics. A response larger than this still goes out, alone.
 pub const DEFAULT_MAX_STREAM_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Default most bytes of frames waiting for one stream's peer before the older
+/// ones are replaced by skipped replies: about one mosaic of ten 200x300 users.
+/// A client that falls behind gets the newest mosaic, and a gateway serving
+/// many of them holds about one mosaic per stream instead of a backlog.
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 2 * 1024 * 1024;
 /// Default seconds a new connection has to finish its TLS handshake and send
 /// the HTTP/2 preface.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: f64 = 10.0;
@@ -159,6 +164,13 @@ pub struct FlowWith {
     /// the peer takes some. Default [`DEFAULT_MAX_STREAM_QUEUE_BYTES`].
     #[serde(default)]
     pub max_stream_queue_bytes: Option<usize>,
+    /// Most bytes of encoded frames (answers with a tensor or a blob) waiting
+    /// for one gRPC stream's peer; past it the older ones still waiting are
+    /// replaced by skipped replies (same request id, `__skipped__`, no
+    /// documents), the newest kept, and counted in `vchat_frames_dropped_total`.
+    /// Default [`DEFAULT_MAX_OUTBOX_BYTES`].
+    #[serde(default)]
+    pub max_outbox_bytes: Option<usize>,
     /// Seconds a new gRPC connection has to finish its TLS handshake and send
     /// the HTTP/2 preface; then it is closed. Default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT_S`].

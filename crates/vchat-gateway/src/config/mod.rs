@@ -14,9 +14,9 @@ use vchat_core::budget::DEFAULT_MAX_MEMORY_MB;
 use vchat_core::config::{
     DEFAULT_HANDSHAKE_TIMEOUT_S, DEFAULT_KEEPALIVE_INTERVAL_S, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
-    DEFAULT_METRICS_MAX_ROOMS, DEFAULT_MONITORING_HOST, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
-    DEFAULT_STREAM_IDLE_TIMEOUT_S, FlowWith,
+    DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_STREAMS_PER_IP, DEFAULT_METRICS_MAX_ROOMS, DEFAULT_MONITORING_HOST,
+    DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S, DEFAULT_STREAM_IDLE_TIMEOUT_S, FlowWith,
 };
 
 use crate::conn::ConnLimits;
@@ -47,6 +47,7 @@ pub struct Overrides {
     pub stream_idle_timeout_s: Option<f64>,
     pub send_timeout_s: Option<f64>,
     pub max_stream_queue_bytes: Option<usize>,
+    pub max_outbox_bytes: Option<usize>,
     pub handshake_timeout_s: Option<f64>,
     pub max_memory_mb: Option<usize>,
     pub ssl_certfile: Option<PathBuf>,
@@ -181,6 +182,10 @@ impl GatewayConfig {
                 .or(with.max_stream_queue_bytes)
                 .unwrap_or(DEFAULT_MAX_STREAM_QUEUE_BYTES)
                 .max(1),
+            max_outbox_bytes: cli
+                .max_outbox_bytes
+                .or(with.max_outbox_bytes)
+                .unwrap_or(DEFAULT_MAX_OUTBOX_BYTES),
         };
         let connections = ConnLimits {
             max_connections: cli

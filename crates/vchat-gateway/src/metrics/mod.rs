@@ -76,6 +76,7 @@ pub struct Metrics {
     requests: Counter,
     failures: Counter,
     frames_skipped: Counter,
+    frames_dropped: Counter,
     streams_rejected: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
@@ -96,10 +97,11 @@ impl Default for Metrics {
             requests,
             failures,
             frames_skipped,
+            frames_dropped,
             streams_rejected,
             bytes_in,
             bytes_out,
-        ]: [Counter; 6] = Default::default();
+        ]: [Counter; 7] = Default::default();
         let active_streams = Gauge::default();
         let latency = Latency::new_with_constructor(latency_histogram);
         let mut registry = Registry::default();
@@ -116,6 +118,11 @@ impl Default for Metrics {
                 "vchat_frames_skipped",
                 "Frames dropped without being processed",
                 &frames_skipped,
+            ),
+            (
+                "vchat_frames_dropped",
+                "Frames processed but not sent: replaced by a skipped reply because a newer one of the same stream waited past max_outbox_bytes",
+                &frames_dropped,
             ),
             (
                 "vchat_streams_rejected",
@@ -150,6 +157,7 @@ impl Default for Metrics {
             requests,
             failures,
             frames_skipped,
+            frames_dropped,
             streams_rejected,
             bytes_in,
             bytes_out,
@@ -225,6 +233,11 @@ impl Metrics {
     /// answered; the counter exists for frame skipping).
     pub fn frame_skipped(&self) {
         self.frames_skipped.inc();
+    }
+
+    /// `n` processed frames replaced by skipped replies before they were sent.
+    pub fn frames_dropped(&self, n: u64) {
+        self.frames_dropped.inc_by(n);
     }
 
     /// A stream opened (`+1`) or ended (`-1`).
@@ -395,6 +408,7 @@ mod tests {
             ("vchat_requests_total", "counter"),
             ("vchat_request_failures_total", "counter"),
             ("vchat_frames_skipped_total", "counter"),
+            ("vchat_frames_dropped_total", "counter"),
             ("vchat_streams_rejected_total", "counter"),
             ("vchat_bytes_in_total", "counter"),
             ("vchat_bytes_out_total", "counter"),

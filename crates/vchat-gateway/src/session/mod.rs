@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use vchat_core::config::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_STREAM_QUEUE_BYTES,
-    DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP, DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S,
-    DEFAULT_STREAM_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_OUTBOX_BYTES,
+    DEFAULT_MAX_STREAM_QUEUE_BYTES, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_IP,
+    DEFAULT_PREFETCH, DEFAULT_SEND_TIMEOUT_S, DEFAULT_STREAM_IDLE_TIMEOUT_S,
 };
 use vchat_core::{Content, DocumentArray, Error, Reply, Request, StreamId};
 
@@ -68,6 +68,9 @@ pub struct StreamLimits {
     /// At most this many bytes of responses wait for one stream's peer; past it
     /// the stream produces nothing more until the peer takes some.
     pub max_stream_queue_bytes: usize,
+    /// At most this many bytes of frames wait for one stream's peer; past it
+    /// the older ones are replaced by skipped replies, the newest kept.
+    pub max_outbox_bytes: usize,
 }
 
 impl Default for StreamLimits {
@@ -82,6 +85,7 @@ impl Default for StreamLimits {
             stream_idle_timeout: Duration::from_secs_f64(DEFAULT_STREAM_IDLE_TIMEOUT_S),
             send_timeout: Duration::from_secs_f64(DEFAULT_SEND_TIMEOUT_S),
             max_stream_queue_bytes: DEFAULT_MAX_STREAM_QUEUE_BYTES,
+            max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
         }
     }
 }

@@ -262,8 +262,10 @@ where
         let limit = limits.max_message_bytes;
         let queue = QueueLimits {
             max_bytes: limits.max_stream_queue_bytes.max(1),
+            max_frame_bytes: limits.max_outbox_bytes,
             send_timeout: limits.send_timeout,
         };
+        let metrics = service.door.sessions().metrics().clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let close = parts.extensions.get::<ConnInfo>().map(|c| c.close.clone());
@@ -292,7 +294,10 @@ where
                 // socket writes instead of copying them (see `wire`), through a
                 // queue bounded in bytes and in time (see `outbox`).
                 Ok(responses) => Ok(grpc_response(tonic::body::Body::new(outbox::body(
-                    responses, queue, close,
+                    responses,
+                    queue,
+                    close,
+                    Box::new(move |n| metrics.frames_dropped(n)),
                 )))),
                 Err(status) => Ok(status.into_http()),
             }
