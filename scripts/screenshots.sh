@@ -79,5 +79,5 @@ import -window "vchat: carol" "$OUT/native-window.png"
 echo "screenshots: $OUT/native-window.png"
 
 # The browser page, as dana, with Chromium's fake camera.
-"$BIN/vchat-browser-screenshot" "$WEB/?user=dana&autojoin=1&fps=10" "$OUT/browser.png" 4
+"$BIN/vchat-browser-screenshot" "$WEB/?user=dana&autojoin=1&fps=10&transport=ws" "$OUT/browser.png" 4
 echo "screenshots: $OUT/browser.png"

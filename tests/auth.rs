@@ -634,7 +634,7 @@ async fn the_page_joins_with_its_token_and_a_replaced_tab_stops() {
     let chromium = Chromium::launch(&dir);
     let cdp = chromium.connect().await;
     let url = format!(
-        "{}/?token={}&autojoin=1&fps=10",
+        "{}/?token={}&autojoin=1&fps=10&transport=ws",
         flow.web_url(),
         token("alice", "standup")
     );
