@@ -8,6 +8,7 @@
 # Another Flow for both, and more arguments for `vchat bench` (the JPEG grid,
 # 50 rooms of 4):
 #   FLOW=bench/grid.yml BENCH_ARGS="--encoding jpeg --quality 75 --frames textured --rooms 50" USERS=200 bench/ab.sh ...
+#   FLOW_ARGS="--max-concurrent-streams 64" USERS=20 bench/ab.sh ...   # flags for both gateways
 # To compare against an earlier commit:
 #   git worktree add --detach ../base REV && (cd ../base && cargo build --release -p vchat-cli)
 #   cargo build --release -p vchat-cli && bench/ab.sh ../base/target/release target/release
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { sed -n '2,9p' "$0"; exit 2; }
 A=$1 B=$2
 USERS=${USERS:-3 10} FPS=${FPS:-30} RUNS=${RUNS:-3} SECS=${SECS:-10}
-FLOW=${FLOW:-} BENCH_ARGS=${BENCH_ARGS:-}
+FLOW=${FLOW:-} BENCH_ARGS=${BENCH_ARGS:-} FLOW_ARGS=${FLOW_ARGS:-}
 OUT=target/bench
 mkdir -p "$OUT"
 TICK=$(getconf CLK_TCK)
@@ -24,7 +25,7 @@ TICK=$(getconf CLK_TCK)
 one() { # $1: bin dir, $2: users; prints p50 p99 rate target lost cpu% peak_MB
     rm -f "$OUT/ab-flow.out"
     # Each build serves its own checkout's flow.yml (BIN_DIR is CHECKOUT/target/release).
-    "$1/vchat" flow --uses "${FLOW:-$1/../../flow.yml}" --host 127.0.0.1 --port 0 >"$OUT/ab-flow.out" 2>"$OUT/ab-flow.log" &
+    "$1/vchat" flow --uses "${FLOW:-$1/../../flow.yml}" --host 127.0.0.1 --port 0 $FLOW_ARGS >"$OUT/ab-flow.out" 2>"$OUT/ab-flow.log" &
     local pid=$!
     until grep -q '^vchat: listening on' "$OUT/ab-flow.out" 2>/dev/null; do
         kill -0 $pid 2>/dev/null || { cat "$OUT/ab-flow.log" >&2; exit 1; }
