@@ -279,6 +279,18 @@ where
     }
 }
 
+/// The status refusing a call whose `grpc-encoding` header names a compression:
+/// messages are read and written uncompressed.
+pub fn compressed_call(headers: &HeaderMap) -> Option<Status> {
+    let enc = headers.get("grpc-encoding")?;
+    (enc.as_bytes() != b"identity").then(|| {
+        let enc = String::from_utf8_lossy(enc.as_bytes());
+        Status::unimplemented(format!(
+            "requests compressed with {enc:?} are not supported: send them uncompressed"
+        ))
+    })
+}
+
 /// The response headers of a gRPC call whose messages come in `body`.
 pub fn grpc_response<B>(body: B) -> http::Response<B> {
     let mut resp = http::Response::new(body);

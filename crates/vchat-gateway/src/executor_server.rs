@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use vchat_core::proto::{WireReply, reply_into_wire, request_from_proto};
-use vchat_core::wire::{GrpcBody, GrpcMessages, grpc_response};
+use vchat_core::wire::{GrpcBody, GrpcMessages, compressed_call, grpc_response};
 use vchat_core::{DocumentArray, Reply, STREAM_CLOSED_ENDPOINT, STREAM_PARAMETER, StreamId};
 use vchat_proto::jina::jina_discover_endpoints_rpc_server::{
     JinaDiscoverEndpointsRpc, JinaDiscoverEndpointsRpcServer,
@@ -103,14 +103,8 @@ where
             if req.uri().path() != SINGLE_DATA_PATH {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
-            if let Some(enc) = req.headers().get("grpc-encoding")
-                && enc.as_bytes() != b"identity"
-            {
-                let enc = String::from_utf8_lossy(enc.as_bytes()).into_owned();
-                return Ok(Status::unimplemented(format!(
-                    "requests compressed with {enc:?} are not supported: send them uncompressed"
-                ))
-                .into_http());
+            if let Some(status) = compressed_call(req.headers()) {
+                return Ok(status.into_http());
             }
             let mut messages = GrpcMessages::new(Box::pin(req.into_body()), this.max_message_bytes);
             let proto = match messages.next().await {

@@ -57,6 +57,21 @@ impl std::fmt::Display for Refused {
     }
 }
 
+impl Refused {
+    /// The HTTP status of this refusal, for the doors that answer over HTTP.
+    pub(crate) fn http_status(&self) -> hyper::StatusCode {
+        use hyper::StatusCode;
+        match self {
+            Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Auth(e) => match e.denial() {
+                vchat_auth::Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
+                vchat_auth::Denial::PermissionDenied => StatusCode::FORBIDDEN,
+            },
+        }
+    }
+}
+
 impl StreamGate {
     pub(crate) fn new(
         max_streams: usize,

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Status};
 use vchat_core::config::StreamMode;
 use vchat_core::proto::{Envelope, WireReply, reply_into_wire, request_from_proto};
-use vchat_core::wire::{GrpcMessages, grpc_response};
+use vchat_core::wire::{GrpcMessages, compressed_call, grpc_response};
 use vchat_core::{Error, Reply};
 
 use crate::conn::ConnInfo;
@@ -269,14 +269,8 @@ where
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let close = parts.extensions.get::<ConnInfo>().map(|c| c.close.clone());
-            if let Some(enc) = parts.headers.get("grpc-encoding")
-                && enc.as_bytes() != b"identity"
-            {
-                let enc = String::from_utf8_lossy(enc.as_bytes()).into_owned();
-                return Ok(Status::unimplemented(format!(
-                    "requests compressed with {enc:?} are not supported: send them uncompressed"
-                ))
-                .into_http());
+            if let Some(status) = compressed_call(&parts.headers) {
+                return Ok(status.into_http());
             }
             // tonic's own limit ends the stream; keep it well above ours so that an
             // oversized request normally gets an ERROR response instead.

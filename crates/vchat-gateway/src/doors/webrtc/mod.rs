@@ -54,7 +54,7 @@ use vchat_core::config::{
 use vchat_core::{Content, Document, DocumentArray, Outcome, Tensor};
 
 use super::websocket::{JoinQuery, parse_join_query};
-use crate::session::{Credentials, Door, RateLimit, Refused, Session, Sessions};
+use crate::session::{Credentials, Door, RateLimit, Session, Sessions};
 
 mod driver;
 pub mod h264;
@@ -349,7 +349,7 @@ impl WebRtcDoor {
             who.token = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(sdp::bearer)
+                .and_then(vchat_auth::bearer)
                 .map(str::to_string);
         }
         // One byte over the limit is enough to know it is over.
@@ -429,17 +429,7 @@ impl WebRtcDoor {
         };
         let session = match self.door.open(Some(peer.ip()), creds, rate) {
             Ok(s) => s,
-            Err(refused) => {
-                let code = match &refused {
-                    Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
-                    Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    Refused::Auth(e) => match e.denial() {
-                        vchat_auth::Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
-                        vchat_auth::Denial::PermissionDenied => StatusCode::FORBIDDEN,
-                    },
-                };
-                return plain(code, refused.to_string());
-            }
+            Err(refused) => return plain(refused.http_status(), refused.to_string()),
         };
         if let Some(g) = session.seat().grant() {
             who.user = Some(g.identity.clone());

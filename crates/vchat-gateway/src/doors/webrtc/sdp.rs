@@ -87,15 +87,6 @@ pub fn check_offer(body: &[u8], limit: usize) -> Result<&str, OfferError> {
     Err(OfferError::NoH264(codecs))
 }
 
-/// The access token of a WHIP request's `Authorization: Bearer` header.
-pub fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +128,7 @@ mod tests {
 
     #[test]
     fn bearer_tokens() {
+        use vchat_auth::bearer;
         assert_eq!(bearer("Bearer abc.def"), Some("abc.def"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);

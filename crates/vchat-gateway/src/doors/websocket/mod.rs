@@ -68,7 +68,7 @@ use tokio_util::task::TaskTracker;
 use vchat_core::config::DEFAULT_WEBSOCKET_MAX_FPS;
 
 use super::webrtc::{WEBRTC_JS, WHIP_PATH, WebRtcDoor};
-use crate::session::{Credentials, Door, RateLimit, Refused, Sessions};
+use crate::session::{Credentials, Door, RateLimit, Sessions};
 
 mod messages;
 mod query;
@@ -368,17 +368,7 @@ impl WebSocketDoor {
         };
         let session = match self.door.open(Some(peer.ip()), creds, rate) {
             Ok(session) => session,
-            Err(refused) => {
-                let code = match &refused {
-                    Refused::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
-                    Refused::Memory(_) | Refused::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    Refused::Auth(e) => match e.denial() {
-                        vchat_auth::Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
-                        vchat_auth::Denial::PermissionDenied => StatusCode::FORBIDDEN,
-                    },
-                };
-                return plain(code, refused.to_string());
-            }
+            Err(refused) => return plain(refused.http_status(), refused.to_string()),
         };
         if let Some(g) = session.seat().grant() {
             who.user = Some(g.identity.clone());
