@@ -74,6 +74,28 @@ thread_local! {
 /// the whole image, so a small file of many scans would cost a lot of CPU.
 pub const MAX_JPEG_SCANS: u32 = 100;
 
+fn not_jpeg(e: turbojpeg::Error) -> Error {
+    Error::BadRequest(format!("not a valid JPEG: {e}"))
+}
+
+/// Runs `f` with this thread's decompressor, made on first use.
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut turbojpeg::Decompressor) -> Result<T, Error>,
+) -> Result<T, Error> {
+    DECOMPRESSOR.with(|d| {
+        let mut slot = d.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            None => {
+                let mut d = turbojpeg::Decompressor::new().map_err(not_jpeg)?;
+                d.set_scan_limit(MAX_JPEG_SCANS).map_err(not_jpeg)?;
+                slot.insert(d)
+            }
+        };
+        f(decompressor)
+    })
+}
+
 /// Decodes `data` into BGR pixels, shrunk by `denom` (1, 2, 4 or 8) in the
 /// inverse DCT: `(pixels, height, width)`. The declared size is checked against
 /// `max_pixels` before anything is allocated.
@@ -82,18 +104,8 @@ fn decode_scaled(
     max_pixels: usize,
     pick: impl FnOnce(usize, usize) -> usize,
 ) -> Result<(Bytes, usize, usize), Error> {
-    let bad = |e: turbojpeg::Error| Error::BadRequest(format!("not a valid JPEG: {e}"));
-    DECOMPRESSOR.with(|d| {
-        let mut slot = d.borrow_mut();
-        let decompressor = match &mut *slot {
-            Some(d) => d,
-            None => {
-                let mut d = turbojpeg::Decompressor::new().map_err(bad)?;
-                d.set_scan_limit(MAX_JPEG_SCANS).map_err(bad)?;
-                slot.insert(d)
-            }
-        };
-        let header = decompressor.read_header(data).map_err(bad)?;
+    with_decompressor(|decompressor| {
+        let header = decompressor.read_header(data).map_err(not_jpeg)?;
         let (h, w) = (header.height, header.width);
         if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
             return Err(Error::BadRequest(format!(
@@ -103,7 +115,7 @@ fn decode_scaled(
         // Lossless JPEGs cannot be scaled.
         let denom = if header.is_lossless { 1 } else { pick(h, w) };
         let scale = turbojpeg::ScalingFactor::new(1, denom);
-        decompressor.set_scaling_factor(scale).map_err(bad)?;
+        decompressor.set_scaling_factor(scale).map_err(not_jpeg)?;
         let scaled = header.scaled(scale);
         let (sh, sw) = (scaled.height, scaled.width);
         // At most h×w×3, checked above.
@@ -115,9 +127,78 @@ fn decode_scaled(
             height: sh,
             format: turbojpeg::PixelFormat::BGR,
         };
-        decompressor.decompress(data, image).map_err(bad)?;
+        decompressor.decompress(data, image).map_err(not_jpeg)?;
         Ok((Bytes::from(pixels), sh, sw))
     })
+}
+
+/// The `(height, width)` a JPEG declares, checked as far as can be without
+/// decoding it: a header libjpeg-turbo reads, a size within `max_pixels`, and
+/// an end-of-image marker (a truncated frame has none). What is kept to be
+/// decoded later passes this first; its entropy-coded data can still be bad.
+pub fn checked_dims(data: &[u8], max_pixels: usize) -> Result<(usize, usize), Error> {
+    // libjpeg-turbo takes a stream of tables alone (no frame) for a header,
+    // and leaves the previous header's size in place: the frame's own marker
+    // must be there, and say the same.
+    let declared = frame_size(data).ok_or_else(|| {
+        Error::BadRequest("not a valid JPEG: no frame header before the first scan".into())
+    })?;
+    let header = with_decompressor(|d| d.read_header(data).map_err(not_jpeg))?;
+    let (h, w) = (header.height, header.width);
+    if (h, w) != declared {
+        return Err(Error::BadRequest(format!(
+            "not a valid JPEG: its frame header says {}x{}, its decoder {h}x{w}",
+            declared.0, declared.1
+        )));
+    }
+    if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
+        )));
+    }
+    // Encoders may pad after the marker; nothing but zeros may follow it.
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if !data[..end].ends_with(&[0xFF, 0xD9]) {
+        return Err(Error::BadRequest(
+            "not a valid JPEG: it has no end-of-image marker (truncated?)".into(),
+        ));
+    }
+    Ok((h, w))
+}
+
+/// `(height, width)` of the frame header (SOFn) that comes before the first
+/// scan, walking the marker segments from the start: `None` without one.
+fn frame_size(data: &[u8]) -> Option<(usize, usize)> {
+    let u16_at = |i: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *data.get(i)?,
+            *data.get(i + 1)?,
+        ])))
+    };
+    if data.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let mut at = 2;
+    loop {
+        if *data.get(at)? != 0xFF {
+            return None;
+        }
+        // Fill bytes may come before a marker.
+        while *data.get(at + 1)? == 0xFF {
+            at += 1;
+        }
+        let marker = *data.get(at + 1)?;
+        match marker {
+            // Markers without a segment.
+            0x01 | 0xD0..=0xD7 => at += 2,
+            // A scan before any frame header.
+            0xDA | 0xD9 => return None,
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                return Some((u16_at(at + 5)?, u16_at(at + 7)?));
+            }
+            _ => at = at.checked_add(2 + u16_at(at + 2)?)?,
+        }
+    }
 }
 
 /// Decodes a JPEG into BGR pixels: `(pixels, height, width)`. `max_pixels`
@@ -165,6 +246,23 @@ pub fn is_jpeg(doc: &Document) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_dims_reads_the_header_and_wants_the_end_marker() {
+        let px: Vec<u8> = (0..20 * 30 * 3).map(|i| (i % 251) as u8).collect();
+        let j = encode_bgr(&px, 20, 30, 80).unwrap();
+        assert_eq!(checked_dims(&j, 600).unwrap(), (20, 30));
+        let mut padded = j.to_vec();
+        padded.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(checked_dims(&padded, 600).unwrap(), (20, 30));
+        let over = checked_dims(&j, 599).unwrap_err().to_string();
+        assert!(over.contains("over the limit"), "{over}");
+        let cut = checked_dims(&j[..j.len() - 10], 600)
+            .unwrap_err()
+            .to_string();
+        assert!(cut.contains("end-of-image"), "{cut}");
+        assert!(checked_dims(b"\xff\xd8 not a jpeg \xff\xd9", 600).is_err());
+    }
 
     #[test]
     fn round_trip_keeps_colours_close() {

@@ -904,6 +904,14 @@ proptest! {
         let (r, largest) = largest_allocation(|| jpeg::decode_bgr_to_fit(&data, max, fit));
         check_decoded(&r, max)?;
         prop_assert!(largest <= bound, "decode_bgr_to_fit allocated {largest} bytes, limit {max} pixels");
+        // What a grid keeps undecoded: a size within the limit, and the
+        // size the full decoder gives whenever that decoder succeeds.
+        if let Ok((h, w)) = jpeg::checked_dims(&data, max) {
+            prop_assert!(h > 0 && w > 0 && h.saturating_mul(w) <= max);
+            if let Ok((_, dh, dw)) = jpeg::decode_bgr(&data, max) {
+                prop_assert_eq!((dh, dw), (h, w));
+            }
+        }
         let mut doc = Document::new();
         doc.content = Some(Content::Blob(Bytes::from(data)));
         doc.mime_type = jpeg::MIME_JPEG.into();

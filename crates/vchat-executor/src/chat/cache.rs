@@ -10,6 +10,7 @@ use std::cell::Cell;
 use bytes::Bytes;
 use vchat_core::budget::Held;
 
+use super::picture::Picture;
 use crate::Frame;
 
 /// A composed mosaic of one room state, kept so that every client asking for that
@@ -31,7 +32,7 @@ pub(super) struct Snapshot {
     /// The requester's place in the mosaic.
     pub(super) me: usize,
     /// Each user's frame, in mosaic order.
-    pub(super) tiles: Vec<Frame>,
+    pub(super) tiles: Vec<Picture>,
     /// The name on each tile and whether it is paused, in mosaic order.
     pub(super) labels: Vec<(String, bool)>,
     /// The cached mosaic of this state, if there is one.

@@ -4,11 +4,12 @@
 
 use bytes::{Bytes, BytesMut};
 use vchat_core::jpeg;
-use vchat_core::{Content, Document, Error, Tensor};
+use vchat_core::{Content, Document, Error};
 
 use super::VideoChatExecutor;
 use super::cache::{GridCanvas, Snapshot};
 use super::config::Layout;
+use super::picture::{Picture, Received};
 use crate::Frame;
 use crate::mosaic::{
     MosaicError, checked_pixels, compose_grid, draw_border, grid_rects, grid_shape,
@@ -19,27 +20,28 @@ impl VideoChatExecutor {
     /// The mosaic of `snap` as seen by its requester: `None` while the requester
     /// is alone in a layout that answers with the frame itself.
     pub(super) fn compose(&self, snap: &Snapshot) -> Result<Option<Frame>, Error> {
+        let tiles = self.frames(&snap.tiles);
         let highlight = self
             .highlight_self
             .then_some(snap.me)
-            .filter(|&me| me < snap.tiles.len());
+            .filter(|&me| me < tiles.len());
         let limit = self.max_mosaic_pixels;
         let failed = |e: MosaicError| self.reject(format!("cannot compose the mosaic: {e}"));
         let mosaic = match self.layout {
             // Alone, a labelled (or paused) user gets their stored tile back.
             Layout::Vertical | Layout::Horizontal
-                if snap.tiles.len() == 1
+                if tiles.len() == 1
                     && (self.labels || snap.labels.first().is_some_and(|l| l.1)) =>
             {
-                snap.tiles[0].clone()
+                tiles[0].clone()
             }
-            Layout::Vertical | Layout::Horizontal if snap.tiles.len() < 2 => return Ok(None),
+            Layout::Vertical | Layout::Horizontal if tiles.len() < 2 => return Ok(None),
             // The users' frames themselves, in order: only a highlighted tile
             // is copied, to draw its border.
             Layout::Vertical => match highlight {
-                None => stack_vertically(&snap.tiles, limit).map_err(failed)?,
+                None => stack_vertically(&tiles, limit).map_err(failed)?,
                 Some(me) => {
-                    let mut tiles = snap.tiles.clone();
+                    let mut tiles = tiles.clone();
                     let own = &tiles[me];
                     let rect = (0, 0, own.height, own.width);
                     tiles[me] = outlined(own.clone(), rect);
@@ -47,29 +49,31 @@ impl VideoChatExecutor {
                 }
             },
             Layout::Horizontal => {
-                let mosaic = stack_horizontally(&snap.tiles, limit).map_err(failed)?;
+                let mosaic = stack_horizontally(&tiles, limit).map_err(failed)?;
                 match highlight {
                     None => mosaic,
                     Some(me) => {
-                        let left = snap.tiles[..me].iter().map(|t| t.width).sum();
-                        let rect = (0, left, mosaic.height, snap.tiles[me].width);
+                        let left = tiles[..me].iter().map(|t| t.width).sum();
+                        let rect = (0, left, mosaic.height, tiles[me].width);
                         outlined(mosaic, rect)
                     }
                 }
             }
             // A mosaic shared by the room: its canvas patched where it changed.
-            Layout::Grid if highlight.is_none() && snap.serials.len() == snap.tiles.len() => {
+            Layout::Grid if highlight.is_none() && snap.serials.len() == tiles.len() => {
                 let (ch, cw) = self.canvas;
-                let canvas = self.patch_grid(snap, snap.canvas.take()).map_err(failed)?;
+                let canvas = self
+                    .patch_grid(snap, &tiles, snap.canvas.take())
+                    .map_err(failed)?;
                 let mosaic = Frame::new(Bytes::copy_from_slice(&canvas.pixels), ch, cw);
                 snap.canvas.set(Some(canvas));
                 mosaic
             }
             Layout::Grid => {
                 let (ch, cw) = self.canvas;
-                let data = compose_grid(&snap.tiles, ch, cw, highlight, limit).map_err(failed)?;
+                let data = compose_grid(&tiles, ch, cw, highlight, limit).map_err(failed)?;
                 let data = if self.labels || snap.labels.iter().any(|l| l.1) {
-                    let dims: Vec<(usize, usize)> = snap.tiles.iter().map(Frame::dims).collect();
+                    let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
                     let mut m = BytesMut::from(data);
                     for (rect, (name, paused)) in
                         grid_rects(&dims, ch, cw).into_iter().zip(&snap.labels)
@@ -94,10 +98,11 @@ impl VideoChatExecutor {
     fn patch_grid(
         &self,
         snap: &Snapshot,
+        tiles: &[Frame],
         kept: Option<GridCanvas>,
     ) -> Result<GridCanvas, MosaicError> {
         let (ch, cw) = self.canvas;
-        let n = snap.tiles.len();
+        let n = tiles.len();
         let mut canvas = match kept {
             Some(c) if c.drawn.len() == n => c,
             Some(mut c) => {
@@ -120,13 +125,13 @@ impl VideoChatExecutor {
             .collect();
         redraw_grid_tiles(
             &mut canvas.pixels,
-            &snap.tiles,
+            tiles,
             ch,
             cw,
             &redraw,
             self.max_mosaic_pixels,
         )?;
-        let dims: Vec<(usize, usize)> = snap.tiles.iter().map(Frame::dims).collect();
+        let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
         let rects = grid_rects(&dims, ch, cw);
         for &i in &redraw {
             if let (Some(&rect), Some((name, paused))) = (rects.get(i), snap.labels.get(i)) {
@@ -140,29 +145,42 @@ impl VideoChatExecutor {
         Ok(canvas)
     }
 
-    /// The frame of `doc`: a grid decodes a JPEG straight to about its tile's
-    /// size in `room`, the other layouts decode it whole.
-    pub(super) fn frame_of(
-        &self,
-        doc: &Document,
-        room: &str,
-        user: &str,
-    ) -> Option<Result<Tensor, Error>> {
-        let Some(Content::Blob(blob)) = &doc.content else {
-            return jpeg::frame_of(doc, self.max_frame_pixels);
-        };
-        if self.layout != Layout::Grid || !jpeg::is_jpeg(doc) {
-            return jpeg::frame_of(doc, self.max_frame_pixels);
+    /// The frame of `doc`, `None` when it has none: a grid room keeps a JPEG
+    /// undecoded (checked as far as can be without decoding), the other
+    /// layouts decode it.
+    pub(super) fn received(&self, doc: &Document) -> Option<Result<Received, Error>> {
+        match &doc.content {
+            Some(Content::Blob(data)) if self.layout == Layout::Grid && jpeg::is_jpeg(doc) => Some(
+                jpeg::checked_dims(data, self.max_frame_pixels).map(|dims| Received::Jpeg {
+                    data: data.clone(),
+                    dims,
+                }),
+            ),
+            _ => jpeg::frame_of(doc, self.max_frame_pixels).map(|t| {
+                t.map(|tensor| Received::Pixels {
+                    owned: jpeg::is_jpeg(doc),
+                    tensor,
+                })
+            }),
         }
-        let users = self.lock().rooms.get(room).map_or(1, |r| {
-            r.slots.len() + usize::from(!r.slots.iter().any(|s| s.user == user))
-        });
-        let (rows, cols) = grid_shape(users);
+    }
+
+    /// The pixels of `tiles`: a grid's kept JPEGs decoded, each once, to
+    /// about the size of their cell.
+    pub(super) fn frames(&self, tiles: &[Picture]) -> Vec<Frame> {
+        let (rows, cols) = grid_shape(tiles.len());
         let cell = (self.canvas.0 / rows, self.canvas.1 / cols);
-        Some(
-            jpeg::decode_bgr_to_fit(blob, self.max_frame_pixels, cell)
-                .and_then(|(px, h, w)| Tensor::image(h, w, 3, px)),
-        )
+        tiles
+            .iter()
+            .map(|p| {
+                let fit = if self.layout == Layout::Grid {
+                    cell
+                } else {
+                    p.dims()
+                };
+                p.frame(fit, self.max_frame_pixels, self.budget)
+            })
+            .collect()
     }
 }
 

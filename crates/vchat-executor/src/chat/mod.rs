@@ -63,7 +63,11 @@
 //! work per second no longer grows with users × frame rate, which is what lets
 //! one grid hold a hundred users. A response may then lag its own frame by up to
 //! one period; `tags.participants` always lists the users of the mosaic sent.
-//! In the grid layout JPEG frames are decoded straight to their tile's size.
+//! In the grid layout a JPEG frame is kept as received (its header, size and
+//! end marker checked) and decoded, straight to about its cell's size, by the
+//! first composition that draws it: a frame replaced before the next
+//! composition is never decoded. One whose data fails to decode then is drawn
+//! black, and its sender's request is answered with the reason, once.
 //!
 //! ## Bounds
 //!
@@ -82,7 +86,8 @@
 //!
 //! `config` (the `with:` keys and their defaults), `identity` (who a request
 //! is), `room` (the rooms' state and how a frame gets in), `layout` (the
-//! mosaic of each layout), `cache` (one mosaic and one JPEG per room state) and
+//! mosaic of each layout), `picture` (a stored frame: pixels, or a grid's
+//! JPEG decoded when drawn), `cache` (one mosaic and one JPEG per room state) and
 //! `encoding` (raw or JPEG answers); this file ties them into the `Executor`.
 
 mod cache;
@@ -90,6 +95,7 @@ mod config;
 mod encoding;
 mod identity;
 mod layout;
+mod picture;
 mod room;
 #[cfg(test)]
 mod tests;
@@ -113,7 +119,6 @@ pub use config::{
     DEFAULT_MAX_USERS, DEFAULT_ROOM, JTYPE, Layout, NAME_TAG, PARTICIPANTS_TAG, PAUSED_TAG,
     VIEWER_TAG, VideoChatConfig, parse_size,
 };
-use encoding::Encoding;
 use room::{State, lock_state, sweep_idle};
 
 /// Adds the VideoChatExecutor to `registry`.
@@ -194,6 +199,13 @@ impl VideoChatExecutor {
         lock_state(&self.state)
     }
 
+    /// What a user is told when their kept JPEG failed to decode as drawn.
+    fn undecodable(&self, reason: &str) -> Error {
+        self.reject(format!(
+            "the frame could not be decoded, so it shows as a black tile ({reason})"
+        ))
+    }
+
     fn reject(&self, message: impl Into<String>) -> Error {
         Error::Rejected {
             executor: self.name.clone(),
@@ -245,8 +257,8 @@ impl Executor for VideoChatExecutor {
                     )));
                 }
             }
-            let frame = match self.frame_of(doc, &room, &user) {
-                Some(Ok(t)) => t,
+            let frame = match self.received(doc) {
+                Some(Ok(f)) => f,
                 Some(Err(e)) => return Err(self.reject(e.to_string())),
                 None => {
                     return Err(self.reject(
@@ -255,10 +267,9 @@ impl Executor for VideoChatExecutor {
                     ));
                 }
             };
-            let dims = frame.frame_dims().map_err(|m| self.reject(m))?;
-            let owned = input == Encoding::Jpeg;
+            let dims = frame.dims().map_err(|m| self.reject(m))?;
             let tile = self.tile_of(doc, &user)?;
-            let snap = self.update(&room, &user, ctx.stream, &frame, dims, owned, &tile)?;
+            let snap = self.update(&room, &user, ctx.stream, &frame, &tile)?;
             doc.set_tag(PARTICIPANTS_TAG, participants_value(&snap.participants));
             // Composition and encoding happen outside the lock.
             let shared = !self.highlight_self;
@@ -268,8 +279,17 @@ impl Executor for VideoChatExecutor {
             };
             match mosaic {
                 // Alone: the frame itself, in the encoding asked for.
-                None => self.answer_alone(doc, frame, dims, (input, output))?,
+                None => {
+                    let frame = frame
+                        .tensor(self.max_frame_pixels)
+                        .map_err(|e| self.reject(e.to_string()))?;
+                    self.answer_alone(doc, frame, dims, (input, output))?
+                }
                 Some(m) => self.answer_mosaic(doc, &room, &snap, m, output, shared)?,
+            }
+            // Its own frame, drawn by this very request, did not decode.
+            if let Some(e) = snap.tiles.get(snap.me).and_then(|p| p.untold_failure()) {
+                return Err(self.undecodable(&e));
             }
         }
         Ok(())

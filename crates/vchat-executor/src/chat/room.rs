@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use vchat_core::budget::Held;
-use vchat_core::{Error, StreamId, Tensor};
+use vchat_core::{Error, StreamId};
 
 use super::VideoChatExecutor;
 use super::cache::{Cached, GridCanvas, Snapshot};
 use super::config::Layout;
+use super::picture::{Picture, Received};
 use crate::Frame;
 use crate::label;
 use crate::mosaic::{checked_pixels, height_at_width, resize, width_at_height};
@@ -26,11 +27,9 @@ pub(super) struct Slot {
     pub(super) paused: bool,
     pub(super) stream: StreamId,
     /// The latest frame, as stored for the layout (at the room's width for
-    /// vertical, at its height for horizontal, as received for grid), in a
-    /// buffer of its own.
-    pub(super) frame: Bytes,
-    pub(super) height: usize,
-    pub(super) width: usize,
+    /// vertical, at its height for horizontal, as received for grid: a JPEG
+    /// stays one until a composition draws it), in a buffer of its own.
+    pub(super) picture: Picture,
     pub(super) last_seen: Instant,
     /// Changes with the tile's frame, name or pause: unique in its room, so
     /// the grid canvas knows which cells to redraw.
@@ -125,18 +124,13 @@ pub(super) async fn sweep_idle(state: std::sync::Weak<Mutex<State>>, timeout: Du
 }
 
 impl VideoChatExecutor {
-    /// Stores `frame` as `user`'s latest and returns the room's state. `owned`:
-    /// the frame's buffer is its own (decoded here), not a slice of a request
-    /// that would be kept alive with it.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores `frame` as `user`'s latest and returns the room's state.
     pub(super) fn update(
         &self,
         room_name: &str,
         user: &str,
         stream: StreamId,
-        frame: &Tensor,
-        (h, w): (usize, usize),
-        owned: bool,
+        frame: &Received,
         tile: &(String, bool),
     ) -> Result<Snapshot, Error> {
         let now = Instant::now();
@@ -170,17 +164,7 @@ impl VideoChatExecutor {
             return Err(self.reject(format!("replaced by a newer connection of {user}")));
         }
         let room = state.rooms.entry(room_name.to_string()).or_default();
-        let result = self.store(
-            room,
-            room_name,
-            user,
-            stream,
-            frame,
-            (h, w),
-            owned,
-            tile,
-            now,
-        );
+        let result = self.store(room, room_name, user, stream, frame, tile, now);
         // A refused first frame leaves no empty room behind.
         if room.slots.is_empty() {
             state.rooms.remove(room_name);
@@ -204,12 +188,19 @@ impl VideoChatExecutor {
         room_name: &str,
         user: &str,
         stream: StreamId,
-        frame: &Tensor,
-        (h, w): (usize, usize),
-        owned: bool,
+        frame: &Received,
         (name, paused): &(String, bool),
         now: Instant,
     ) -> Result<Snapshot, Error> {
+        let (h, w) = frame.dims().map_err(|m| self.reject(m))?;
+        if let Some(e) = room
+            .slots
+            .iter()
+            .find(|s| s.user == user)
+            .and_then(|s| s.picture.untold_failure())
+        {
+            return Err(self.undecodable(&e));
+        }
         let before = room.version;
         room.drop_idle(room_name, now, self.idle_timeout, Some(user));
         let present = room.slots.iter().any(|s| s.user == user);
@@ -271,7 +262,10 @@ impl VideoChatExecutor {
                 .slots
                 .iter()
                 .filter(|s| s.user != user)
-                .map(|s| s.height * s.width)
+                .map(|s| {
+                    let (h, w) = s.picture.dims();
+                    h.saturating_mul(w)
+                })
                 .fold(0, usize::saturating_add);
             let total = others.saturating_add(height * width);
             if total > self.max_mosaic_pixels {
@@ -282,34 +276,16 @@ impl VideoChatExecutor {
                 )));
             }
         }
-        // The label goes on the stored frame, once per frame: the stacked
-        // layouts' mosaics stay byte concatenations. A grid scales its tiles,
-        // so it labels them as it composes.
-        let labelled = self.layout != Layout::Grid && (self.labels || *paused);
-        let data = if labelled {
-            let mut px = if *paused {
-                vec![0u8; height * width * 3]
-            } else if (height, width) != (h, w) {
-                Vec::from(
-                    resize(frame.data(), h, w, height, width, self.max_frame_pixels)
-                        .map_err(|e| self.reject(e.to_string()))?,
-                )
-            } else {
-                frame.data().to_vec()
-            };
-            let shown = self.labels.then_some(name.as_str());
-            self.labeller
-                .draw(&mut px, width, (0, 0, height, width), shown, *paused);
-            Bytes::from(px)
-        } else if (height, width) != (h, w) {
-            resize(frame.data(), h, w, height, width, self.max_frame_pixels)
-                .map_err(|e| self.reject(e.to_string()))?
-        } else if owned {
-            frame.data().clone()
-        } else {
-            // A slice of the request would keep the whole request in memory, out
-            // of sight of the budget, for as long as the frame is the latest.
-            Bytes::copy_from_slice(frame.data())
+        let picture = match frame {
+            // A grid keeps a JPEG as it came (and labels tiles as it composes).
+            Received::Jpeg { data, dims } if self.layout == Layout::Grid => {
+                Picture::jpeg(data, *dims)
+            }
+            _ => Picture::Pixels(Frame::new(
+                self.stored_pixels(frame, (h, w), (height, width), name, *paused)?,
+                height,
+                width,
+            )),
         };
         room.side = side;
         let mut changed = room.version != before;
@@ -317,10 +293,8 @@ impl VideoChatExecutor {
             Some(slot) => {
                 // A paused source sends the same frame again: the room state, and
                 // so the cached mosaic others may share, stays the same.
-                let new = (slot.height, slot.width) != (height, width)
-                    || slot.frame != data
-                    || slot.name != *name
-                    || slot.paused != *paused;
+                let new =
+                    !slot.picture.same_as(&picture) || slot.name != *name || slot.paused != *paused;
                 if new {
                     room.serials += 1;
                     slot.serial = room.serials;
@@ -328,10 +302,8 @@ impl VideoChatExecutor {
                 changed |= new;
                 slot.name.clone_from(name);
                 slot.paused = *paused;
-                slot._held = self.budget.hold(data.len());
-                slot.frame = data;
-                slot.height = height;
-                slot.width = width;
+                slot._held = self.budget.hold(picture.stored_len());
+                slot.picture = picture;
                 slot.stream = stream;
                 slot.last_seen = now;
             }
@@ -344,10 +316,8 @@ impl VideoChatExecutor {
                     name: name.clone(),
                     paused: *paused,
                     stream,
-                    _held: self.budget.hold(data.len()),
-                    frame: data,
-                    height,
-                    width,
+                    _held: self.budget.hold(picture.stored_len()),
+                    picture,
                     last_seen: now,
                     serial: room.serials,
                 });
@@ -357,6 +327,51 @@ impl VideoChatExecutor {
             room.version = before + 1;
         }
         Ok(self.snapshot(room, user, now))
+    }
+
+    /// The pixels of `frame` (`(h, w)`) as a stacked layout stores them, at
+    /// `(height, width)`, labelled, in a buffer of their own.
+    fn stored_pixels(
+        &self,
+        frame: &Received,
+        (h, w): (usize, usize),
+        (height, width): (usize, usize),
+        name: &str,
+        paused: bool,
+    ) -> Result<Bytes, Error> {
+        let owned = matches!(frame, Received::Pixels { owned: true, .. });
+        let frame = frame
+            .tensor(self.max_frame_pixels)
+            .map_err(|e| self.reject(e.to_string()))?;
+        // The label goes on the stored frame, once per frame: the stacked
+        // layouts' mosaics stay byte concatenations. A grid scales its tiles,
+        // so it labels them as it composes.
+        let labelled = self.layout != Layout::Grid && (self.labels || paused);
+        Ok(if labelled {
+            let mut px = if paused {
+                vec![0u8; height * width * 3]
+            } else if (height, width) != (h, w) {
+                Vec::from(
+                    resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                        .map_err(|e| self.reject(e.to_string()))?,
+                )
+            } else {
+                frame.data().to_vec()
+            };
+            let shown = self.labels.then_some(name);
+            self.labeller
+                .draw(&mut px, width, (0, 0, height, width), shown, paused);
+            Bytes::from(px)
+        } else if (height, width) != (h, w) {
+            resize(frame.data(), h, w, height, width, self.max_frame_pixels)
+                .map_err(|e| self.reject(e.to_string()))?
+        } else if owned {
+            frame.data().clone()
+        } else {
+            // A slice of the request would keep the whole request in memory, out
+            // of sight of the budget, for as long as the frame is the latest.
+            Bytes::copy_from_slice(frame.data())
+        })
     }
 }
 
@@ -400,11 +415,7 @@ impl VideoChatExecutor {
             version: room.version,
             participants: room.slots.iter().map(|s| s.user.clone()).collect(),
             me: room.slots.iter().position(|s| s.user == user).unwrap_or(0),
-            tiles: room
-                .slots
-                .iter()
-                .map(|s| Frame::new(s.frame.clone(), s.height, s.width))
-                .collect(),
+            tiles: room.slots.iter().map(|s| s.picture.clone()).collect(),
             labels: room
                 .slots
                 .iter()

@@ -9,7 +9,6 @@ use super::cache::Snapshot;
 use super::config::{PARTICIPANTS_TAG, VIEWER_TAG};
 use super::encoding::Encoding;
 use super::{VideoChatExecutor, participants_value};
-use crate::Frame;
 
 /// Whether `doc` is a viewer's.
 pub(super) fn is_viewer(doc: &Document) -> bool {
@@ -29,11 +28,7 @@ impl VideoChatExecutor {
             participants: r.slots.iter().map(|s| s.user.clone()).collect(),
             // Nobody's tile is the viewer's.
             me: usize::MAX,
-            tiles: r
-                .slots
-                .iter()
-                .map(|s| Frame::new(s.frame.clone(), s.height, s.width))
-                .collect(),
+            tiles: r.slots.iter().map(|s| s.picture.clone()).collect(),
             labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
             raw: None,
             jpeg: None,
@@ -52,7 +47,10 @@ impl VideoChatExecutor {
         };
         let mosaic = match self.compose(&snap)? {
             Some(m) => m,
-            None => snap.tiles[0].clone(),
+            None => match self.frames(&snap.tiles).into_iter().next() {
+                Some(f) => f,
+                None => return Ok(()),
+            },
         };
         match output {
             Encoding::Raw => {

@@ -25,11 +25,7 @@ fn whole(ex: &VideoChatExecutor, room: &str) -> Vec<u8> {
             version: r.version,
             participants: r.slots.iter().map(|s| s.user.clone()).collect(),
             me: 0,
-            tiles: r
-                .slots
-                .iter()
-                .map(|s| crate::Frame::new(s.frame.clone(), s.height, s.width))
-                .collect(),
+            tiles: r.slots.iter().map(|s| s.picture.clone()).collect(),
             labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
             raw: None,
             jpeg: None,

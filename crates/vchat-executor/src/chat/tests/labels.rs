@@ -71,7 +71,7 @@ async fn labels_are_drawn_on_the_stored_frame_once() {
     send(&ex, &mut frame("bob", 240, 320, 60), 2).await.unwrap();
     let state = ex.lock();
     let slots = &state.rooms[DEFAULT_ROOM].slots;
-    let t = Tensor::image(240, 320, 3, slots[0].frame.clone()).unwrap();
+    let t = Tensor::image(240, 320, 3, slots[0].picture.pixels().unwrap().clone()).unwrap();
     assert_eq!(white_in(&t, (0, 0, 240, 320)), full_coverage("alice", 240));
 }
 

@@ -80,9 +80,9 @@ async fn grid_decodes_jpeg_frames_to_their_tile() {
     let state = ex.lock();
     let alice = &state.rooms[DEFAULT_ROOM].slots[0];
     assert_eq!(
-        (alice.height, alice.width),
-        (50, 75),
-        "decoded at 1/4: the smallest scale that covers her 48x64 tile"
+        alice.picture.decoded(),
+        Some(Ok((50, 75))),
+        "decoded at 1/4: the smallest scale that covers her 48x32 cell"
     );
     drop(state);
     let t = bob[0].tensor().unwrap();
@@ -91,4 +91,126 @@ async fn grid_decodes_jpeg_frames_to_their_tile() {
     let px = |y: usize, x: usize| t.data()[(y * 64 + x) * 3];
     assert!(px(24, 16).abs_diff(200) < 10, "{}", px(24, 16));
     assert_eq!(px(24, 48), 50);
+}
+
+/// A textured JPEG of `user`: its scan data is long enough to cut.
+fn textured_jpeg(user: &str, h: usize, w: usize) -> (DocumentArray, Bytes) {
+    let px: Vec<u8> = (0..h * w * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let j = jpeg::encode_bgr(&px, h, w, 90).unwrap();
+    let mut d = Document::new();
+    d.set_jpeg(j.clone());
+    d.set_tag_str("user", user);
+    (DocumentArray(vec![d]), j)
+}
+
+#[tokio::test]
+async fn a_grid_decodes_only_the_jpegs_a_composition_draws() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        canvas: "48x64".into(),
+        // One composition in the test's lifetime after the first.
+        mosaic_fps: 0.01,
+        ..Default::default()
+    });
+    send(&ex, &mut jpeg_frame("alice", 40, 60, 200), 1)
+        .await
+        .unwrap();
+    let first = ex.lock().rooms[DEFAULT_ROOM].slots[0].picture.clone();
+    assert_eq!(
+        first.decoded(),
+        Some(Ok((40, 60))),
+        "drawn by the first mosaic"
+    );
+    // Within the period, frames are stored and answered with that mosaic.
+    for value in [10, 20, 30] {
+        let mut f = jpeg_frame("alice", 40, 60, value);
+        send(&ex, &mut f, 1).await.unwrap();
+        let stored = ex.lock().rooms[DEFAULT_ROOM].slots[0].picture.clone();
+        assert_eq!(
+            stored.decoded(),
+            None,
+            "frame {value}: not drawn, not decoded"
+        );
+        let t = jpeg::decode_bgr(f[0].jpeg().unwrap(), 1 << 20).unwrap();
+        assert!(
+            t.0[(24 * 64 + 32) * 3].abs_diff(200) < 10,
+            "the first mosaic"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_kept_jpeg_that_fails_to_decode_is_a_black_tile_and_its_sender_is_told() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        canvas: "64x192".into(),
+        labels: false,
+        ..Default::default()
+    });
+    let (_, good) = textured_jpeg("alice", 64, 96);
+    // A header and an end marker, the scan cut short in between.
+    let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let mut cut = good[..sos + (good.len() - sos) / 3].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+    send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
+    let mut bad = jpeg_frame("alice", 64, 96, 0);
+    bad[0].set_jpeg(Bytes::from(cut));
+    // Alice's own request drew it: she is told at once.
+    let err = send(&ex, &mut bad, 1).await.unwrap_err().to_string();
+    assert!(err.contains("could not be decoded"), "{err}");
+    // Bob's room goes on: his cell (left, he came first) as it was, alice's black.
+    let mut b = frame("bob", 64, 96, 90);
+    b[0].set_tag_str(ACCEPT_TAG, "raw");
+    send(&ex, &mut b, 2).await.unwrap();
+    let t = b[0].tensor().unwrap();
+    let px = |y: usize, x: usize| t.data()[(y * 192 + x) * 3];
+    assert_eq!((px(32, 48), px(32, 144)), (90, 0));
+    // Told once: her next good frame is in the room again.
+    let (mut again, _) = textured_jpeg("alice", 64, 96);
+    send(&ex, &mut again, 1).await.unwrap();
+    let mut b = frame("bob", 64, 96, 90);
+    b[0].set_tag_str(ACCEPT_TAG, "raw");
+    send(&ex, &mut b, 2).await.unwrap();
+    let t = b[0].tensor().unwrap();
+    assert_ne!(t.data()[(32 * 192 + 144) * 3..][..30], [0u8; 30]);
+}
+
+#[tokio::test]
+async fn a_grid_refuses_a_truncated_jpeg_before_keeping_it() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        ..Default::default()
+    });
+    let (mut f, good) = textured_jpeg("alice", 64, 96);
+    f[0].set_jpeg(good.slice(..good.len() / 2));
+    let err = send(&ex, &mut f, 1).await.unwrap_err().to_string();
+    assert!(err.contains("end-of-image"), "{err}");
+    assert!(ex.users(DEFAULT_ROOM).is_empty(), "nothing kept");
+}
+
+#[tokio::test]
+async fn a_bad_jpeg_drawn_for_someone_else_is_told_with_its_senders_next_frame() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        canvas: "64x192".into(),
+        mosaic_fps: 5.0,
+        ..Default::default()
+    });
+    let (_, good) = textured_jpeg("alice", 64, 96);
+    let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let mut cut = good[..sos + (good.len() - sos) / 3].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+    send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
+    // Within bob's period: kept, not drawn, so not yet known to be bad.
+    let mut bad = jpeg_frame("alice", 64, 96, 0);
+    bad[0].set_jpeg(Bytes::from(cut));
+    send(&ex, &mut bad, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bob's request draws it, and gets his mosaic.
+    send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
+    let (mut next, _) = textured_jpeg("alice", 64, 96);
+    let err = send(&ex, &mut next, 1).await.unwrap_err().to_string();
+    assert!(err.contains("could not be decoded"), "{err}");
+    let (mut again, _) = textured_jpeg("alice", 64, 96);
+    send(&ex, &mut again, 1).await.unwrap();
 }

@@ -116,6 +116,6 @@ async fn held_bytes_follow_frames_mosaics_and_leaving_users() {
     let request = big[0].tensor().unwrap().data().clone();
     send(&ex, &mut big, 3).await.unwrap();
     let state = ex.lock();
-    let stored = &state.rooms[DEFAULT_ROOM].slots[0].frame;
+    let stored = &state.rooms[DEFAULT_ROOM].slots[0].picture.pixels().unwrap();
     assert_ne!(stored.as_ptr(), request.as_ptr());
 }
