@@ -176,15 +176,45 @@ pub fn resize(
         )));
     }
     let px = checked_pixels(new_h, new_w, max_pixels)?;
-    let mut out = BytesMut::with_capacity(px * 3);
-    let xs: Vec<usize> = (0..new_w).map(|x| source_index(x, w, new_w) * 3).collect();
-    for y in 0..new_h {
-        let row = &src[source_index(y, h, new_h) * w * 3..][..w * 3];
-        for &sx in &xs {
-            out.extend_from_slice(&row[sx..sx + 3]);
+    let mut out = vec![0u8; px * 3];
+    resize_into(src, h, w, &mut out, new_w, (0, 0, new_h, new_w));
+    Ok(Bytes::from(out))
+}
+
+/// Scales a checked `h`×`w`×3 frame (nearest neighbour) into the rectangle
+/// `(top, left, height, width)` of `dst`, a frame `dst_w` pixels wide that
+/// holds it (the callers check both).
+fn resize_into(
+    src: &[u8],
+    h: usize,
+    w: usize,
+    dst: &mut [u8],
+    dst_w: usize,
+    (top, left, th, tw): (usize, usize, usize, usize),
+) {
+    let xs: Vec<usize> = (0..tw).map(|x| source_index(x, w, tw) * 3).collect();
+    let row_at = |y: usize| ((top + y) * dst_w + left) * 3;
+    let mut previous: Option<(usize, usize)> = None;
+    for y in 0..th {
+        let sy = source_index(y, h, th);
+        let at = row_at(y);
+        match previous {
+            // Scaled up, rows repeat: copy the row already made.
+            Some((py, from)) if py == sy => dst.copy_within(from..from + tw * 3, at),
+            _ => {
+                let row = &src[sy * w * 3..][..w * 3];
+                let out = &mut dst[at..at + tw * 3];
+                if tw == w {
+                    out.copy_from_slice(row);
+                } else {
+                    for (d, &sx) in out.chunks_exact_mut(3).zip(&xs) {
+                        d.copy_from_slice(&row[sx..sx + 3]);
+                    }
+                }
+            }
         }
+        previous = Some((sy, at));
     }
-    Ok(out.freeze())
 }
 
 /// `side × num / den`, rounded, at least 1 (saturating): the other side of a
@@ -293,11 +323,31 @@ fn place_tile(
     tile: &Frame,
     max_pixels: usize,
 ) -> Result<(), MosaicError> {
-    let scaled = resize(tile.bytes(), tile.height, tile.width, th, tw, max_pixels)?;
-    for y in 0..th {
-        let dst = ((top + y) * canvas_w + left) * 3;
-        canvas[dst..dst + tw * 3].copy_from_slice(&scaled[y * tw * 3..(y + 1) * tw * 3]);
+    check_frame(tile.bytes(), tile.height, tile.width)?;
+    if th == 0 || tw == 0 {
+        return Err(MosaicError::BadInput(format!(
+            "cannot resize to {th}x{tw}: no pixels"
+        )));
     }
+    checked_pixels(th, tw, max_pixels)?;
+    let fits = top
+        .checked_add(th)
+        .and_then(|bottom| bottom.checked_mul(canvas_w))
+        .is_some_and(|px| px <= canvas.len() / 3)
+        && left.checked_add(tw).is_some_and(|right| right <= canvas_w);
+    if !fits {
+        return Err(MosaicError::BadInput(format!(
+            "a {th}x{tw} tile at ({top}, {left}) is outside the canvas"
+        )));
+    }
+    resize_into(
+        tile.bytes(),
+        tile.height,
+        tile.width,
+        canvas,
+        canvas_w,
+        (top, left, th, tw),
+    );
     Ok(())
 }
 
@@ -350,8 +400,16 @@ pub fn redraw_grid_tiles(
         let (Some(&rect), Some(&(top, left, ch, cw))) = (rects.get(i), cells.get(i)) else {
             continue;
         };
+        // Black around the tile; the tile covers the rest.
+        let (rt, rl, rh, rw) = rect;
         for y in top..top + ch {
-            canvas[(y * canvas_w + left) * 3..(y * canvas_w + left + cw) * 3].fill(0);
+            let row = &mut canvas[(y * canvas_w + left) * 3..(y * canvas_w + left + cw) * 3];
+            if (rt..rt + rh).contains(&y) {
+                row[..rl.saturating_sub(left).min(cw) * 3].fill(0);
+                row[(rl + rw).saturating_sub(left).min(cw) * 3..].fill(0);
+            } else {
+                row.fill(0);
+            }
         }
         place_tile(canvas, canvas_w, rect, &tiles[i], ch * cw)?;
     }
