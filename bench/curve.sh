@@ -3,7 +3,8 @@
 # server and load generator pinned to the same cores) over
 #   - raw vertical mosaics composed per frame (flow.yml), 1-30 users x 30 fps,
 #   - the JPEG grid in one room (bench/grid.yml), 10-300 users x 30 fps,
-#   - 50 rooms x 4 users on the JPEG grid,
+#   - 50 rooms x 4 users on the JPEG grid, each room composed at most 15 times
+#     a second (--rooms-mosaic-fps) from cameras at 30,
 # a fresh gateway for every point. Per point: answered rate against offered,
 # p50/p99, the gateway's CPU (/proc/PID/stat) and peak RSS (VmHWM), the load
 # generator's CPU, egress in bytes per second (response bytes received / s).
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 vertical=1,2,3,5,10,15,20,25,30
 grid=10,50,100,150,200,250,300
 rooms=50x4
+rooms_mosaic_fps=15
 fps=30
 duration=8
 warmup=1
@@ -43,6 +45,8 @@ options:
   --vertical LIST   users of the raw vertical points [$vertical] ('' for none)
   --grid LIST       users of the JPEG grid points, one room [$grid] ('' for none)
   --rooms RxU       R rooms of U users on the JPEG grid [$rooms] ('' for none)
+  --rooms-mosaic-fps N  the rooms' mosaic_fps: how often each room composes
+                    and encodes its canvas [$rooms_mosaic_fps]
   --fps N           frames per second per user [$fps]
   --duration S      seconds measured per point [$duration], after --warmup [$warmup]
   --repeats N       runs of every point [$repeats]
@@ -66,6 +70,7 @@ while [ $# -gt 0 ]; do
     --vertical) vertical=$2; shift 2 ;;
     --grid) grid=$2; shift 2 ;;
     --rooms) rooms=$2; shift 2 ;;
+    --rooms-mosaic-fps) rooms_mosaic_fps=$2; shift 2 ;;
     --fps) fps=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
@@ -97,6 +102,7 @@ pin=(nice -n "$nice" taskset -c "$cpus")
 max_grid=$(tr ',' '\n' <<<"$grid" | sort -n | tail -1)
 sed -E "s/^( *max_users:) *[0-9]+/\1 $(( ${max_grid:-0} > 256 ? max_grid : 256 ))/" \
   bench/grid.yml >"$work/grid.yml"
+sed -E "s/^( *mosaic_fps:) *[0-9.]+/\1 $rooms_mosaic_fps/" "$work/grid.yml" >"$work/rooms.yml"
 
 gateway_pid=""
 stop_gateway() {
@@ -140,7 +146,7 @@ echo "  loopback: $(jq -r .gb_per_s <<<"$loopback") GB/s (one TCP connection, tw
   echo "uptime before: $(uptime)"
   echo "loopback: $loopback"
   echo "binary: $vchat ($(stat -c %y "$vchat" | cut -d. -f1))"
-  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from --grid-processes $grid_processes --nice $nice"
+  echo "command: bench/curve.sh --vertical '$vertical' --grid '$grid' --rooms '$rooms' --rooms-mosaic-fps $rooms_mosaic_fps --fps $fps --duration $duration --warmup $warmup --repeats $repeats --cpus $cpus --split-from $split_from --grid-processes $grid_processes --nice $nice"
   echo "points:"
 } >"${out%.csv}.txt"
 
@@ -200,7 +206,7 @@ for rep in $(seq "$repeats"); do
   done
   if [ -n "$rooms" ]; then
     r=${rooms%x*} u=${rooms#*x}
-    point rooms $(( r * u )) "$r" "$work/grid.yml" "$rep" "$grid_processes" --room room --rooms "$r" --encoding jpeg --frames textured
+    point rooms $(( r * u )) "$r" "$work/rooms.yml" "$rep" "$grid_processes" --room room --rooms "$r" --encoding jpeg --frames textured
   fi
 done
 
