@@ -151,10 +151,8 @@ impl VideoChatExecutor {
     pub(super) fn received(&self, doc: &Document) -> Option<Result<Received, Error>> {
         match &doc.content {
             Some(Content::Blob(data)) if self.layout == Layout::Grid && jpeg::is_jpeg(doc) => Some(
-                jpeg::checked_dims(data, self.max_frame_pixels).map(|dims| Received::Jpeg {
-                    data: data.clone(),
-                    dims,
-                }),
+                jpeg::checked_dims(data, self.max_frame_pixels)
+                    .map(|dims| Received::Kept(Picture::jpeg(data, dims))),
             ),
             _ => jpeg::frame_of(doc, self.max_frame_pixels).map(|t| {
                 t.map(|tensor| Received::Pixels {
@@ -165,11 +163,16 @@ impl VideoChatExecutor {
         }
     }
 
+    /// The size of a cell of the grid of `users`.
+    pub(super) fn cell(&self, users: usize) -> (usize, usize) {
+        let (rows, cols) = grid_shape(users);
+        (self.canvas.0 / rows, self.canvas.1 / cols)
+    }
+
     /// The pixels of `tiles`: a grid's kept JPEGs decoded, each once, to
     /// about the size of their cell.
     pub(super) fn frames(&self, tiles: &[Picture]) -> Vec<Frame> {
-        let (rows, cols) = grid_shape(tiles.len());
-        let cell = (self.canvas.0 / rows, self.canvas.1 / cols);
+        let cell = self.cell(tiles.len());
         tiles
             .iter()
             .map(|p| {

@@ -64,10 +64,13 @@
 //! one grid hold a hundred users. A response may then lag its own frame by up to
 //! one period; `tags.participants` always lists the users of the mosaic sent.
 //! In the grid layout a JPEG frame is kept as received (its header, size and
-//! end marker checked) and decoded, straight to about its cell's size, by the
-//! first composition that draws it: a frame replaced before the next
-//! composition is never decoded. One whose data fails to decode then is drawn
-//! black, and its sender's request is answered with the reason, once.
+//! end marker checked) and decoded straight to about its cell's size: by its
+//! own request when it will be drawn, else (with `mosaic_fps`, when a newer
+//! frame of its user is due before the room's next composition) by the
+//! composition that draws it, if any: a frame replaced before that is never
+//! decoded. A frame decoded by its own request that fails is refused with an
+//! ERROR status; one that fails later is drawn black, and its sender's next
+//! request is answered with the reason, once.
 //!
 //! ## Bounds
 //!
@@ -268,6 +271,18 @@ impl Executor for VideoChatExecutor {
                 }
             };
             let dims = frame.dims().map_err(|m| self.reject(m))?;
+            // A kept JPEG that will be drawn is decoded now, by its own
+            // request, outside the lock: the work is spread over requests as
+            // they come, and a frame that does not decode is refused before
+            // anything changes.
+            if let picture::Received::Kept(picture) = &frame
+                && let Some(users) = self.drawn_soon(&room, &user)
+            {
+                picture.frame(self.cell(users), self.max_frame_pixels, self.budget);
+                if let Some(e) = picture.failure() {
+                    return Err(self.reject(e));
+                }
+            }
             let tile = self.tile_of(doc, &user)?;
             let snap = self.update(&room, &user, ctx.stream, &frame, &tile)?;
             doc.set_tag(PARTICIPANTS_TAG, participants_value(&snap.participants));

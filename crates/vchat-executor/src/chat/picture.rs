@@ -3,14 +3,16 @@
 //!
 //! A camera at 30 fps in a room composed at `mosaic_fps: 15` sends two frames
 //! per composition; decoding each as it arrives decoded the one a newer frame
-//! replaces before anyone drew it. A kept JPEG is decoded once, by the first
-//! composition that needs it (to about its cell's size), and every later
+//! replaces before anyone drew it. A kept JPEG is decoded once (to about its
+//! cell's size): by its own request when it will be drawn (spreading the work
+//! over requests), else by the first composition that draws it; every later
 //! composition and every clone of the room's snapshot shares the result.
 //!
 //! The frame's header and end marker are checked as it arrives (size, limits,
-//! truncation: the sender gets an ERROR status then, as before). Entropy-coded
-//! data that fails to decode later is drawn as a black tile, and the user's
-//! next frame is answered with the reason, once.
+//! truncation: the sender gets an ERROR status then, as before), and so is its
+//! data when its own request decodes it. Data that fails to decode only when
+//! a composition draws it is drawn as a black tile, and the user's next frame
+//! is answered with the reason, once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -115,6 +117,14 @@ impl Picture {
         }
     }
 
+    /// Why its JPEG could not be decoded, if a decoding was tried and failed.
+    pub(super) fn failure(&self) -> Option<String> {
+        match self {
+            Picture::Jpeg(j) => j.decoded.get()?.as_ref().err().cloned(),
+            Picture::Pixels(_) => None,
+        }
+    }
+
     /// Why its JPEG could not be decoded, the first time this is asked after
     /// a composition tried: what its sender is told.
     pub(super) fn untold_failure(&self) -> Option<String> {
@@ -154,8 +164,9 @@ pub(super) enum Received {
     /// Pixels; `owned` when they are in a buffer of their own (decoded here),
     /// not a slice of the request.
     Pixels { tensor: Tensor, owned: bool },
-    /// A grid room's JPEG, checked by [`jpeg::checked_dims`], kept undecoded.
-    Jpeg { data: Bytes, dims: (usize, usize) },
+    /// A grid room's JPEG ([`Picture::Jpeg`]), checked by
+    /// [`jpeg::checked_dims`], decoded ahead or when drawn.
+    Kept(Picture),
 }
 
 impl Received {
@@ -163,7 +174,7 @@ impl Received {
     pub(super) fn dims(&self) -> Result<(usize, usize), String> {
         match self {
             Received::Pixels { tensor, .. } => tensor.frame_dims(),
-            Received::Jpeg { dims, .. } => Ok(*dims),
+            Received::Kept(p) => Ok(p.dims()),
         }
     }
 
@@ -171,9 +182,9 @@ impl Received {
     pub(super) fn tensor(&self, max_pixels: usize) -> Result<Tensor, vchat_core::Error> {
         match self {
             Received::Pixels { tensor, .. } => Ok(tensor.clone()),
-            Received::Jpeg { data, .. } => {
-                jpeg::decode_bgr(data, max_pixels).and_then(|(px, h, w)| Tensor::image(h, w, 3, px))
-            }
+            Received::Kept(Picture::Pixels(f)) => f.clone().into_tensor(),
+            Received::Kept(Picture::Jpeg(j)) => jpeg::decode_bgr(&j.data, max_pixels)
+                .and_then(|(px, h, w)| Tensor::image(h, w, 3, px)),
         }
     }
 }

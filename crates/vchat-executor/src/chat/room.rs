@@ -180,6 +180,27 @@ impl VideoChatExecutor {
         result
     }
 
+    /// Whether a frame of `user` arriving now will be drawn, as far as can be
+    /// told before storing it: the number of users its room will have, when
+    /// it will, `None` when a newer frame of the user is due before the room's
+    /// next composition (`mosaic_fps`) and will be drawn instead.
+    pub(super) fn drawn_soon(&self, room: &str, user: &str) -> Option<usize> {
+        let state = self.lock();
+        let Some(r) = state.rooms.get(room) else {
+            return Some(1);
+        };
+        let slot = r.slots.iter().find(|s| s.user == user);
+        let users = r.slots.len() + usize::from(slot.is_none());
+        let (Some(period), Some(composed), Some(slot)) = (self.mosaic_period, r.composed_at, slot)
+        else {
+            return Some(users);
+        };
+        let now = Instant::now();
+        // The user's frame interval, from their previous frame.
+        let next = now + now.saturating_duration_since(slot.last_seen);
+        (next >= composed + period).then_some(users)
+    }
+
     /// The part of [`update`](Self::update) within the room.
     #[allow(clippy::too_many_arguments)]
     fn store(
@@ -278,9 +299,7 @@ impl VideoChatExecutor {
         }
         let picture = match frame {
             // A grid keeps a JPEG as it came (and labels tiles as it composes).
-            Received::Jpeg { data, dims } if self.layout == Layout::Grid => {
-                Picture::jpeg(data, *dims)
-            }
+            Received::Kept(p) if self.layout == Layout::Grid => p.clone(),
             _ => Picture::Pixels(Frame::new(
                 self.stored_pixels(frame, (h, w), (height, width), name, *paused)?,
                 height,

@@ -139,40 +139,28 @@ async fn a_grid_decodes_only_the_jpegs_a_composition_draws() {
     }
 }
 
-#[tokio::test]
-async fn a_kept_jpeg_that_fails_to_decode_is_a_black_tile_and_its_sender_is_told() {
-    let ex = with(VideoChatConfig {
-        layout: Layout::Grid,
-        canvas: "64x192".into(),
-        labels: false,
-        ..Default::default()
-    });
-    let (_, good) = textured_jpeg("alice", 64, 96);
-    // A header and an end marker, the scan cut short in between.
+/// A JPEG with a header and an end marker, its scan cut short in between.
+fn cut_scan(good: &Bytes) -> Bytes {
     let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
     let mut cut = good[..sos + (good.len() - sos) / 3].to_vec();
     cut.extend_from_slice(&[0xFF, 0xD9]);
+    Bytes::from(cut)
+}
+
+#[tokio::test]
+async fn a_jpeg_drawn_at_once_is_decoded_by_its_request_and_refused_if_bad() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        canvas: "64x192".into(),
+        ..Default::default()
+    });
+    let (_, good) = textured_jpeg("alice", 64, 96);
     send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
     let mut bad = jpeg_frame("alice", 64, 96, 0);
-    bad[0].set_jpeg(Bytes::from(cut));
-    // Alice's own request drew it: she is told at once.
+    bad[0].set_jpeg(cut_scan(&good));
     let err = send(&ex, &mut bad, 1).await.unwrap_err().to_string();
-    assert!(err.contains("could not be decoded"), "{err}");
-    // Bob's room goes on: his cell (left, he came first) as it was, alice's black.
-    let mut b = frame("bob", 64, 96, 90);
-    b[0].set_tag_str(ACCEPT_TAG, "raw");
-    send(&ex, &mut b, 2).await.unwrap();
-    let t = b[0].tensor().unwrap();
-    let px = |y: usize, x: usize| t.data()[(y * 192 + x) * 3];
-    assert_eq!((px(32, 48), px(32, 144)), (90, 0));
-    // Told once: her next good frame is in the room again.
-    let (mut again, _) = textured_jpeg("alice", 64, 96);
-    send(&ex, &mut again, 1).await.unwrap();
-    let mut b = frame("bob", 64, 96, 90);
-    b[0].set_tag_str(ACCEPT_TAG, "raw");
-    send(&ex, &mut b, 2).await.unwrap();
-    let t = b[0].tensor().unwrap();
-    assert_ne!(t.data()[(32 * 192 + 144) * 3..][..30], [0u8; 30]);
+    assert!(err.contains("not a valid JPEG"), "{err}");
+    assert_eq!(ex.users(DEFAULT_ROOM), ["bob"], "nothing kept");
 }
 
 #[tokio::test]
@@ -189,25 +177,34 @@ async fn a_grid_refuses_a_truncated_jpeg_before_keeping_it() {
 }
 
 #[tokio::test]
-async fn a_bad_jpeg_drawn_for_someone_else_is_told_with_its_senders_next_frame() {
+async fn a_bad_jpeg_drawn_later_is_a_black_tile_and_its_sender_is_told_once() {
     let ex = with(VideoChatConfig {
         layout: Layout::Grid,
         canvas: "64x192".into(),
+        labels: false,
         mosaic_fps: 5.0,
         ..Default::default()
     });
-    let (_, good) = textured_jpeg("alice", 64, 96);
-    let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
-    let mut cut = good[..sos + (good.len() - sos) / 3].to_vec();
-    cut.extend_from_slice(&[0xFF, 0xD9]);
+    let (mut first, good) = textured_jpeg("alice", 64, 96);
     send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
-    // Within bob's period: kept, not drawn, so not yet known to be bad.
+    send(&ex, &mut first, 1).await.unwrap();
+    // Right after her first, within bob's period: a newer frame of hers is
+    // due before the next mosaic, so this one is kept undecoded.
     let mut bad = jpeg_frame("alice", 64, 96, 0);
-    bad[0].set_jpeg(Bytes::from(cut));
+    bad[0].set_jpeg(cut_scan(&good));
     send(&ex, &mut bad, 1).await.unwrap();
+    let kept = ex.lock().rooms[DEFAULT_ROOM].slots[1].picture.clone();
+    assert_eq!(kept.decoded(), None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Bob's request draws it, and gets his mosaic.
-    send(&ex, &mut frame("bob", 64, 96, 90), 2).await.unwrap();
+    // Bob's request draws it: his cell (left, he came first) as it was,
+    // alice's black.
+    let mut b = frame("bob", 64, 96, 90);
+    b[0].set_tag_str(ACCEPT_TAG, "raw");
+    send(&ex, &mut b, 2).await.unwrap();
+    let t = b[0].tensor().unwrap();
+    let px = |y: usize, x: usize| t.data()[(y * 192 + x) * 3];
+    assert_eq!((px(32, 48), px(32, 144)), (90, 0));
+    // Her next frame is answered with the reason, once; the one after is in.
     let (mut next, _) = textured_jpeg("alice", 64, 96);
     let err = send(&ex, &mut next, 1).await.unwrap_err().to_string();
     assert!(err.contains("could not be decoded"), "{err}");
