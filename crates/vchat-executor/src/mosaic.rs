@@ -192,7 +192,18 @@ fn resize_into(
     dst_w: usize,
     (top, left, th, tw): (usize, usize, usize, usize),
 ) {
-    let xs: Vec<usize> = (0..tw).map(|x| source_index(x, w, tw) * 3).collect();
+    // The row's source pixels as runs `(destination byte, source byte,
+    // bytes)` of neighbours that stay neighbours: scaled up (a 200x300 frame
+    // in a 240x320 cell), a row is a few runs of about fifteen pixels, copied
+    // whole, instead of 320 copies of three bytes.
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for x in 0..tw {
+        let sx = source_index(x, w, tw) * 3;
+        match runs.last_mut() {
+            Some((d, s, len)) if *s + *len == sx && *d + *len == x * 3 => *len += 3,
+            _ => runs.push((x * 3, sx, 3)),
+        }
+    }
     let row_at = |y: usize| ((top + y) * dst_w + left) * 3;
     let mut previous: Option<(usize, usize)> = None;
     for y in 0..th {
@@ -204,12 +215,8 @@ fn resize_into(
             _ => {
                 let row = &src[sy * w * 3..][..w * 3];
                 let out = &mut dst[at..at + tw * 3];
-                if tw == w {
-                    out.copy_from_slice(row);
-                } else {
-                    for (d, &sx) in out.chunks_exact_mut(3).zip(&xs) {
-                        d.copy_from_slice(&row[sx..sx + 3]);
-                    }
+                for &(d, s, len) in &runs {
+                    out[d..d + len].copy_from_slice(&row[s..s + len]);
                 }
             }
         }
@@ -509,6 +516,32 @@ mod tests {
         assert_eq!((h, w), (2, 3));
         let firsts: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
         assert_eq!(firsts, vec![1, 2, 2, 1, 2, 2]);
+    }
+
+    #[test]
+    fn resize_picks_the_nearest_source_pixel_at_any_scale() {
+        for (h, w) in [(1, 1), (3, 7), (20, 30), (17, 5)] {
+            let px: Vec<u8> = (0..h * w * 3).map(|i| (i * 7 % 253) as u8).collect();
+            for (nh, nw) in [
+                (1, 1),
+                (h, w),
+                (2 * h + 1, 3 * w),
+                (h * 16 / 15, w * 32 / 30 + 1),
+                (3, 2),
+            ] {
+                let out = resize(&px, h, w, nh, nw, 1 << 20).unwrap();
+                for y in 0..nh {
+                    for x in 0..nw {
+                        let (sy, sx) = (y * h / nh, x * w / nw);
+                        assert_eq!(
+                            out[(y * nw + x) * 3..][..3],
+                            px[(sy * w + sx) * 3..][..3],
+                            "{h}x{w} to {nh}x{nw} at ({y}, {x})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
