@@ -2,8 +2,9 @@
 # The browser benchmark: USERS headless Chromium windows (the web client, a
 # stamped fake camera) in one room of a fresh `vchat flow`, per transport and
 # size; per user: bytes per second sent and received by the page, the frame
-# round trip (camera frame painted -> first mosaic shown holding it) and the
-# server's CPU. Each round runs every transport once, one after the other, so
+# round trip (camera frame painted -> first mosaic shown holding it), the
+# picture's quality (PSNR of the user's own tile, as shown, against the still
+# part of the frame painted) and the server's CPU. Each round runs every transport once, one after the other, so
 # they see the same machine; prints medians of the rounds as a Markdown table.
 #   bench/browser.sh                                 # ws, 320x240@15 and 640x480@30, 3 rounds
 #   TRANSPORTS="ws webrtc" USERS=4 RUNS=3 SECS=10 bench/browser.sh
@@ -56,12 +57,14 @@ def med(rs, k, scale=1.0):
     vs = [r[k] for r in rs if r.get(k) is not None]
     return statistics.median(vs) * scale if vs else float("nan")
 print(f"Medians of {runs} runs, {users} users in one room, {secs} s each; per user:\n")
-print("| size @ fps | transport | sent KB/s | received KB/s | frames sent/s | mosaics shown/s | round trip p50 / p90 ms | server CPU % of a core |")
-print("|---|---|---|---|---|---|---|---|")
+print("| size @ fps | transport | sent KB/s | received KB/s | frames sent/s | mosaics shown/s | round trip p50 / p90 ms | own tile PSNR p50 / p10 dB | PSNR of 4x4 means p50 / p10 dB | server CPU % of a core |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for (size, fps, t), rs in groups.items():
     print(f"| {size} @ {fps:g} | {t} | {med(rs, 'bytes_sent_per_s', 1e-3):.1f} | {med(rs, 'bytes_received_per_s', 1e-3):.1f} "
           f"| {med(rs, 'frames_sent_per_s'):.1f} | {med(rs, 'mosaics_per_s'):.1f} "
-          f"| {med(rs, 'rtt_ms_p50'):.0f} / {med(rs, 'rtt_ms_p90'):.0f} | {med(rs, 'server_cpu_percent'):.1f} |")
+          f"| {med(rs, 'rtt_ms_p50'):.0f} / {med(rs, 'rtt_ms_p90'):.0f} | {med(rs, 'psnr_db_p50'):.1f} / {med(rs, 'psnr_db_p10'):.1f} "
+          f"| {med(rs, 'psnr4_db_p50'):.1f} / {med(rs, 'psnr4_db_p10'):.1f} "
+          f"| {med(rs, 'server_cpu_percent'):.1f} |")
 print("\nEach user (medians of the runs):\n")
 print("| size @ fps | transport | user | sent KB/s | received KB/s | mosaics shown/s | round trip p50 / p90 ms |")
 print("|---|---|---|---|---|---|---|")

@@ -128,6 +128,16 @@ fn tree_cpu_secs(pid: u32) -> f64 {
         / ticks
 }
 
+/// The numbers of a JSON array, sorted.
+fn sorted(v: &Value) -> Vec<f64> {
+    let mut out: Vec<f64> = v
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -145,6 +155,7 @@ async fn snapshot(pages: &[Page]) -> Vec<Value> {
                 "(async () => { const b = window.vchatBench; const bytes = await b.bytes(); \
                  return { sent: bytes.sent, received: bytes.received, painted: b.painted, \
                  mosaics: b.mosaics, unreadable: b.unreadable, rtts: b.rtts.splice(0), \
+                 psnr: b.psnr.splice(0), psnr4: b.psnr4.splice(0), \
                  visibility: document.visibilityState, \
                  framesSent: window.vchat ? window.vchat.sent : null }; })()",
             )
@@ -257,14 +268,16 @@ async fn main() -> ExitCode {
         (a[k].as_f64().unwrap_or(0.0) - b[k].as_f64().unwrap_or(0.0)) / secs
     };
     let mut all_rtts = Vec::new();
+    let mut all_psnr = Vec::new();
+    let mut all_psnr4 = Vec::new();
     let mut users = Vec::new();
     for ((p, b), a) in pages.iter().zip(&before).zip(&after) {
-        let mut rtts: Vec<f64> = a["rtts"]
-            .as_array()
-            .map(|v| v.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        rtts.sort_by(f64::total_cmp);
+        let rtts = sorted(&a["rtts"]);
         all_rtts.extend_from_slice(&rtts);
+        let psnr = sorted(&a["psnr"]);
+        let psnr4 = sorted(&a["psnr4"]);
+        all_psnr.extend_from_slice(&psnr);
+        all_psnr4.extend_from_slice(&psnr4);
         users.push(json!({
             "user": p.name,
             "visibility": a["visibility"],
@@ -277,9 +290,13 @@ async fn main() -> ExitCode {
             "unreadable_tiles": a["unreadable"].as_f64().unwrap_or(0.0) - b["unreadable"].as_f64().unwrap_or(0.0),
             "rtt_ms_p50": percentile(&rtts, 0.5),
             "rtt_ms_p90": percentile(&rtts, 0.9),
+            "psnr_db_p50": percentile(&psnr, 0.5),
+            "psnr4_db_p50": percentile(&psnr4, 0.5),
         }));
     }
     all_rtts.sort_by(f64::total_cmp);
+    all_psnr.sort_by(f64::total_cmp);
+    all_psnr4.sort_by(f64::total_cmp);
     let mean = |k: &str| users.iter().filter_map(|u| u[k].as_f64()).sum::<f64>() / n;
     let cpu_per_user = (cpu1 - cpu0) / secs * 100.0 / n;
     let out = json!({
@@ -296,6 +313,10 @@ async fn main() -> ExitCode {
             "own_frames_seen_per_s": mean("own_frames_seen_per_s"),
             "rtt_ms_p50": percentile(&all_rtts, 0.5),
             "rtt_ms_p90": percentile(&all_rtts, 0.9),
+            "psnr_db_p50": percentile(&all_psnr, 0.5),
+            "psnr_db_p10": percentile(&all_psnr, 0.1),
+            "psnr4_db_p50": percentile(&all_psnr4, 0.5),
+            "psnr4_db_p10": percentile(&all_psnr4, 0.1),
             "server_cpu_percent": cpu_per_user,
             "server_bytes_in_per_s": (m1.0 - m0.0) / secs / n,
             "server_bytes_out_per_s": (m1.1 - m0.1) / secs / n,
