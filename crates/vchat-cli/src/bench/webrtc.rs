@@ -35,6 +35,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use vchat_client::source::user_color;
 use vchat_gateway::doors::webrtc::h264::{nal_units, sps_dimensions};
 
+use vchat_gateway::doors::webrtc::WHIP_PATH as WHIP;
+
 use super::{BenchArgs, CpuSample, ProcessCpu, ShardResult};
 
 /// Most simulated WebRTC users in one run (each is a thread with an H.264
@@ -103,10 +105,10 @@ pub(super) struct UserResult {
     /// The size of the last mosaic, HEIGHTxWIDTH.
     pub mosaic_size: String,
     /// Frames of the measured window read back from a mosaic, and their round
-    /// trips.
+    /// trips (none without a sample).
     pub round_trips: u64,
-    pub rtt_p50_ms: f64,
-    pub rtt_p99_ms: f64,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
     /// UDP payload bytes (RTP, RTCP, STUN, DTLS) in the measured window.
     pub bytes_out: u64,
     pub bytes_in: u64,
@@ -497,12 +499,9 @@ fn read_barcodes(
     out
 }
 
-fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1e6
+fn percentile_ms(sorted: &[u64], p: f64) -> Option<f64> {
+    let i = ((sorted.len().checked_sub(1)? as f64) * p).round() as usize;
+    Some(sorted[i] as f64 / 1e6)
 }
 
 /// The clock of the run, set once every user is connected (and, in a child
@@ -769,9 +768,13 @@ fn connect_and_stream(
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
     let (offer, pending) = api.apply().context("no SDP offer")?;
-    let mut path = format!("/whip?user={}", encode_query(&who.name));
-    if let Some(r) = &who.room {
-        path.push_str(&format!("&room={}", encode_query(r)));
+    // With a token, the gateway takes the user and room from it.
+    let mut path = WHIP.to_string();
+    if who.token.is_none() {
+        path.push_str(&format!("?user={}", encode_query(&who.name)));
+        if let Some(r) = &who.room {
+            path.push_str(&format!("&room={}", encode_query(r)));
+        }
     }
     let bearer = who.token.as_ref().map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/sdp")];
@@ -1173,5 +1176,99 @@ fn wait_readable(socket: &UdpSocket, left: Duration) {
     {
         let _ = socket;
         std::thread::sleep(left.min(Duration::from_millis(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two users' frames one under the other, as the chat's vertical mosaic
+    /// stacks them: the I420 planes of `frames` concatenated.
+    fn stack(frames: &[Vec<u8>], w: usize, h: usize) -> Vec<u8> {
+        let (y, c) = (w * h, w * h / 4);
+        let mut out = Vec::new();
+        for plane in [0..y, y..y + c, y + c..y + 2 * c] {
+            for f in frames {
+                out.extend_from_slice(&f[plane.clone()]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn barcodes_survive_h264_in_a_mosaic() {
+        let (w, h) = (320, 240);
+        let g = grain(w, h);
+        let mut a = Camera::new(3, "user3", (h, w), true, g.clone());
+        let mut b = Camera::new(7, "user7", (h, w), true, g);
+        let mut enc = Encoder::with_api_config(
+            OpenH264API::from_source(),
+            EncoderConfig::new().bitrate(BitRate::from_bps(300_000)),
+        )
+        .unwrap();
+        let mut dec =
+            Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new()).unwrap();
+        let mut read = Vec::new();
+        for n in [0u64, 1, 2, 65535, 65536 + 9] {
+            let _ = a.render(n);
+            let _ = b.render(n + 100);
+            let mosaic = stack(&[a.yuv.clone(), b.yuv.clone()], w, h);
+            let src = YUVSlices::new(
+                (
+                    &mosaic[..w * h * 2],
+                    &mosaic[w * h * 2..w * h * 5 / 2],
+                    &mosaic[w * h * 5 / 2..],
+                ),
+                (w, 2 * h),
+                (w, w / 2, w / 2),
+            );
+            let au = enc.encode(&src).unwrap().to_vec();
+            let yuv = dec.decode(&au).unwrap().expect("a picture");
+            let (stride, _, _) = yuv.strides();
+            read.push(read_barcodes(yuv.y(), stride, yuv.dimensions(), (w, h)));
+        }
+        let want = |u: u64, n: u64| Some((u << 16) | (n & FRAME_MASK));
+        assert_eq!(read[0], vec![want(3, 0), want(7, 100)]);
+        assert_eq!(read[1], vec![want(3, 1), want(7, 101)]);
+        assert_eq!(read[3], vec![want(3, 65535), want(7, 65635)]);
+        assert_eq!(read[4], vec![want(3, 9), want(7, 109)]);
+    }
+
+    #[test]
+    fn a_mangled_band_reads_as_nothing() {
+        let (w, h) = (320, 240);
+        let mut cam = Camera::new(1, "user1", (h, w), false, grain(w, h));
+        let _ = cam.render(5);
+        let y = cam.yuv[..w * h].to_vec();
+        assert_eq!(
+            read_barcodes(&y, w, (w, h), (w, h)),
+            vec![Some((1 << 16) | 5)]
+        );
+        // A grey band (a tile with no barcode, or one mid-change) is no value.
+        let mut grey = y.clone();
+        grey[..w * 2 * block(w)].fill(128);
+        assert_eq!(read_barcodes(&grey, w, (w, h), (w, h)), vec![None]);
+        // A scaled-down mosaic (a narrower room) is read at its scale.
+        let half: Vec<u8> = (0..h / 2)
+            .flat_map(|r| (0..w / 2).map(move |c| (r, c)))
+            .map(|(r, c)| y[2 * r * w + 2 * c])
+            .collect();
+        assert_eq!(
+            read_barcodes(&half, w / 2, (w / 2, h / 2), (w, h)),
+            vec![Some((1 << 16) | 5)]
+        );
+    }
+
+    #[test]
+    fn signalling_addresses_are_checked() {
+        assert!(http_addr("http://127.0.0.1:8080").is_ok());
+        assert!(http_addr("http://127.0.0.1:8080/").is_ok());
+        let e = http_addr("grpc://127.0.0.1:1").unwrap_err().to_string();
+        assert!(e.contains("port_http"), "{e}");
+        let e = http_addr("https://127.0.0.1:1").unwrap_err().to_string();
+        assert!(e.contains("http://"), "{e}");
+        assert!(http_addr("http://127.0.0.1:1/whip").is_err());
+        assert_eq!(encode_query("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }
