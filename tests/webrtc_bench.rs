@@ -218,7 +218,10 @@ fn a_refusing_gateway_ends_the_run_with_its_reason() {
     // Over the bounds: refused before anything starts.
     let out = bench(&web, &["--users", "65"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("at most 64"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("at most 64"),
+        "{stderr}"
+    );
     let out = bench(&web, &["--fps", "0"]);
     assert!(!out.status.success());
     let out = bench(flow.addr(), &["--users", "1"]);

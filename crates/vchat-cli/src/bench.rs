@@ -705,8 +705,10 @@ fn merge(
         .map(|r| r.answered as f64 / r.seconds.max(1e-3))
         .sum();
     let seconds = results.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    let per_user: Vec<webrtc::UserResult> =
-        results.iter().flat_map(|r| r.webrtc.iter().cloned()).collect();
+    let per_user: Vec<webrtc::UserResult> = results
+        .iter()
+        .flat_map(|r| r.webrtc.iter().cloned())
+        .collect();
     procs.extend(results.iter().map(|r| r.cpu.clone()));
     let mut warnings = busy_warnings(&procs, cores);
     let (server_pid, server_cpu_s, server_cpu_percent, server_peak_rss_mb) = match server {
@@ -727,8 +729,8 @@ fn merge(
         }
         None => (None, None, None, None),
     };
-    let webrtc = (args.transport == "webrtc")
-        .then(|| webrtc::Summary::of(per_user, server_cpu_percent));
+    let webrtc =
+        (args.transport == "webrtc").then(|| webrtc::Summary::of(per_user, server_cpu_percent));
     Report {
         transport: args.transport.clone(),
         users: args.users,
@@ -1157,7 +1159,16 @@ fn print_webrtc(w: &webrtc::Summary) {
     }
     println!(
         "  {:<8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>5} {:>6} {:>5}  seen",
-        "user", "mosaic/s", "sent/s", "rtt p50", "rtt p99", "out kB/s", "in kB/s", "errs", "unread", "pli"
+        "user",
+        "mosaic/s",
+        "sent/s",
+        "rtt p50",
+        "rtt p99",
+        "out kB/s",
+        "in kB/s",
+        "errs",
+        "unread",
+        "pli"
     );
     for u in &w.per_user {
         println!(

@@ -576,7 +576,11 @@ pub(super) fn run(
             stop: AtomicBool::new(false),
         },
     });
-    let role = if args.shard.is_some() { "child" } else { "single" };
+    let role = if args.shard.is_some() {
+        "child"
+    } else {
+        "single"
+    };
     let (tx, phases) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(users.len());
     let n = users.len();
@@ -950,7 +954,8 @@ impl User {
                         },
                     );
                     if rtc.accepts(&input) {
-                        rtc.handle_input(input).context("the peer connection failed")?;
+                        rtc.handle_input(input)
+                            .context("the peer connection failed")?;
                     }
                     continue;
                 }
@@ -1028,9 +1033,9 @@ impl User {
         if self.last_pli.is_some_and(|t| now - t < PLI_INTERVAL) {
             return;
         }
-        let asked = rtc.writer(self.mid).is_some_and(|mut w| {
-            w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok()
-        });
+        let asked = rtc
+            .writer(self.mid)
+            .is_some_and(|mut w| w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok());
         if asked {
             self.last_pli = Some(now);
             self.r.plis_sent += 1;
