@@ -54,15 +54,18 @@ for case in $CASES; do
         b=0
         for vchat in $VCHATS; do
             b=$((b + 1))
-            "${pin[@]}" "$vchat" flow --uses "$dir/flow.yml" --port 0 >"$dir/flow.out" 2>"$dir/flow.err" &
+            # A log of its own per Flow: the shell may look before the new
+            # Flow has truncated the last one's.
+            log="$dir/flow-$users-$size-$fps-$round-$b"
+            "${pin[@]}" "$vchat" flow --uses "$dir/flow.yml" --port 0 >"$log.out" 2>"$log.err" &
             flow_pid=$!
             web=
             for _ in $(seq 1 100); do
-                web=$(sed -n 's/^vchat: listening on \(http:.*\)$/\1/p' "$dir/flow.out")
+                web=$(sed -n 's/^vchat: listening on \(http:.*\)$/\1/p' "$log.out" 2>/dev/null)
                 [ -n "$web" ] && break
                 sleep 0.1
             done
-            [ -n "$web" ] || { cat "$dir/flow.err" >&2; exit 1; }
+            [ -n "$web" ] || { cat "$log.err" >&2; exit 1; }
             f="$OUT/webrtc-load-b$b-u$users-$size-$fps-$round.json"
             "${pin[@]}" "$BENCH" bench "$web" --transport webrtc --users "$users" --size "$size" \
                 --fps "$fps" --duration "$SECS" --warmup "$WARMUP" --room load \

@@ -94,6 +94,9 @@ fn check_report(out: &Output, users: usize) -> Value {
         // user's barcode read in it.
         assert_eq!(u["mosaic_size"], format!("{}x320", 240 * users), "{u}");
         assert_eq!(u["users_seen"].as_array().unwrap(), &everyone, "{u}");
+        // The gateway's own counters of the peer agree that it streamed.
+        assert!(u["server"]["frames_processed"].as_u64().unwrap() > 0, "{u}");
+        assert!(u["server"]["mosaics_out"].as_u64().unwrap() > 0, "{u}");
     }
     assert!(w["round_trips"].as_u64().unwrap() > 0, "{v}");
     assert!(w["mosaic_fps_min"].as_f64().unwrap() > 0.0, "{v}");

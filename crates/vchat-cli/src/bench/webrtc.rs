@@ -123,6 +123,10 @@ pub(super) struct UserResult {
     pub plis_sent: u64,
     /// The users whose barcodes this user's mosaics showed, over the whole run.
     pub users_seen: Vec<usize>,
+    /// The gateway's counters of this peer at the end of the run (`GET
+    /// /whip/ID`: pictures in, decoded, processed, mosaics encoded, dropped,
+    /// sent), over the whole run.
+    pub server: Option<serde_json::Value>,
     #[serde(skip)]
     pub rtts_ns: Vec<u64>,
 }
@@ -739,8 +743,14 @@ fn coordinate(
 /// stops, then leave (`DELETE`) whatever happened.
 fn user_thread(plan: &Plan, who: Who, phases: Sender<Phase>) -> Result<UserResult, String> {
     let mut peer = None;
-    let outcome = connect_and_stream(plan, &who, &phases, &mut peer);
+    let mut outcome = connect_and_stream(plan, &who, &phases, &mut peer);
     if let Some(location) = &peer {
+        if let Ok(r) = outcome.as_mut() {
+            r.server = http(plan.server, &plan.host, "GET", location, &[], b"")
+                .ok()
+                .filter(|a| a.status == 200)
+                .and_then(|a| serde_json::from_str(&a.body).ok());
+        }
         let _ = http(plan.server, &plan.host, "DELETE", location, &[], b"");
     }
     match outcome {
