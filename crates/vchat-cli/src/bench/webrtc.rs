@@ -933,13 +933,14 @@ impl User {
                 return Ok(());
             }
             let now = Instant::now();
-            if self.next_frame.is_none() && self.connected {
-                if let Some(start) = plan.clock.start.get() {
-                    // Users start spread over one frame period, as
-                    // independent cameras do.
-                    let offset = plan_period.mul_f64(self.who as f64 / self.users.max(1) as f64);
-                    self.next_frame = Some(*start + offset);
-                }
+            if self.next_frame.is_none()
+                && self.connected
+                && let Some(start) = plan.clock.start.get()
+            {
+                // Users start spread over one frame period, as independent
+                // cameras do.
+                let offset = plan_period.mul_f64(self.who as f64 / self.users.max(1) as f64);
+                self.next_frame = Some(*start + offset);
             }
             let mut wake = timeout.min(now + TICK);
             if let Some(t) = self.next_frame {
@@ -1104,13 +1105,13 @@ impl User {
             if slot.0 & FRAME_MASK != n {
                 continue;
             }
-            if let Some(at) = slot.1.take() {
-                if Self::measured(plan, at) {
-                    let rtt = now.saturating_duration_since(at);
-                    self.r
-                        .rtts_ns
-                        .push(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
-                }
+            if let Some(at) = slot.1.take()
+                && Self::measured(plan, at)
+            {
+                let rtt = now.saturating_duration_since(at);
+                self.r
+                    .rtts_ns
+                    .push(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
             }
         }
     }
