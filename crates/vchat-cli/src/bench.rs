@@ -51,9 +51,9 @@ pub struct BenchArgs {
     /// request) or `webrtc` (one peer connection each, signalled on `POST
     /// /whip`: an H.264 camera at --size and --fps, the mosaic back as H.264,
     /// round trips read from barcodes in the mosaic; at most 64 users, --fps
-    /// up to 60, --size from 64x192 to 1920x1920; --window, --encoding,
-    /// --quality do not apply, --count, --ca and --frames textured are
-    /// refused).
+    /// up to 60, --duration up to 3600 s, --size from 64x192 to 1920x1920;
+    /// --window, --encoding, --quality do not apply, --count, --ca and
+    /// --frames textured are refused).
     #[arg(long, default_value = "grpc", value_parser = ["grpc", "webrtc"])]
     transport: String,
     /// CA certificate (PEM) for grpcs:// [default: the system's roots].
