@@ -12,6 +12,10 @@
 //! mosaic shows. A keyframe goes out when the gateway asks (PLI or FIR), and a
 //! PLI when a mosaic cannot be decoded or was lost in part. Each peer is
 //! deleted (`DELETE /whip/ID`) when the run ends, and every thread joined.
+//!
+//! The tiles are read where the chat's vertical layout (its default) puts
+//! them: one under the other, each the camera's height scaled to the
+//! mosaic's width. Other layouts give mosaics and bytes, but no round trips.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
