@@ -599,12 +599,21 @@ pub(super) fn run(
             room: room_of(args, u),
             token: args.token.get(u).cloned(),
         };
-        let (plan, tx) = (plan.clone(), tx.clone());
-        let t = std::thread::Builder::new()
+        let (p, tx) = (plan.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
             .name(format!("vchat-bench-webrtc-{u}"))
-            .spawn(move || user_thread(&plan, who, tx))
-            .context("cannot start a user's thread")?;
-        threads.push(t);
+            .spawn(move || user_thread(&p, who, tx));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // The users started so far leave before the error is told.
+                plan.clock.stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e).context("cannot start a user's thread");
+            }
+        }
     }
     drop(tx);
     if !quiet {
