@@ -17,6 +17,8 @@ use vchat_client::{Client, PostOptions};
 use vchat_core::{Document, Tensor};
 use vchat_proto::prost::Message;
 
+mod webrtc;
+
 /// Frames of the moving pattern rendered ahead and sent in turn.
 const PATTERN_FRAMES: u64 = 30;
 
@@ -42,8 +44,18 @@ const CHILD_EXIT_WAIT: Duration = Duration::from_secs(2);
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Gateway address: grpc://HOST:PORT or grpcs://HOST:PORT (vchat or any Jina
-    /// 3 gateway).
+    /// 3 gateway); with --transport webrtc, the gateway's HTTP port
+    /// (port_http): http://HOST:PORT.
     addr: String,
+    /// How the users stream: `grpc` (one `Call` stream each, one frame per
+    /// request) or `webrtc` (one peer connection each, signalled on `POST
+    /// /whip`: an H.264 camera at --size and --fps, the mosaic back as H.264,
+    /// round trips read from barcodes in the mosaic; at most 64 users, --fps
+    /// up to 60, --duration up to 3600 s, --size from 64x192 to 1920x1920;
+    /// --window, --encoding, --quality do not apply, --count, --ca and
+    /// --frames textured are refused).
+    #[arg(long, default_value = "grpc", value_parser = ["grpc", "webrtc"])]
+    transport: String,
     /// CA certificate (PEM) for grpcs:// [default: the system's roots].
     #[arg(long)]
     ca: Option<std::path::PathBuf>,
@@ -116,6 +128,12 @@ pub struct BenchArgs {
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
+    /// `grpc` or `webrtc`. Over WebRTC, `sent` counts frames sent, `answered`
+    /// and the latency percentiles the frames read back from a mosaic and
+    /// their round trips (`lost`: sent, never seen in a mosaic), `errors`
+    /// encode and decode errors, bytes the UDP payloads; `webrtc` has the
+    /// mosaic rates and each user's figures.
+    transport: String,
     users: usize,
     fps: f64,
     size: String,
@@ -153,6 +171,8 @@ struct Report {
     server_peak_rss_mb: Option<f64>,
     /// What may make the figures wrong, e.g. a load generator short of CPU.
     warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webrtc: Option<webrtc::Summary>,
 }
 
 /// The CPU one process of the load generator used over the measured window.
@@ -183,6 +203,9 @@ struct ShardResult {
     bytes_in: u64,
     latencies_ns: Vec<u64>,
     cpu: ProcessCpu,
+    /// Over WebRTC: each user's figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    webrtc: Vec<webrtc::UserResult>,
 }
 
 #[derive(Default)]
@@ -398,6 +421,9 @@ pub async fn run(args: BenchArgs, threads: Option<usize>) -> anyhow::Result<Exit
         .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
         .filter(|&(h, w)| h > 0 && w > 0)
         .ok_or_else(|| anyhow::anyhow!("--size {:?} is not HEIGHTxWIDTH", args.size))?;
+    if args.transport == "webrtc" {
+        webrtc::check(&args, (h, w))?;
+    }
     let fps_ok = args.fps.is_finite() && args.fps >= 0.0;
     let duration_ok = args.duration.is_finite() && args.duration > 0.0;
     if args.users == 0 || !fps_ok || !duration_ok {
@@ -446,6 +472,26 @@ pub async fn run(args: BenchArgs, threads: Option<usize>) -> anyhow::Result<Exit
     let (i, n) = shard.unwrap_or((0, 1));
     let users = shard_users(args.users, i, n);
     let quiet = args.json || shard.is_some();
+    if args.transport == "webrtc" {
+        // The parent measures the server when there is one.
+        let server_pid = args.server_pid.filter(|_| shard.is_none());
+        let args = Arc::new(args);
+        let a = args.clone();
+        let (result, cpu_start, cpu_end, _) = tokio::task::spawn_blocking(move || {
+            webrtc::run(&a, (h, w), users, go, server_pid, quiet)
+        })
+        .await??;
+        if shard.is_some() {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string(&result)?)?;
+            out.flush()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let wall = (cpu_end.at - cpu_start.at).as_secs_f64().max(1e-3);
+        let server = server_pid.map(|pid| (pid, cpu_start.server_s, cpu_end.server_s, wall));
+        let report = merge(&args, (h, w), vec![result], Vec::new(), server, cores);
+        return output(&args, &report);
+    }
     let client = Client::open(&args.addr, args.ca.as_deref())?;
     // Every frame is rendered (and encoded) before the clock starts, so that
     // preparing them takes nothing from the load.
@@ -619,6 +665,7 @@ pub async fn run(args: BenchArgs, threads: Option<usize>) -> anyhow::Result<Exit
             cpu_percent: 100.0 * own_cpu / wall,
             usable_cores,
         },
+        webrtc: Vec::new(),
     };
     if shard.is_some() {
         let mut out = std::io::stdout().lock();
@@ -658,6 +705,10 @@ fn merge(
         .map(|r| r.answered as f64 / r.seconds.max(1e-3))
         .sum();
     let seconds = results.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let per_user: Vec<webrtc::UserResult> = results
+        .iter()
+        .flat_map(|r| r.webrtc.iter().cloned())
+        .collect();
     procs.extend(results.iter().map(|r| r.cpu.clone()));
     let mut warnings = busy_warnings(&procs, cores);
     let (server_pid, server_cpu_s, server_cpu_percent, server_peak_rss_mb) = match server {
@@ -678,7 +729,10 @@ fn merge(
         }
         None => (None, None, None, None),
     };
+    let webrtc =
+        (args.transport == "webrtc").then(|| webrtc::Summary::of(per_user, server_cpu_percent));
     Report {
+        transport: args.transport.clone(),
         users: args.users,
         fps: args.fps,
         size: format!("{h}x{w}"),
@@ -705,6 +759,7 @@ fn merge(
         server_cpu_percent,
         server_peak_rss_mb,
         warnings,
+        webrtc,
     }
 }
 
@@ -742,6 +797,7 @@ impl BenchArgs {
             a.push(k.into());
             a.push(v.into());
         };
+        arg("--transport", self.transport.clone());
         arg("--encoding", self.encoding.clone());
         arg("--quality", self.quality.to_string());
         arg("--frames", self.frames.clone());
@@ -1078,6 +1134,58 @@ fn print_table(r: &Report) {
             _ => println!("  server CPU  pid {pid}: not measured"),
         }
     }
+    if let Some(w) = &r.webrtc {
+        print_webrtc(w);
+    }
+}
+
+/// The WebRTC part of the table: the spread over users, then each user.
+fn print_webrtc(w: &webrtc::Summary) {
+    println!(
+        "  mosaics/s   min {:.1}  median {:.1}  max {:.1} (per user)",
+        w.mosaic_fps_min, w.mosaic_fps_median, w.mosaic_fps_max
+    );
+    println!(
+        "  round trips {} frames read back from the mosaics; errors: encode {}  decode {}",
+        w.round_trips, w.encode_errors, w.decode_errors
+    );
+    println!(
+        "  bytes/s     out {:.1} kB  in {:.1} kB (median per user, UDP payloads)",
+        w.bytes_out_per_s_median / 1e3,
+        w.bytes_in_per_s_median / 1e3
+    );
+    if let Some(c) = w.server_cpu_percent_per_user {
+        println!("  server CPU  {c:.1}% of a core per user");
+    }
+    println!(
+        "  {:<8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>5} {:>6} {:>5}  seen",
+        "user",
+        "mosaic/s",
+        "sent/s",
+        "rtt p50",
+        "rtt p99",
+        "out kB/s",
+        "in kB/s",
+        "errs",
+        "unread",
+        "pli"
+    );
+    for u in &w.per_user {
+        println!(
+            "  {:<8} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>5} {:>6} {:>5}  {:?}",
+            u.name,
+            u.mosaic_fps,
+            u.frames_sent_per_s,
+            u.rtt_p50_ms.unwrap_or(f64::NAN),
+            u.rtt_p99_ms.unwrap_or(f64::NAN),
+            u.bytes_out_per_s / 1e3,
+            u.bytes_in_per_s / 1e3,
+            u.encode_errors + u.decode_errors,
+            u.unreadable_tiles,
+            u.plis_sent,
+            u.users_seen
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1113,6 +1221,7 @@ mod tests {
             bytes_in: 20,
             latencies_ns: latencies_ms.iter().map(|ms| ms * 1_000_000).collect(),
             cpu: cpu("child", 2, 10.0, 1),
+            webrtc: Vec::new(),
         }
     }
 

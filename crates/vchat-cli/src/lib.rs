@@ -67,6 +67,12 @@ enum Command {
     /// generator's own processes (with --server-pid, the server's too), so
     /// that a load generator short of CPU shows. A table by default, one JSON
     /// object with --json; a progress bar on stderr while it runs.
+    ///
+    /// With --transport webrtc (ADDR: the gateway's http://HOST:PORT), each
+    /// user is a WebRTC peer connection (POST /whip) sending an H.264 camera
+    /// whose frames carry a barcode, and decoding the mosaic that comes back:
+    /// mosaics per second per user, the round trip of each frame read back
+    /// from the mosaic, bytes both ways, and which users each mosaic showed.
     Bench(bench::BenchArgs),
     /// Print an access token for a Flow with access control (`with.auth`).
     ///

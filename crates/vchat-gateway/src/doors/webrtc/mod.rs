@@ -19,7 +19,9 @@
 //! request of the peer's stream, exactly as a WebSocket frame (a frame that
 //! arrives while the previous one is in the Flow replaces the one waiting).
 //! Each mosaic is encoded and written back; a mosaic that finds the encoder
-//! busy is dropped, never queued. A keyframe goes out first, and whenever the
+//! busy waits in a slot of one, where a newer one replaces it, so a codec
+//! thread that falls behind encodes the room as it is now instead of working
+//! through old mosaics. A keyframe goes out first, and whenever the
 //! browser asks (PLI/FIR); the gateway asks the browser for one when it lost
 //! a picture.
 //!
@@ -69,8 +71,8 @@ pub const WHIP_PATH: &str = "/whip";
 pub const WEBRTC_JS: &str = include_str!("../../../web/webrtc.js");
 /// Endpoint of every frame, as the WebSocket's.
 const ENDPOINT: &str = "/";
-/// Access units and mosaics waiting for one peer's codec thread; past it
-/// access units are dropped (and a keyframe asked for), mosaics dropped.
+/// Access units (and wake-ups) waiting for one peer's codec thread; past it
+/// access units are dropped (and a keyframe asked for).
 const CODEC_QUEUE: usize = 32;
 /// Commands waiting for the driver.
 const DRIVER_QUEUE: usize = 1024;
@@ -106,10 +108,60 @@ impl Default for WebRtcOptions {
 pub(crate) enum CodecIn {
     /// An access unit from the browser.
     Media(Arc<[u8]>),
-    /// A mosaic to send.
-    Mosaic(Tensor),
+    /// A mosaic is waiting in the peer's [`NextMosaic`].
+    Mosaic,
     /// The browser asked for a keyframe.
     Keyframe,
+}
+
+/// The newest mosaic of a peer that its codec thread has not taken yet.
+///
+/// Mosaics used to queue with the access units: a codec thread short of CPU
+/// (H.264 encoding of a large mosaic is the costliest step of a peer) then
+/// encoded mosaics seconds old, and the pictures feeding the Flow waited
+/// behind them, so the round trip grew with the queue. Only the newest
+/// mosaic is worth encoding.
+#[derive(Default)]
+pub(crate) struct NextMosaic {
+    slot: Mutex<Option<Tensor>>,
+}
+
+impl NextMosaic {
+    /// Leaves `t` for the codec thread; false when it replaced one that was
+    /// never encoded.
+    fn put(&self, t: Tensor) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(t)
+            .is_none()
+    }
+
+    fn take(&self) -> Option<Tensor> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Hands a mosaic to a peer's codec thread: it replaces one still waiting
+/// (counted as dropped), else the thread is woken. `Err` when the thread is
+/// gone.
+fn offer_mosaic(
+    next: &NextMosaic,
+    codec: &SyncSender<CodecIn>,
+    stats: &PeerStats,
+    t: Tensor,
+) -> Result<(), ()> {
+    if !next.put(t) {
+        // Its wake-up is on the way, or the thread looks at the slot once
+        // its queue is empty.
+        stats.mosaics_dropped.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    match codec.try_send(CodecIn::Mosaic) {
+        // A full queue: the thread takes the mosaic after it.
+        Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+        Err(TrySendError::Disconnected(_)) => Err(()),
+    }
 }
 
 /// The counters of one peer (`GET /whip/ID`).
@@ -463,20 +515,22 @@ impl WebRtcDoor {
         let cancel = self.shutdown.child_token();
         let (codec_tx, codec_rx) = std::sync::mpsc::sync_channel(CODEC_QUEUE);
         let latest = Arc::new(Latest::default());
+        let next = Arc::new(NextMosaic::default());
         let limit = {
             let l = session.limits();
             l.max_frame_bytes.min(l.max_message_bytes)
         };
         let spawned = {
-            let (id, driver, latest, stats) = (
+            let (id, driver, latest, stats, next) = (
                 id.clone(),
                 self.driver.clone(),
                 latest.clone(),
                 stats.clone(),
+                next.clone(),
             );
             std::thread::Builder::new()
                 .name("vchat-webrtc-codec".into())
-                .spawn(move || codec_thread(id, codec_rx, driver, latest, stats, limit))
+                .spawn(move || codec_thread(id, codec_rx, driver, latest, next, stats, limit))
         };
         if let Err(e) = spawned {
             return plain(
@@ -519,6 +573,7 @@ impl WebRtcDoor {
             who,
             id.clone(),
             latest,
+            next,
             codec_tx,
             self.driver.clone(),
             stats,
@@ -586,12 +641,15 @@ struct Latest {
 }
 
 /// Decodes a peer's access units and encodes its mosaics until the driver
-/// drops the peer (its channel closes).
+/// drops the peer (its channel closes): everything queued first (every
+/// access unit must be decoded, each refers to those before it), then the
+/// newest mosaic.
 fn codec_thread(
     id: String,
     rx: Receiver<CodecIn>,
     driver: mpsc::Sender<Command>,
     latest: Arc<Latest>,
+    next: Arc<NextMosaic>,
     stats: Arc<PeerStats>,
     limit: usize,
 ) {
@@ -605,52 +663,55 @@ fn codec_thread(
     };
     let mut encoder = FrameEncoder::default();
     let mut refused_logged = false;
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            CodecIn::Media(au) => match decoder.decode(&au) {
-                Decoded::Frame(t) => {
-                    stats.frames_decoded.fetch_add(1, Ordering::Relaxed);
-                    let replaced = latest
-                        .frame
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .replace(t);
-                    if replaced.is_some() {
-                        stats.frame_dropped();
-                    }
-                    latest.ready.notify_one();
-                }
-                Decoded::Nothing => {}
-                Decoded::Broken(e) => {
-                    tracing::debug!(peer = %id, error = %e, "H.264 not decodable; asking for a keyframe");
-                    let _ = driver.try_send(Command::RequestKeyframe(id.clone()));
-                }
-                Decoded::TooLarge(m) => {
-                    if !refused_logged {
-                        tracing::warn!(peer = %id, "{m}");
-                        refused_logged = true;
-                    }
-                    stats.error(m);
-                }
-            },
-            CodecIn::Mosaic(t) => {
-                let Ok((h, w)) = t.frame_dims() else { continue };
-                match encoder.encode(t.data(), h, w) {
-                    Ok(au) if !au.is_empty() => {
-                        stats.mosaics_encoded.fetch_add(1, Ordering::Relaxed);
-                        let send = driver.try_send(Command::Send { id: id.clone(), au });
-                        if send.is_err() {
-                            // The link is behind: the browser must restart
-                            // from a keyframe once it catches up.
-                            stats.mosaics_dropped.fetch_add(1, Ordering::Relaxed);
-                            encoder.want_keyframe();
+    while let Ok(first) = rx.recv() {
+        let mut queued = Some(first);
+        while let Some(msg) = queued.take().or_else(|| rx.try_recv().ok()) {
+            match msg {
+                CodecIn::Media(au) => match decoder.decode(&au) {
+                    Decoded::Frame(t) => {
+                        stats.frames_decoded.fetch_add(1, Ordering::Relaxed);
+                        let replaced = latest
+                            .frame
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .replace(t);
+                        if replaced.is_some() {
+                            stats.frame_dropped();
                         }
+                        latest.ready.notify_one();
                     }
-                    Ok(_) => {}
-                    Err(e) => stats.error(e),
+                    Decoded::Nothing => {}
+                    Decoded::Broken(e) => {
+                        tracing::debug!(peer = %id, error = %e, "H.264 not decodable; asking for a keyframe");
+                        let _ = driver.try_send(Command::RequestKeyframe(id.clone()));
+                    }
+                    Decoded::TooLarge(m) => {
+                        if !refused_logged {
+                            tracing::warn!(peer = %id, "{m}");
+                            refused_logged = true;
+                        }
+                        stats.error(m);
+                    }
+                },
+                CodecIn::Mosaic => {}
+                CodecIn::Keyframe => encoder.want_keyframe(),
+            }
+        }
+        let Some(t) = next.take() else { continue };
+        let Ok((h, w)) = t.frame_dims() else { continue };
+        match encoder.encode(t.data(), h, w) {
+            Ok(au) if !au.is_empty() => {
+                stats.mosaics_encoded.fetch_add(1, Ordering::Relaxed);
+                let send = driver.try_send(Command::Send { id: id.clone(), au });
+                if send.is_err() {
+                    // The link is behind: the browser must restart
+                    // from a keyframe once it catches up.
+                    stats.mosaics_dropped.fetch_add(1, Ordering::Relaxed);
+                    encoder.want_keyframe();
                 }
             }
-            CodecIn::Keyframe => encoder.want_keyframe(),
+            Ok(_) => {}
+            Err(e) => stats.error(e),
         }
     }
 }
@@ -664,6 +725,7 @@ async fn run_stream(
     who: JoinQuery,
     id: String,
     latest: Arc<Latest>,
+    next: Arc<NextMosaic>,
     codec: SyncSender<CodecIn>,
     driver: mpsc::Sender<Command>,
     stats: Arc<PeerStats>,
@@ -714,12 +776,8 @@ async fn run_stream(
                         match mosaic {
                             Some(t) => {
                                 let n = t.data().len();
-                                match codec.try_send(CodecIn::Mosaic(t)) {
-                                    Ok(()) => {}
-                                    Err(TrySendError::Full(_)) => {
-                                        stats.mosaics_dropped.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    Err(TrySendError::Disconnected(_)) => break,
+                                if offer_mosaic(&next, &codec, &stats, t).is_err() {
+                                    break;
                                 }
                                 (false, n)
                             }
@@ -748,4 +806,50 @@ fn frame_request(frame: Tensor, who: &JoinQuery) -> vchat_core::Request {
     }
     doc.set_tag_str("accept", "raw");
     vchat_core::Request::new(ENDPOINT, DocumentArray(vec![doc]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h264::Decoded;
+
+    fn solid(h: usize, w: usize, bgr: [u8; 3]) -> Tensor {
+        let data: Vec<u8> = bgr.iter().copied().cycle().take(h * w * 3).collect();
+        Tensor::image(h, w, 3, Bytes::from(data)).unwrap()
+    }
+
+    #[test]
+    fn a_codec_thread_behind_encodes_only_the_newest_mosaic() {
+        let (codec, rx) = std::sync::mpsc::sync_channel(CODEC_QUEUE);
+        let (driver, mut sent) = mpsc::channel(DRIVER_QUEUE);
+        let next = Arc::new(NextMosaic::default());
+        let stats = Arc::new(PeerStats::default());
+        // Ten mosaics come while the codec thread is busy (here: not started).
+        for i in 0..10u8 {
+            offer_mosaic(&next, &codec, &stats, solid(48, 64, [i * 20, 40, 200])).unwrap();
+        }
+        drop(codec);
+        let thread = {
+            let (next, stats) = (next.clone(), stats.clone());
+            let latest = Arc::new(Latest::default());
+            std::thread::spawn(move || {
+                codec_thread("p".into(), rx, driver, latest, next, stats, 1 << 20)
+            })
+        };
+        thread.join().unwrap();
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(n(&stats.mosaics_encoded), 1);
+        assert_eq!(n(&stats.mosaics_dropped), 9);
+        // What went out is the newest mosaic.
+        let Ok(Command::Send { au, .. }) = sent.try_recv() else {
+            panic!("no mosaic sent")
+        };
+        assert!(sent.try_recv().is_err(), "more than one mosaic sent");
+        let mut dec = FrameDecoder::new(1 << 20).unwrap();
+        let Decoded::Frame(t) = dec.decode(&au) else {
+            panic!("not a picture")
+        };
+        let px = &t.data()[(24 * 64 + 32) * 3..][..3];
+        assert!(px[0].abs_diff(180) < 20, "{px:?}");
+    }
 }
