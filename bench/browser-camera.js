@@ -4,9 +4,11 @@
 // peer connections. Results in window.vchatBench.
 //
 // The camera is a canvas painted 30 times a second (a webcam's rate; the page
-// sends at its own `fps`): a still, textured room (fixed pseudo-random
-// texture, as detailed as a webcam's picture of a room, so that JPEG frames
-// are of a webcam's size), Chromium's moving fake camera in the middle half,
+// sends at its own `fps`): a still, textured room (smooth colour waves with a
+// sensor's grain, as detailed as a webcam's picture of a room, so that JPEG
+// frames are of a webcam's size; the grain changes from frame to frame, as a
+// sensor's does, cycling through 4 patterns, so a video codec cannot keep one
+// picture of the room forever), Chromium's moving fake camera in the middle half,
 // and a band at the top holding the user's number (bench_user, 0-15) and a 16-bit frame number:
 // 20 blocks of W/20 pixels, each bit once as is and once inverted below it, so
 // a band mangled by JPEG or scaling reads as nothing rather than as a wrong
@@ -51,6 +53,26 @@
       }
       return { sent, received };
     },
+    // What the page's video encoder does (peer connections): the size it
+    // sends, its target bitrate and what limits its quality.
+    async encoder() {
+      for (const pc of bench.peers) {
+        try {
+          const stats = await pc.getStats();
+          let out = null;
+          stats.forEach((r) => {
+            if (r.type === 'outbound-rtp' && r.kind === 'video') {
+              out = {
+                frameWidth: r.frameWidth, frameHeight: r.frameHeight, targetBitrate: r.targetBitrate,
+                qualityLimitationReason: r.qualityLimitationReason, encoderImplementation: r.encoderImplementation,
+              };
+            }
+          });
+          if (out) return out;
+        } catch (_) { /* closed */ }
+      }
+      return null;
+    },
   };
   window.vchatBench = bench;
 
@@ -85,14 +107,17 @@
     return value;
   }
 
-  // The still room as painted (RGBA, W x H), once the camera is made.
+  // The still room's grain patterns as painted (RGBA, W x H), once the camera
+  // is made; frame `id` shows pattern `id % GRAINS`.
+  const GRAINS = 4;
   let stillPixels = null;
   let ownTiles = 0;
 
-  // PSNR (dB) of the tile at `top` of `ctx` (unscaled) against the still
-  // room: [pixel by pixel, of 4x4 means].
-  function quality(ctx, top) {
+  // PSNR (dB) of the tile at `top` of `ctx` (unscaled), frame `id`, against
+  // the still room painted: [pixel by pixel, of 4x4 means].
+  function quality(ctx, top, id) {
     const got = ctx.getImageData(0, top, W, H).data;
+    const want = stillPixels[id % GRAINS];
     const still = (x, y) => y < (3 * H) / 4 && !(y >= H / 4 && x >= W / 4 && x < (3 * W) / 4);
     const db = (se, n) => 10 * Math.log10((255 * 255) / Math.max(se / n, 1e-6));
     let se = 0;
@@ -107,7 +132,7 @@
           for (let x = bx; x < bx + 4; x++) {
             const i = (y * W + x) * 4;
             for (let c = 0; c < 3; c++) {
-              const d = got[i + c] - stillPixels[i + c];
+              const d = got[i + c] - want[i + c];
               se += d * d;
               sum[c] += d;
             }
@@ -137,7 +162,7 @@
       if ((value >> 16) !== ME) continue;
       ownTiles += 1;
       if (stillPixels && w === W && top + H <= h && ownTiles % 4 === 0) {
-        const [pixels, means] = quality(ctx, top);
+        const [pixels, means] = quality(ctx, top, value & 0xffff);
         bench.psnr.push(pixels);
         bench.psnr4.push(means);
       }
@@ -149,12 +174,13 @@
     }
   }
 
-  // The still room: smooth colour waves and grain, the same for every user.
-  function room() {
+  // The still room: smooth colour waves and grain pattern `k`, the same for
+  // every user.
+  function room(k) {
     const c = Object.assign(document.createElement('canvas'), { width: W, height: H });
     const cx = c.getContext('2d');
     const img = cx.createImageData(W, H);
-    let seed = 0x9e3779b9;
+    let seed = (0x9e3779b9 + k * 0x632be5ab) >>> 0;
     const grain = () => {
       seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5;
       return ((seed >>> 0) % 41) - 20;
@@ -175,8 +201,8 @@
   const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   navigator.mediaDevices.getUserMedia = async () => {
     const real = await gum({ video: { width: W / 2, height: H / 2 }, audio: false });
-    const still = room();
-    stillPixels = still.getContext('2d').getImageData(0, 0, W, H).data;
+    const stills = Array.from({ length: GRAINS }, (_, k) => room(k));
+    stillPixels = stills.map((c) => c.getContext('2d').getImageData(0, 0, W, H).data);
     const video = document.createElement('video');
     video.muted = true;
     video.srcObject = real;
@@ -187,9 +213,9 @@
     const track = stream.getVideoTracks()[0];
     let id = 0;
     const timer = setInterval(() => {
-      ctx.drawImage(still, 0, 0);
-      ctx.drawImage(video, W / 4, H / 4, W / 2, H / 2);
       id = (id + 1) & 0xffff;
+      ctx.drawImage(stills[id % GRAINS], 0, 0);
+      ctx.drawImage(video, W / 4, H / 4, W / 2, H / 2);
       stamp(ctx, id);
       painted.set(id, performance.now());
       // Frames never shown (dropped by the page's frame rate) are forgotten.

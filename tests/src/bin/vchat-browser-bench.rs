@@ -156,7 +156,7 @@ async fn snapshot(pages: &[Page]) -> Vec<Value> {
                  return { sent: bytes.sent, received: bytes.received, painted: b.painted, \
                  mosaics: b.mosaics, unreadable: b.unreadable, rtts: b.rtts.splice(0), \
                  psnr: b.psnr.splice(0), psnr4: b.psnr4.splice(0), \
-                 visibility: document.visibilityState, \
+                 visibility: document.visibilityState, encoder: await b.encoder(), \
                  framesSent: window.vchat ? window.vchat.sent : null }; })()",
             )
             .await,
@@ -281,6 +281,7 @@ async fn main() -> ExitCode {
         users.push(json!({
             "user": p.name,
             "visibility": a["visibility"],
+            "encoder": a["encoder"],
             "bytes_sent_per_s": rate(a, b, "sent"),
             "bytes_received_per_s": rate(a, b, "received"),
             "frames_sent_per_s": rate(a, b, "framesSent"),
