@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use openh264::OpenH264API;
 use openh264::decoder::{Decoder, DecoderConfig};
-use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, UsageType};
+use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, UsageType, VuiConfig};
 use openh264::formats::{RGB8Source, RGBSource, YUVBuffer, YUVSource};
 use vchat_core::Tensor;
 
@@ -106,6 +106,103 @@ impl<'a> Bits<'a> {
 /// type 7, its header byte included) announces, cropping applied; `None` when
 /// it cannot be read.
 pub fn sps_dimensions(nal: &[u8]) -> Option<(usize, usize)> {
+    sps_info(nal).map(|i| i.size)
+}
+
+/// How a stream's samples map to colours, from its sequence parameter set's
+/// video signal type (H.264 Annex E).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Colour {
+    /// `matrix_coefficients`: 1 BT.709, 5 or 6 BT.601, 2 unspecified, ...
+    pub matrix: u8,
+    /// Samples span 0-255 rather than 16-235 (luma) and 16-240 (chroma).
+    pub full_range: bool,
+}
+
+impl Default for Colour {
+    /// What a stream without a colour description is taken to be: BT.601,
+    /// limited range (a webcam's usual).
+    fn default() -> Self {
+        Colour {
+            matrix: 6,
+            full_range: false,
+        }
+    }
+}
+
+/// The Y, U and V planes of a 4:2:0 picture, each with its stride.
+struct Planes<'a> {
+    y: (&'a [u8], usize),
+    u: (&'a [u8], usize),
+    v: (&'a [u8], usize),
+}
+
+/// Converts a `w`x`h` 4:2:0 picture to BGR in `out` (`w * h * 3` bytes) as
+/// `colour` says: BT.709 (matrix 1) or BT.601 (any other), full or limited
+/// range, in 14-bit fixed point. Browsers describe their streams (Chromium:
+/// BT.709, full range); reading them as BT.601 limited range stretched their
+/// contrast, clipped it, and shifted their colours for everyone in the room.
+/// `false` when a plane is shorter than its stride and size need.
+fn yuv420_to_bgr(p: &Planes<'_>, (w, h): (usize, usize), colour: Colour, out: &mut [u8]) -> bool {
+    const ONE: f64 = 16384.0;
+    // R = Y + rv Cr, G = Y - gu Cb - gv Cr, B = Y + bu Cb, on full-range samples.
+    let (rv, gu, gv, bu) = if colour.matrix == 1 {
+        (1.5748, 0.187324, 0.468124, 1.8556)
+    } else {
+        (1.402, 0.344136, 0.714136, 1.772)
+    };
+    // Limited range: luma 16-235, chroma 16-240 around 128.
+    let (y_off, y_scale, c_scale) = if colour.full_range {
+        (0, 1.0, 1.0)
+    } else {
+        (16, 255.0 / 219.0, 255.0 / 224.0)
+    };
+    let k = |c: f64| (c * ONE).round() as i32;
+    let (ky, krv, kgu, kgv, kbu) = (
+        k(y_scale),
+        k(rv * c_scale),
+        k(gu * c_scale),
+        k(gv * c_scale),
+        k(bu * c_scale),
+    );
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let fits = |(plane, stride): (&[u8], usize), pw: usize, ph: usize| {
+        stride >= pw
+            && ph
+                .checked_sub(1)
+                .is_none_or(|last| last * stride + pw <= plane.len())
+    };
+    if out.len() != w * h * 3 || !fits(p.y, w, h) || !fits(p.u, cw, ch) || !fits(p.v, cw, ch) {
+        return false;
+    }
+    let clamp = |v: i32| ((v + (1 << 13)) >> 14).clamp(0, 255) as u8;
+    for (row, line) in out.chunks_exact_mut(w * 3).enumerate() {
+        let yr = &p.y.0[row * p.y.1..][..w];
+        let ur = &p.u.0[(row / 2) * p.u.1..][..cw];
+        let vr = &p.v.0[(row / 2) * p.v.1..][..cw];
+        for (x, px) in line.chunks_exact_mut(3).enumerate() {
+            let y = (i32::from(yr[x]) - y_off) * ky;
+            let cb = i32::from(ur[x / 2]) - 128;
+            let cr = i32::from(vr[x / 2]) - 128;
+            px[0] = clamp(y + kbu * cb);
+            px[1] = clamp(y - kgu * cb - kgv * cr);
+            px[2] = clamp(y + krv * cr);
+        }
+    }
+    true
+}
+
+/// What a sequence parameter set says of its pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsInfo {
+    /// Width and height, cropping applied.
+    pub size: (usize, usize),
+    /// Its video signal type, when it has one.
+    pub colour: Option<Colour>,
+}
+
+/// [`sps_dimensions`] and the colour description after them.
+pub fn sps_info(nal: &[u8]) -> Option<SpsInfo> {
     if nal.first()? & 0x1f != 7 {
         return None;
     }
@@ -189,7 +286,38 @@ pub fn sps_dimensions(nal: &[u8]) -> Option<(usize, usize)> {
     }
     let w = width.checked_sub(crop_x).filter(|w| *w > 0)?;
     let h = height.checked_sub(crop_y).filter(|h| *h > 0)?;
-    Some((usize::try_from(w).ok()?, usize::try_from(h).ok()?))
+    let size = (usize::try_from(w).ok()?, usize::try_from(h).ok()?);
+    Some(SpsInfo {
+        size,
+        colour: vui_colour(&mut b),
+    })
+}
+
+/// The video signal type of the VUI that `b` is at, if it has one.
+fn vui_colour(b: &mut Bits<'_>) -> Option<Colour> {
+    if b.bit()? == 0 {
+        return None; // vui_parameters_present_flag
+    }
+    if b.bit()? == 1 && b.bits(8)? == 255 {
+        b.bits(16)?; // sar_width
+        b.bits(16)?; // sar_height
+    }
+    if b.bit()? == 1 {
+        b.bit()?; // overscan_appropriate_flag
+    }
+    if b.bit()? == 0 {
+        return None; // video_signal_type_present_flag
+    }
+    b.bits(3)?; // video_format
+    let full_range = b.bit()? == 1;
+    let matrix = if b.bit()? == 1 {
+        b.bits(8)?; // colour_primaries
+        b.bits(8)?; // transfer_characteristics
+        u8::try_from(b.bits(8)?).ok()?
+    } else {
+        2
+    };
+    Some(Colour { matrix, full_range })
 }
 
 /// Why the pictures of a `w`x`h` stream are refused as BGR frames over
@@ -213,6 +341,8 @@ pub struct FrameDecoder {
     /// The last parameter set announced pictures over the limit: every access
     /// unit is dropped until one within it.
     refusing: Option<String>,
+    /// How the stream's samples map to colours, from its latest SPS.
+    colour: Colour,
 }
 
 /// What became of one access unit.
@@ -235,6 +365,7 @@ impl FrameDecoder {
             decoder,
             limit,
             refusing: None,
+            colour: Colour::default(),
         })
     }
 
@@ -242,8 +373,10 @@ impl FrameDecoder {
     pub fn decode(&mut self, au: &[u8]) -> Decoded {
         for nal in nal_units(au) {
             if nal.first().is_some_and(|h| h & 0x1f == 7) {
-                self.refusing = match sps_dimensions(nal) {
-                    Some((w, h)) => too_large(w, h, self.limit),
+                let info = sps_info(nal);
+                self.colour = info.and_then(|i| i.colour).unwrap_or_default();
+                self.refusing = match info {
+                    Some(SpsInfo { size: (w, h), .. }) => too_large(w, h, self.limit),
                     None => Some("an unreadable H.264 sequence parameter set".to_string()),
                 };
             }
@@ -261,9 +394,14 @@ impl FrameDecoder {
             return Decoded::TooLarge(why);
         }
         let mut pixels = vec![0u8; w * h * 3];
-        yuv.write_rgb8(&mut pixels);
-        for px in pixels.chunks_exact_mut(3) {
-            px.swap(0, 2);
+        let (ys, us, vs) = yuv.strides();
+        let planes = Planes {
+            y: (yuv.y(), ys),
+            u: (yuv.u(), us),
+            v: (yuv.v(), vs),
+        };
+        if !yuv420_to_bgr(&planes, (w, h), self.colour, &mut pixels) {
+            return Decoded::Broken(format!("a {w}x{h} picture with short planes"));
         }
         match Tensor::image(h, w, 3, Bytes::from(pixels)) {
             Ok(t) => Decoded::Frame(t),
@@ -351,7 +489,10 @@ impl FrameEncoder {
                 .bitrate(BitRate::from_bps(bps))
                 .max_frame_rate(FrameRate::from_hz(ENCODER_FPS))
                 .usage_type(UsageType::CameraVideoRealTime)
-                .skip_frames(false);
+                .skip_frames(false)
+                // Its converter (`read_rgb8`) is BT.601, limited range: say
+                // so, or a browser takes the stream for BT.709.
+                .vui(VuiConfig::bt601());
             let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
                 .map_err(|e| format!("cannot start the H.264 encoder: {e}"))?;
             self.encoder = Some(encoder);
@@ -428,6 +569,115 @@ mod tests {
                 assert!(got.abs_diff(want) < 12, "{w}x{h}: {px:?}");
             }
         }
+    }
+
+    /// Chromium 120's SPS for its 640x480 camera stream over WebRTC.
+    const CHROMIUM_SPS: [u8; 18] = [
+        0x67, 0x42, 0xc0, 0x1e, 0x8c, 0x8d, 0x40, 0x50, 0x1e, 0xd3, 0x70, 0x10, 0xd0, 0x10, 0x78,
+        0x44, 0x23, 0x50,
+    ];
+
+    #[test]
+    fn the_colour_description_is_read_from_the_sps() {
+        let chromium = sps_info(&CHROMIUM_SPS).unwrap();
+        assert_eq!(chromium.size, (640, 480));
+        let bt709_full = Colour {
+            matrix: 1,
+            full_range: true,
+        };
+        assert_eq!(chromium.colour, Some(bt709_full));
+        // Ours says what its converter does: BT.601, limited range.
+        let mut enc = FrameEncoder::default();
+        let au = enc.encode(&solid(64, 48, [10, 20, 30]), 48, 64).unwrap();
+        let sps = nal_units(&au).find(|n| n[0] & 0x1f == 7).unwrap();
+        let ours = sps_info(sps).unwrap().colour.unwrap();
+        assert!(matches!(ours.matrix, 5 | 6) && !ours.full_range, "{ours:?}");
+        // Cut anywhere, an SPS is read or refused, never a panic.
+        for n in 0..CHROMIUM_SPS.len() {
+            let _ = sps_info(&CHROMIUM_SPS[..n]);
+        }
+    }
+
+    /// `bgr` as (Y, Cb, Cr) samples of `colour`, by the standards' formulas.
+    fn forward(bgr: [u8; 3], colour: Colour) -> [u8; 3] {
+        let [b, g, r] = bgr.map(f64::from);
+        let (kr, kb) = if colour.matrix == 1 {
+            (0.2126, 0.0722)
+        } else {
+            (0.299, 0.114)
+        };
+        let y = kr * r + (1.0 - kr - kb) * g + kb * b;
+        let (cb, cr) = ((b - y) / (2.0 * (1.0 - kb)), (r - y) / (2.0 * (1.0 - kr)));
+        let (y, cb, cr) = if colour.full_range {
+            (y, cb + 128.0, cr + 128.0)
+        } else {
+            (
+                16.0 + y * 219.0 / 255.0,
+                128.0 + cb * 224.0 / 255.0,
+                128.0 + cr * 224.0 / 255.0,
+            )
+        };
+        [y, cb, cr].map(|v| v.round().clamp(0.0, 255.0) as u8)
+    }
+
+    #[test]
+    fn pictures_are_read_in_the_colours_their_stream_describes() {
+        let colours = [
+            [0, 0, 255],
+            [0, 255, 0],
+            [255, 0, 0],
+            [128, 128, 128],
+            [90, 140, 220],
+            [0, 0, 0],
+            [255, 255, 255],
+        ];
+        for matrix in [1, 6] {
+            for full_range in [false, true] {
+                let colour = Colour { matrix, full_range };
+                for bgr in colours {
+                    let [y, u, v] = forward(bgr, colour);
+                    let (ys, us, vs) = ([y; 8], [u; 2], [v; 2]);
+                    let planes = Planes {
+                        y: (&ys, 4),
+                        u: (&us, 2),
+                        v: (&vs, 2),
+                    };
+                    let mut out = [0u8; 4 * 2 * 3];
+                    assert!(yuv420_to_bgr(&planes, (4, 2), colour, &mut out));
+                    for px in out.chunks_exact(3) {
+                        for c in 0..3 {
+                            assert!(px[c].abs_diff(bgr[c]) <= 3, "{colour:?} {bgr:?}: {px:?}");
+                        }
+                    }
+                }
+                // Read as the default (BT.601 limited), a BT.709 full-range
+                // light grey comes out lighter: the contrast stretched, as
+                // reading every stream the same way did.
+                if (matrix, full_range) == (1, true) {
+                    let [y, u, v] = forward([200, 200, 200], colour);
+                    let planes = Planes {
+                        y: (&[y; 8][..], 4),
+                        u: (&[u; 2][..], 2),
+                        v: (&[v; 2][..], 2),
+                    };
+                    let mut out = [0u8; 24];
+                    assert!(yuv420_to_bgr(&planes, (4, 2), Colour::default(), &mut out));
+                    assert!(out.iter().all(|&c| c >= 210), "{out:?}");
+                }
+            }
+        }
+        // Planes too short for their size: refused, no panic.
+        let planes = Planes {
+            y: (&[0u8; 7][..], 4),
+            u: (&[0u8; 2][..], 2),
+            v: (&[0u8; 2][..], 2),
+        };
+        assert!(!yuv420_to_bgr(
+            &planes,
+            (4, 2),
+            Colour::default(),
+            &mut [0u8; 24]
+        ));
     }
 
     #[test]
