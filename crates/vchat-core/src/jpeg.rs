@@ -74,6 +74,16 @@ thread_local! {
 /// the whole image, so a small file of many scans would cost a lot of CPU.
 pub const MAX_JPEG_SCANS: u32 = 100;
 
+/// A declared `h`x`w` JPEG has pixels, and no more than `max_pixels`.
+fn within_limit(h: usize, w: usize, max_pixels: usize) -> Result<(), Error> {
+    if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
+        )));
+    }
+    Ok(())
+}
+
 fn not_jpeg(e: turbojpeg::Error) -> Error {
     Error::BadRequest(format!("not a valid JPEG: {e}"))
 }
@@ -107,11 +117,7 @@ fn decode_scaled(
     with_decompressor(|decompressor| {
         let header = decompressor.read_header(data).map_err(not_jpeg)?;
         let (h, w) = (header.height, header.width);
-        if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
-            return Err(Error::BadRequest(format!(
-                "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
-            )));
-        }
+        within_limit(h, w, max_pixels)?;
         // Lossless JPEGs cannot be scaled.
         let denom = if header.is_lossless { 1 } else { pick(h, w) };
         let scale = turbojpeg::ScalingFactor::new(1, denom);
@@ -151,11 +157,7 @@ pub fn checked_dims(data: &[u8], max_pixels: usize) -> Result<(usize, usize), Er
             declared.0, declared.1
         )));
     }
-    if h == 0 || w == 0 || w.checked_mul(h).is_none_or(|px| px > max_pixels) {
-        return Err(Error::BadRequest(format!(
-            "a {h}x{w} JPEG is over the limit of {max_pixels} pixels"
-        )));
-    }
+    within_limit(h, w, max_pixels)?;
     // Encoders may pad after the marker; nothing but zeros may follow it.
     let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     if !data[..end].ends_with(&[0xFF, 0xD9]) {
