@@ -12,6 +12,7 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 
+use crate::yuv::Yuv420;
 use crate::{Content, Document, Error, Tensor};
 
 /// The MIME type of a JPEG frame.
@@ -33,15 +34,8 @@ pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Byte
             "a {h}x{w} frame cannot be a JPEG (1 to 65535 pixels a side)"
         )));
     }
-    let quality = quality.clamp(1, 100);
     let failed = |e: turbojpeg::Error| Error::BadRequest(format!("cannot encode JPEG: {e}"));
-    COMPRESSOR.with(|c| {
-        let mut slot = c.borrow_mut();
-        let compressor = match &mut *slot {
-            Some(c) => c,
-            None => slot.insert(turbojpeg::Compressor::new().map_err(failed)?),
-        };
-        compressor.set_quality(i32::from(quality)).map_err(failed)?;
+    with_compressor(quality, |compressor| {
         compressor
             .set_subsamp(if quality < 90 {
                 turbojpeg::Subsamp::Sub2x2
@@ -60,6 +54,26 @@ pub fn encode_bgr(pixels: &[u8], h: usize, w: usize, quality: u8) -> Result<Byte
             .compress_to_vec(image)
             .map(Bytes::from)
             .map_err(failed)
+    })
+}
+
+/// Runs `f` with this thread's compressor, made on first use, set to
+/// `quality` (clamped to 1..=100).
+fn with_compressor<T>(
+    quality: u8,
+    f: impl FnOnce(&mut turbojpeg::Compressor) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let failed = |e: turbojpeg::Error| Error::BadRequest(format!("cannot encode JPEG: {e}"));
+    COMPRESSOR.with(|c| {
+        let mut slot = c.borrow_mut();
+        let compressor = match &mut *slot {
+            Some(c) => c,
+            None => slot.insert(turbojpeg::Compressor::new().map_err(failed)?),
+        };
+        compressor
+            .set_quality(i32::from(quality.clamp(1, 100)))
+            .map_err(failed)?;
+        f(compressor)
     })
 }
 
@@ -106,6 +120,26 @@ fn with_decompressor<T>(
     })
 }
 
+/// Reads `data`'s header into `decompressor`, checks its size against
+/// `max_pixels` and sets the scaling `pick` chooses (1, 2, 4 or 8, from the
+/// declared `(height, width)`): the header and the scaled `(height, width)`.
+fn scaled_header(
+    decompressor: &mut turbojpeg::Decompressor,
+    data: &[u8],
+    max_pixels: usize,
+    pick: impl FnOnce(usize, usize) -> usize,
+) -> Result<(turbojpeg::DecompressHeader, usize, usize), Error> {
+    let header = decompressor.read_header(data).map_err(not_jpeg)?;
+    let (h, w) = (header.height, header.width);
+    within_limit(h, w, max_pixels)?;
+    // Lossless JPEGs cannot be scaled.
+    let denom = if header.is_lossless { 1 } else { pick(h, w) };
+    let scale = turbojpeg::ScalingFactor::new(1, denom);
+    decompressor.set_scaling_factor(scale).map_err(not_jpeg)?;
+    let scaled = header.scaled(scale);
+    Ok((header, scaled.height, scaled.width))
+}
+
 /// Decodes `data` into BGR pixels, shrunk by `denom` (1, 2, 4 or 8) in the
 /// inverse DCT: `(pixels, height, width)`. The declared size is checked against
 /// `max_pixels` before anything is allocated.
@@ -115,15 +149,7 @@ fn decode_scaled(
     pick: impl FnOnce(usize, usize) -> usize,
 ) -> Result<(Bytes, usize, usize), Error> {
     with_decompressor(|decompressor| {
-        let header = decompressor.read_header(data).map_err(not_jpeg)?;
-        let (h, w) = (header.height, header.width);
-        within_limit(h, w, max_pixels)?;
-        // Lossless JPEGs cannot be scaled.
-        let denom = if header.is_lossless { 1 } else { pick(h, w) };
-        let scale = turbojpeg::ScalingFactor::new(1, denom);
-        decompressor.set_scaling_factor(scale).map_err(not_jpeg)?;
-        let scaled = header.scaled(scale);
-        let (sh, sw) = (scaled.height, scaled.width);
+        let (_, sh, sw) = scaled_header(decompressor, data, max_pixels, pick)?;
         // At most h×w×3, checked above.
         let mut pixels = vec![0u8; sh * sw * 3];
         let image = turbojpeg::Image {
@@ -135,6 +161,94 @@ fn decode_scaled(
         };
         decompressor.decompress(data, image).map_err(not_jpeg)?;
         Ok((Bytes::from(pixels), sh, sw))
+    })
+}
+
+/// The smallest scaling (1/8, 1/4 or 1/2, else 1) of an `h`x`w` JPEG that is
+/// still at least `fit` in both axes; the scaled size rounds up, as
+/// libjpeg-turbo's does.
+fn fitting_denom((fit_h, fit_w): (usize, usize), h: usize, w: usize) -> usize {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| h.div_ceil(d) >= fit_h.max(1) && w.div_ceil(d) >= fit_w.max(1))
+        .unwrap_or(1)
+}
+
+/// Decodes a JPEG into a YCbCr 4:2:0 picture at least `fit` (height, width)
+/// in both axes, shrunk while decoding as [`decode_bgr_to_fit`] does. A 4:2:0
+/// YCbCr JPEG (what cameras, browsers and this crate's encoder make) is
+/// decoded straight to its planes, without converting colours or resampling
+/// chroma; any other is decoded to BGR and converted. The declared size is
+/// checked against `max_pixels` before anything is allocated.
+pub fn decode_yuv420_to_fit(
+    data: &[u8],
+    max_pixels: usize,
+    fit: (usize, usize),
+) -> Result<Yuv420, Error> {
+    let planes = with_decompressor(|decompressor| {
+        let (header, sh, sw) = scaled_header(decompressor, data, max_pixels, |h, w| {
+            fitting_denom(fit, h, w)
+        })?;
+        // libjpeg-turbo writes the planes of the subsampling the frame header
+        // says: the header read must be this stream's own (see checked_dims),
+        // and of the layout the buffer is sized for.
+        let direct = header.subsamp == turbojpeg::Subsamp::Sub2x2
+            && header.colorspace == turbojpeg::Colorspace::YCbCr
+            && frame_size(data) == Some((header.height, header.width));
+        if !direct {
+            return Ok(None);
+        }
+        let len = Yuv420::buffer_len(sh, sw)
+            .filter(|&n| turbojpeg::yuv_pixels_len(sw, 1, sh, header.subsamp).ok() == Some(n))
+            .ok_or_else(|| Error::BadRequest(format!("a {sh}x{sw} JPEG has no 4:2:0 layout")))?;
+        let mut pixels = vec![0u8; len];
+        let image = turbojpeg::YuvImage {
+            pixels: &mut pixels[..],
+            width: sw,
+            align: 1,
+            height: sh,
+            subsamp: header.subsamp,
+        };
+        decompressor
+            .decompress_to_yuv(data, image)
+            .map_err(not_jpeg)?;
+        let mut planes = Yuv420::from_data(sh, sw, pixels);
+        if let Some(p) = &mut planes {
+            p.repeat_edges();
+        }
+        Ok(planes)
+    })?;
+    match planes {
+        Some(p) => Ok(p),
+        None => {
+            let (px, h, w) = decode_bgr_to_fit(data, max_pixels, fit)?;
+            Yuv420::from_bgr(&px, h, w)
+                .ok_or_else(|| Error::BadRequest(format!("a {h}x{w} JPEG has no 4:2:0 layout")))
+        }
+    }
+}
+
+/// Encodes a YCbCr 4:2:0 picture as a JPEG of `quality` (clamped to 1..=100).
+pub fn encode_yuv420(picture: &Yuv420, quality: u8) -> Result<Bytes, Error> {
+    let (h, w) = picture.dims();
+    if h > 65535 || w > 65535 {
+        return Err(Error::BadRequest(format!(
+            "a {h}x{w} frame cannot be a JPEG (1 to 65535 pixels a side)"
+        )));
+    }
+    let failed = |e: turbojpeg::Error| Error::BadRequest(format!("cannot encode JPEG: {e}"));
+    with_compressor(quality, |compressor| {
+        let image = turbojpeg::YuvImage {
+            pixels: picture.data(),
+            width: w,
+            align: 1,
+            height: h,
+            subsamp: turbojpeg::Subsamp::Sub2x2,
+        };
+        compressor
+            .compress_yuv_to_vec(image)
+            .map(Bytes::from)
+            .map_err(failed)
     })
 }
 
@@ -217,15 +331,9 @@ pub fn decode_bgr(data: &[u8], max_pixels: usize) -> Result<(Bytes, usize, usize
 pub fn decode_bgr_to_fit(
     data: &[u8],
     max_pixels: usize,
-    (fit_h, fit_w): (usize, usize),
+    fit: (usize, usize),
 ) -> Result<(Bytes, usize, usize), Error> {
-    decode_scaled(data, max_pixels, |h, w| {
-        // The scaled size rounds up, as libjpeg-turbo's does.
-        [8, 4, 2]
-            .into_iter()
-            .find(|&d| h.div_ceil(d) >= fit_h.max(1) && w.div_ceil(d) >= fit_w.max(1))
-            .unwrap_or(1)
-    })
+    decode_scaled(data, max_pixels, |h, w| fitting_denom(fit, h, w))
 }
 
 /// The frame a document carries, as a BGR tensor: its tensor, or its JPEG blob
@@ -318,6 +426,96 @@ mod tests {
         assert!(decode_bgr_to_fit(b"garbage", 1 << 20, (10, 10)).is_err());
         let (_, fh, fw) = decode_bgr_to_fit(&jpeg, 1 << 20, (usize::MAX, usize::MAX)).unwrap();
         assert_eq!((fh, fw), (h, w), "a huge tile: decoded at full size");
+    }
+
+    /// A picture of colour blocks of 8x8 with a gradient: what a camera
+    /// sends, without the edges a codec smears.
+    fn blocks(h: usize, w: usize) -> Vec<u8> {
+        (0..h * w)
+            .flat_map(|i| {
+                let (y, x) = (i / w, i % w);
+                [(x / 8 * 40 % 256) as u8, (y / 8 * 50 % 256) as u8, 120]
+            })
+            .collect()
+    }
+
+    fn mean_error(a: &[u8], b: &[u8]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let sum: u64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        sum as f64 / a.len() as f64
+    }
+
+    #[test]
+    fn planes_come_straight_from_a_420_jpeg_and_go_back_into_one() {
+        for (h, w) in [(64, 96), (33, 47), (1, 1), (200, 300)] {
+            let px = blocks(h, w);
+            let jpeg = encode_bgr(&px, h, w, 85).unwrap();
+            let yuv = decode_yuv420_to_fit(&jpeg, 1 << 20, (h, w)).unwrap();
+            assert_eq!(yuv.dims(), (h, w));
+            // The padding of an odd side is the picture's edge, not what
+            // the decoder's buffers held before.
+            let noise: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8 * 13; 4096]).collect();
+            drop(noise);
+            assert_eq!(decode_yuv420_to_fit(&jpeg, 1 << 20, (h, w)).unwrap(), yuv);
+            let [luma, _, _] = yuv.planes();
+            let stride = yuv.plane_shape(0).stride;
+            if w % 2 == 1 {
+                assert_eq!(luma[w], luma[w - 1], "{h}x{w}");
+            }
+            if h % 2 == 1 {
+                assert_eq!(luma[h * stride], luma[(h - 1) * stride], "{h}x{w}");
+            }
+            // The planes are the JPEG's own: converting them gives what the
+            // BGR decoder gives, within what its smoother chroma changes at
+            // the blocks' edges (a swapped or shifted plane is tens off).
+            let (bgr, _, _) = decode_bgr(&jpeg, 1 << 20).unwrap();
+            let e = mean_error(&yuv.to_bgr(), &bgr);
+            assert!(e < 6.0, "{h}x{w}: {e}");
+            // A second generation through the planes loses no more than
+            // one through BGR pixels does.
+            let again = encode_yuv420(&yuv, 85).unwrap();
+            let (back, bh, bw) = decode_bgr(&again, 1 << 20).unwrap();
+            assert_eq!((bh, bw), (h, w));
+            let through_bgr = encode_bgr(&bgr, h, w, 85).unwrap();
+            let (bgr_back, _, _) = decode_bgr(&through_bgr, 1 << 20).unwrap();
+            let (e, e_bgr) = (mean_error(&back, &px), mean_error(&bgr_back, &px));
+            assert!(e < 6.0 && e <= e_bgr + 1.0, "{h}x{w}: {e} against {e_bgr}");
+        }
+    }
+
+    #[test]
+    fn other_jpegs_are_converted_and_shrunk_as_asked() {
+        let (h, w) = (200, 300);
+        let px = blocks(h, w);
+        // 4:4:4 (quality 90 and up) takes the converting path.
+        let jpeg = encode_bgr(&px, h, w, 95).unwrap();
+        let yuv = decode_yuv420_to_fit(&jpeg, 1 << 20, (h, w)).unwrap();
+        assert!(mean_error(&yuv.to_bgr(), &px) < 4.0);
+        // Shrunk in the inverse DCT, either way.
+        for q in [80, 95] {
+            let jpeg = encode_bgr(&px, h, w, q).unwrap();
+            let small = decode_yuv420_to_fit(&jpeg, 1 << 20, (48, 64)).unwrap();
+            assert_eq!(small.dims(), (50, 75), "quality {q}");
+        }
+        let jpeg = encode_bgr(&px, h, w, 80).unwrap();
+        assert!(decode_yuv420_to_fit(&jpeg, 100, (10, 10)).is_err());
+        assert!(decode_yuv420_to_fit(b"garbage", 1 << 20, (10, 10)).is_err());
+        assert!(decode_yuv420_to_fit(&jpeg[..jpeg.len() / 2], 1 << 20, (10, 10)).is_err());
+        // A stream of tables alone is not taken for the last frame decoded.
+        let tables = {
+            let sos = jpeg.windows(2).position(|m| m == [0xFF, 0xDA]).unwrap();
+            let mut t = jpeg[..sos].to_vec();
+            let sof = t.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+            let len = usize::from(u16::from_be_bytes([t[sof + 2], t[sof + 3]]));
+            t.drain(sof..sof + 2 + len);
+            t.extend_from_slice(&[0xFF, 0xD9]);
+            t
+        };
+        assert!(decode_yuv420_to_fit(&tables, 1 << 20, (10, 10)).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`config`]: Flow and executor YAML with Jina's keys; errors name file, line and
 //!   key.
 //!
-//! - [`jpeg`]: JPEG frames (`blob` + `image/jpeg`) from and to BGR pixels.
+//! - [`jpeg`]: JPEG frames (`blob` + `image/jpeg`) from and to BGR pixels, and
+//!   from and to [`yuv`] 4:2:0 pictures.
 //! - [`budget`]: the process's count of bytes held in frames and mosaics, and its
 //!   ceiling.
 //!
@@ -31,6 +32,7 @@ mod request;
 pub mod rope;
 mod tensor;
 pub mod wire;
+pub mod yuv;
 
 pub use document::{Content, Document, DocumentArray, new_id, number_value, string_value};
 pub use error::{ConfigError, Error, Origin};

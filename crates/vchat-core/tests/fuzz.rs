@@ -904,6 +904,15 @@ proptest! {
         let (r, largest) = largest_allocation(|| jpeg::decode_bgr_to_fit(&data, max, fit));
         check_decoded(&r, max)?;
         prop_assert!(largest <= bound, "decode_bgr_to_fit allocated {largest} bytes, limit {max} pixels");
+        // Straight to 4:2:0 planes (the buffer sized from the header read):
+        // the size the BGR decoder gives, or an error.
+        let (planes, largest) = largest_allocation(|| jpeg::decode_yuv420_to_fit(&data, max, fit));
+        prop_assert!(largest <= bound, "decode_yuv420_to_fit allocated {largest} bytes, limit {max} pixels");
+        match (&planes, &r) {
+            (Ok(p), Ok((_, h, w))) => prop_assert_eq!(p.dims(), (*h, *w)),
+            (Ok(p), Err(e)) => prop_assert!(false, "{:?} decoded to planes, not to BGR: {e}", p.dims()),
+            (Err(e), _) => prop_assert!(!e.to_string().is_empty()),
+        }
         // What a grid keeps undecoded: a size within the limit, and the
         // size the full decoder gives whenever that decoder succeeds.
         if let Ok((h, w)) = jpeg::checked_dims(&data, max) {
@@ -969,6 +978,13 @@ fn a_huge_header_on_a_tiny_jpeg_is_refused_before_allocating() {
             assert!(
                 largest < 1 << 20,
                 "decode_bgr_to_fit allocated {largest} bytes: {e}"
+            );
+            let (r, largest) =
+                largest_allocation(|| jpeg::decode_yuv420_to_fit(data, max, (48, 64)));
+            let e = r.unwrap_err().to_string();
+            assert!(
+                largest < 1 << 20,
+                "decode_yuv420_to_fit allocated {largest} bytes: {e}"
             );
         }
     }
