@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
 
+use crate::surface::{Paint, Surface};
+
 /// The font of the labels: Noto Sans Bold, SIL Open Font License 1.1.
 pub const FONT: &[u8] = include_bytes!("../fonts/NotoSans-Bold.ttf");
 /// Most characters of a name drawn; a longer name ends with `…`.
@@ -195,20 +197,18 @@ impl Labeller {
     }
 
     /// Draws `name`, if any, at the bottom-left of the tile `(top, left, height,
-    /// width)` of a frame `frame_w` pixels wide: white text on a dark,
-    /// half-transparent box, clipped to the tile. A tile too low for the box
-    /// gets no label. With
-    /// `paused`, the tile is first filled with [`PAUSED_BGR`] and
-    /// [`PAUSED_TEXT`] written in its middle.
+    /// width)` of `canvas`: white text on a dark, half-transparent box, clipped
+    /// to the tile. A tile too low for the box gets no label. With `paused`,
+    /// the tile is first filled with [`PAUSED_BGR`] and [`PAUSED_TEXT`]
+    /// written in its middle.
     pub fn draw(
         &self,
-        frame: &mut [u8],
-        frame_w: usize,
+        canvas: &mut impl Surface,
         tile: (usize, usize, usize, usize),
         name: Option<&str>,
         paused: bool,
     ) {
-        let Some(tile) = clip(frame, frame_w, tile) else {
+        let Some(tile) = clip(canvas.size(), tile) else {
             return;
         };
         let (top, left, h, w) = tile;
@@ -216,15 +216,12 @@ impl Labeller {
         let pad = label_pad(px);
         if paused {
             for y in top..top + h {
-                let row = &mut frame[(y * frame_w + left) * 3..(y * frame_w + left + w) * 3];
-                for p in row.chunks_exact_mut(3) {
-                    p.copy_from_slice(&PAUSED_BGR);
-                }
+                canvas.paint(y, left, left + w, Paint::Fill(PAUSED_BGR));
             }
             if let Some(m) = self.mask(PAUSED_TEXT, px) {
                 let y = top + h.saturating_sub(m.height) / 2;
                 let x = left + w.saturating_sub(m.width) / 2;
-                blit(frame, frame_w, tile, (y, x), &m, 200);
+                blit(canvas, tile, (y, x), &m, 200);
             }
         }
         let Some(name) = name else {
@@ -245,33 +242,17 @@ impl Labeller {
         let box_left = left + pad;
         let box_right = (box_left + m.width + 2 * pad).min(left + w);
         for y in box_top..box_top + box_h {
-            if box_left >= box_right {
-                break;
-            }
-            let row = &mut frame[(y * frame_w + box_left) * 3..(y * frame_w + box_right) * 3];
-            for v in row.iter_mut() {
-                *v = (*v as u16 * 2 / 5) as u8;
-            }
+            canvas.paint(y, box_left, box_right, Paint::Darken);
         }
-        blit(
-            frame,
-            frame_w,
-            tile,
-            (box_top + pad, box_left + pad),
-            &m,
-            255,
-        );
+        blit(canvas, tile, (box_top + pad, box_left + pad), &m, 255);
     }
 }
 
-/// The part of `tile` within a frame of whole rows `frame_w` wide.
+/// The part of `tile` within a canvas of `(height, width)`.
 fn clip(
-    frame: &[u8],
-    frame_w: usize,
+    (frame_h, frame_w): (usize, usize),
     (top, left, h, w): (usize, usize, usize, usize),
 ) -> Option<(usize, usize, usize, usize)> {
-    let row = frame_w.checked_mul(3).filter(|&r| r > 0)?;
-    let frame_h = frame.len() / row;
     let (bottom, right) = (
         top.saturating_add(h).min(frame_h),
         left.saturating_add(w).min(frame_w),
@@ -279,42 +260,32 @@ fn clip(
     (top < bottom && left < right).then(|| (top, left, bottom - top, right - left))
 }
 
-/// Blends `mask` in `white` over the frame at `(y, x)`, within `tile`.
+/// Blends `mask` in `white` over the canvas at `(y, x)`, within `tile`.
 fn blit(
-    frame: &mut [u8],
-    frame_w: usize,
-    (top, left, h, w): (usize, usize, usize, usize),
-    (y0, x0): (usize, usize),
+    canvas: &mut impl Surface,
+    tile: (usize, usize, usize, usize),
+    at: (usize, usize),
     mask: &Mask,
     white: u8,
 ) {
-    let (bottom, right) = (top + h, left + w);
-    for my in 0..mask.height {
-        let y = y0 + my;
-        if y >= bottom {
-            break;
+    let text = (at.0, at.1, mask.height, mask.width);
+    canvas.ink(tile, text, &|y, x| coverage(mask, at, (y, x)), white);
+}
+
+/// The coverage of `mask`, drawn at `(y0, x0)`, at the pixel `(y, x)`.
+fn coverage(mask: &Mask, (y0, x0): (usize, usize), (y, x): (usize, usize)) -> u8 {
+    match (y.checked_sub(y0), x.checked_sub(x0)) {
+        (Some(my), Some(mx)) if my < mask.height && mx < mask.width => {
+            mask.coverage[my * mask.width + mx]
         }
-        for mx in 0..mask.width {
-            let x = x0 + mx;
-            if x >= right {
-                break;
-            }
-            let c = mask.coverage[my * mask.width + mx] as u16;
-            if c == 0 {
-                continue;
-            }
-            for v in &mut frame[(y * frame_w + x) * 3..][..3] {
-                let p = *v as u16;
-                // The text's colour over the pixel, by coverage.
-                *v = ((p * (255 - c) + white as u16 * c + 127) / 255) as u8;
-            }
-        }
+        _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::surface::Bgr;
 
     #[test]
     fn the_font_parses_and_renders() {
@@ -343,7 +314,12 @@ mod tests {
         let l = Labeller::new(DEFAULT_LABEL_CACHE_BYTES);
         let (h, w) = (240, 320);
         let mut frame = vec![100u8; h * w * 3];
-        l.draw(&mut frame, w, (0, 0, h, w), Some("alice"), false);
+        l.draw(
+            &mut Bgr::new(&mut frame, w),
+            (0, 0, h, w),
+            Some("alice"),
+            false,
+        );
         let px = |y: usize, x: usize| frame[(y * w + x) * 3];
         // White text in the bottom-left, a dark box around it, the rest untouched.
         let bright = (h - 40..h).flat_map(|y| (0..100).map(move |x| (y, x)));
@@ -360,10 +336,20 @@ mod tests {
             (usize::MAX, 0, 5, 5),
             (0, 0, 0, 0),
         ] {
-            l.draw(&mut frame, w, tile, Some("a long name of someone"), true);
+            l.draw(
+                &mut Bgr::new(&mut frame, w),
+                tile,
+                Some("a long name of someone"),
+                true,
+            );
         }
-        l.draw(&mut frame, 0, (0, 0, 10, 10), Some("x"), false);
-        l.draw(&mut [], 7, (0, 0, 10, 10), Some("x"), false);
+        l.draw(
+            &mut Bgr::new(&mut frame, 0),
+            (0, 0, 10, 10),
+            Some("x"),
+            false,
+        );
+        l.draw(&mut Bgr::new(&mut [], 7), (0, 0, 10, 10), Some("x"), false);
     }
 
     #[test]
@@ -371,7 +357,12 @@ mod tests {
         let l = Labeller::new(DEFAULT_LABEL_CACHE_BYTES);
         let (h, w) = (240, 320);
         let mut frame = vec![100u8; h * w * 3];
-        l.draw(&mut frame, w, (0, 0, h, w), Some("bob"), true);
+        l.draw(
+            &mut Bgr::new(&mut frame, w),
+            (0, 0, h, w),
+            Some("bob"),
+            true,
+        );
         assert_eq!(&frame[..3], &PAUSED_BGR);
         let middle =
             (h / 2 - 10..h / 2 + 10).flat_map(|y| (w / 2 - 30..w / 2 + 30).map(move |x| (y, x)));

@@ -8,6 +8,8 @@
 //!   [`resize`], ...) on [`Frame`]s, every size checked before anything is
 //!   allocated.
 //! - [`label`]: the names drawn on tiles.
+//! - [`surface`]: what tiles, borders and names are drawn on, BGR pixels or a
+//!   YCbCr 4:2:0 picture (a grid room's canvas).
 //!
 //! [`register_all`] adds them all to a registry. This crate has no feature flags.
 
@@ -16,6 +18,7 @@ pub mod chat;
 mod frame;
 pub mod label;
 mod mosaic;
+pub mod surface;
 
 pub use chat::{
     ACCEPT_TAG, DEFAULT_CANVAS, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_JPEG_QUALITY,
@@ -25,8 +28,8 @@ pub use chat::{
 };
 pub use frame::Frame;
 pub use mosaic::{
-    HIGHLIGHT_BGR, MosaicError, checked_pixels, compose_grid, draw_border, grid_rects, grid_shape,
-    height_at_width, resize, resize_to_height, resize_to_width, stack_horizontally,
+    HIGHLIGHT_BGR, MosaicError, checked_pixels, compose_grid, draw_border, draw_grid, grid_rects,
+    grid_shape, height_at_width, resize, resize_to_height, resize_to_width, stack_horizontally,
     stack_vertically, width_at_height,
 };
 

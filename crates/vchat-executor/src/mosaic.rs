@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use vchat_core::Rope;
 
 use crate::Frame;
+use crate::surface::{Bgr, Paint, Surface, resize_into};
 
 /// Colour of the border around a user's own tile (`highlight_self`), BGR green.
 pub const HIGHLIGHT_BGR: [u8; 3] = [0, 200, 0];
@@ -73,6 +74,11 @@ pub fn checked_pixels(h: usize, w: usize, limit: usize) -> Result<usize, MosaicE
 /// Checks that `src` is an `h`×`w`×3 frame.
 fn check_frame(src: &[u8], h: usize, w: usize) -> Result<(), MosaicError> {
     check_len(src.len(), h, w)
+}
+
+/// Checks that a frame's pixels are its `height`×`width`×3.
+pub(crate) fn check_tile_frame(frame: &Frame) -> Result<(), MosaicError> {
+    check_len(frame.pixels.len(), frame.height, frame.width)
 }
 
 /// Checks that `len` bytes are an `h`×`w`×3 frame.
@@ -152,13 +158,6 @@ pub fn stack_horizontally(parts: &[Frame], max_pixels: usize) -> Result<Frame, M
     Ok(Frame::new(out.freeze(), height, width))
 }
 
-/// `i * from / to`, the source index of destination index `i`, without overflow
-/// (`i < to`, so the result is below `from`).
-fn source_index(i: usize, from: usize, to: usize) -> usize {
-    // Lossless: u128 holds the product of two usizes, and the quotient is < from.
-    (i as u128 * from as u128 / to as u128) as usize
-}
-
 /// Resizes an `h`×`w`×3 frame to `new_h`×`new_w` (nearest neighbour), refused
 /// when that is over `max_pixels`.
 pub fn resize(
@@ -177,51 +176,8 @@ pub fn resize(
     }
     let px = checked_pixels(new_h, new_w, max_pixels)?;
     let mut out = vec![0u8; px * 3];
-    resize_into(src, h, w, &mut out, new_w, (0, 0, new_h, new_w));
+    resize_into(src, (h, w), &mut out, new_w, (0, 0, new_h, new_w));
     Ok(Bytes::from(out))
-}
-
-/// Scales a checked `h`×`w`×3 frame (nearest neighbour) into the rectangle
-/// `(top, left, height, width)` of `dst`, a frame `dst_w` pixels wide that
-/// holds it (the callers check both).
-fn resize_into(
-    src: &[u8],
-    h: usize,
-    w: usize,
-    dst: &mut [u8],
-    dst_w: usize,
-    (top, left, th, tw): (usize, usize, usize, usize),
-) {
-    // The row's source pixels as runs `(destination byte, source byte,
-    // bytes)` of neighbours that stay neighbours: scaled up (a 200x300 frame
-    // in a 240x320 cell), a row is a few runs of about fifteen pixels, copied
-    // whole, instead of 320 copies of three bytes.
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    for x in 0..tw {
-        let sx = source_index(x, w, tw) * 3;
-        match runs.last_mut() {
-            Some((d, s, len)) if *s + *len == sx && *d + *len == x * 3 => *len += 3,
-            _ => runs.push((x * 3, sx, 3)),
-        }
-    }
-    let row_at = |y: usize| ((top + y) * dst_w + left) * 3;
-    let mut previous: Option<(usize, usize)> = None;
-    for y in 0..th {
-        let sy = source_index(y, h, th);
-        let at = row_at(y);
-        match previous {
-            // Scaled up, rows repeat: copy the row already made.
-            Some((py, from)) if py == sy => dst.copy_within(from..from + tw * 3, at),
-            _ => {
-                let row = &src[sy * w * 3..][..w * 3];
-                let out = &mut dst[at..at + tw * 3];
-                for &(d, s, len) in &runs {
-                    out[d..d + len].copy_from_slice(&row[s..s + len]);
-                }
-            }
-        }
-        previous = Some((sy, at));
-    }
 }
 
 /// `side × num / den`, rounded, at least 1 (saturating): the other side of a
@@ -299,62 +255,29 @@ pub fn compose_grid(
     highlight: Option<usize>,
     max_pixels: usize,
 ) -> Result<Bytes, MosaicError> {
-    for t in tiles {
-        check_len(t.pixels.len(), t.height, t.width)?;
-    }
     let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
     let mut out = vec![0u8; px * 3];
-    let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
-    let (rows, cols) = grid_shape(tiles.len());
-    let cell = (canvas_h / rows) * (canvas_w / cols);
-    for (i, (tile, rect)) in tiles
-        .iter()
-        .zip(grid_rects(&dims, canvas_h, canvas_w))
-        .enumerate()
-    {
-        place_tile(&mut out, canvas_w, rect, tile, cell)?;
-        if highlight == Some(i) {
-            draw_border(&mut out, canvas_w, rect);
-        }
-    }
+    draw_grid(&mut Bgr::new(&mut out, canvas_w), tiles, highlight)?;
     Ok(Bytes::from(out))
 }
 
-/// Scales `tile` to the rectangle `(top, left, height, width)` of a canvas
-/// `canvas_w` pixels wide and copies it there; `max_pixels` bounds the scaled
-/// tile. The rectangle must lie within the canvas (as [`grid_rects`] gives).
-fn place_tile(
-    canvas: &mut [u8],
-    canvas_w: usize,
-    (top, left, th, tw): (usize, usize, usize, usize),
-    tile: &Frame,
-    max_pixels: usize,
+/// Draws the grid of `tiles` on `canvas`, black, as [`compose_grid`] composes
+/// it, with the border of `highlight`.
+pub fn draw_grid<S: Surface>(
+    canvas: &mut S,
+    tiles: &[S::Tile],
+    highlight: Option<usize>,
 ) -> Result<(), MosaicError> {
-    check_frame(tile.bytes(), tile.height, tile.width)?;
-    if th == 0 || tw == 0 {
-        return Err(MosaicError::BadInput(format!(
-            "cannot resize to {th}x{tw}: no pixels"
-        )));
+    let all: Vec<usize> = (0..tiles.len()).collect();
+    redraw_grid_tiles(canvas, tiles, &all)?;
+    let (h, w) = canvas.size();
+    let dims = tiles
+        .iter()
+        .map(S::tile_dims)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(rect) = highlight.and_then(|i| grid_rects(&dims, h, w).get(i).copied()) {
+        draw_border(canvas, rect);
     }
-    checked_pixels(th, tw, max_pixels)?;
-    let fits = top
-        .checked_add(th)
-        .and_then(|bottom| bottom.checked_mul(canvas_w))
-        .is_some_and(|px| px <= canvas.len() / 3)
-        && left.checked_add(tw).is_some_and(|right| right <= canvas_w);
-    if !fits {
-        return Err(MosaicError::BadInput(format!(
-            "a {th}x{tw} tile at ({top}, {left}) is outside the canvas"
-        )));
-    }
-    resize_into(
-        tile.bytes(),
-        tile.height,
-        tile.width,
-        canvas,
-        canvas_w,
-        (top, left, th, tw),
-    );
     Ok(())
 }
 
@@ -373,34 +296,32 @@ pub fn grid_cells(n: usize, canvas_h: usize, canvas_w: usize) -> Vec<(usize, usi
 }
 
 /// Draws `tiles[i]` for each `i` of `redraw` in a canvas already holding a grid
-/// of `tiles.len()` tiles (as [`compose_grid`] made it, without highlight): its
-/// cell is cleared to black and the tile placed as [`compose_grid`] places it,
-/// so that the canvas is then the one [`compose_grid`] would make of `tiles`.
-/// Refused when the canvas is not `canvas_h`x`canvas_w` pixels within
-/// `max_pixels`, an index is out of range or a tile does not match its
-/// dimensions, before anything is drawn.
-pub fn redraw_grid_tiles(
-    canvas: &mut [u8],
-    tiles: &[Frame],
-    canvas_h: usize,
-    canvas_w: usize,
+/// of `tiles.len()` tiles (as [`draw_grid`] drew it, without highlight): its
+/// cell is cleared to black and the tile placed as [`draw_grid`] places it,
+/// so that the canvas is then the one [`draw_grid`] would draw of `tiles`.
+/// Refused when the canvas has no pixels, an index is out of range or a tile
+/// does not match its dimensions, before anything is drawn.
+pub fn redraw_grid_tiles<S: Surface>(
+    canvas: &mut S,
+    tiles: &[S::Tile],
     redraw: &[usize],
-    max_pixels: usize,
 ) -> Result<(), MosaicError> {
-    let px = checked_pixels(canvas_h, canvas_w, max_pixels)?;
-    if canvas.len() != px * 3 {
+    let (canvas_h, canvas_w) = canvas.size();
+    if canvas_h == 0 || canvas_w == 0 {
         return Err(MosaicError::BadInput(format!(
-            "{} bytes are not a {canvas_h}x{canvas_w}x3 canvas",
-            canvas.len()
+            "a {canvas_h}x{canvas_w} canvas has no pixels"
         )));
     }
-    for &i in redraw {
-        let tile = tiles.get(i).ok_or_else(|| {
-            MosaicError::BadInput(format!("no tile {i} of {} to redraw", tiles.len()))
-        })?;
-        check_len(tile.pixels.len(), tile.height, tile.width)?;
+    let dims = tiles
+        .iter()
+        .map(S::tile_dims)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(&i) = redraw.iter().find(|&&i| i >= tiles.len()) {
+        return Err(MosaicError::BadInput(format!(
+            "no tile {i} of {} to redraw",
+            tiles.len()
+        )));
     }
-    let dims: Vec<(usize, usize)> = tiles.iter().map(Frame::dims).collect();
     let rects = grid_rects(&dims, canvas_h, canvas_w);
     let cells = grid_cells(tiles.len(), canvas_h, canvas_w);
     for &i in redraw {
@@ -409,16 +330,17 @@ pub fn redraw_grid_tiles(
         };
         // Black around the tile; the tile covers the rest.
         let (rt, rl, rh, rw) = rect;
+        let black = Paint::Fill([0, 0, 0]);
         for y in top..top + ch {
-            let row = &mut canvas[(y * canvas_w + left) * 3..(y * canvas_w + left + cw) * 3];
             if (rt..rt + rh).contains(&y) {
-                row[..rl.saturating_sub(left).min(cw) * 3].fill(0);
-                row[(rl + rw).saturating_sub(left).min(cw) * 3..].fill(0);
+                canvas.paint(y, left, rl, black);
+                canvas.paint(y, rl + rw, left + cw, black);
             } else {
-                row.fill(0);
+                canvas.paint(y, left, left + cw, black);
             }
         }
-        place_tile(canvas, canvas_w, rect, &tiles[i], ch * cw)?;
+        // grid_rects keeps a tile within its cell, and so within the canvas.
+        canvas.place(&tiles[i], rect);
     }
     Ok(())
 }
@@ -452,36 +374,24 @@ pub fn grid_rects(
         .collect()
 }
 
-/// Draws a border inside the rectangle `(top, left, height, width)` of a frame
-/// `frame_w` pixels wide, in [`HIGHLIGHT_BGR`]. The part of the rectangle outside
-/// the frame is clipped (a frame that is not whole rows of `frame_w` pixels is
-/// drawn on its whole rows only): it allocates nothing and cannot fail.
-pub fn draw_border(
-    frame: &mut [u8],
-    frame_w: usize,
-    (top, left, h, w): (usize, usize, usize, usize),
-) {
-    let Some(row_len) = frame_w.checked_mul(3).filter(|&r| r > 0) else {
-        return;
-    };
-    let frame_h = frame.len() / row_len;
+/// Draws a border inside the rectangle `(top, left, height, width)` of
+/// `canvas`, in [`HIGHLIGHT_BGR`]. The part of the rectangle outside the
+/// canvas is clipped: it allocates nothing and cannot fail.
+pub fn draw_border<S: Surface>(canvas: &mut S, (top, left, h, w): (usize, usize, usize, usize)) {
+    let (frame_h, frame_w) = canvas.size();
     if h == 0 || w == 0 {
         return;
     }
     let t = (h.min(w) / 40).clamp(1, 6);
     let (bottom, right) = (top.saturating_add(h), left.saturating_add(w));
     let (x0, x1) = (left.min(frame_w), right.min(frame_w));
-    let fill = |frame: &mut [u8], y: usize, from: usize, to: usize| {
-        for px in frame[y * row_len + from * 3..y * row_len + to * 3].chunks_exact_mut(3) {
-            px.copy_from_slice(&HIGHLIGHT_BGR);
-        }
-    };
+    let green = Paint::Fill(HIGHLIGHT_BGR);
     for y in top..bottom.min(frame_h) {
         if y < top + t || y >= bottom - t {
-            fill(frame, y, x0, x1);
+            canvas.paint(y, x0, x1, green);
         } else {
-            fill(frame, y, x0, left.saturating_add(t).min(x1));
-            fill(frame, y, (right - t).max(x0).min(x1), x1);
+            canvas.paint(y, x0, left.saturating_add(t).min(x1), green);
+            canvas.paint(y, (right - t).max(x0).min(x1), x1, green);
         }
     }
 }
@@ -623,9 +533,9 @@ mod tests {
                     assert!(compose_grid(&[], h, w, None, ANY).is_err());
                 }
                 let mut frame = [0u8; 4 * 4 * 3];
-                draw_border(&mut frame, w, (h, w, h, w));
-                draw_border(&mut frame, 4, (0, 0, h, w));
-                draw_border(&mut frame, 4, (h, w, 2, 2));
+                draw_border(&mut Bgr::new(&mut frame, w), (h, w, h, w));
+                draw_border(&mut Bgr::new(&mut frame, 4), (0, 0, h, w));
+                draw_border(&mut Bgr::new(&mut frame, 4), (h, w, 2, 2));
             }
         }
         assert!(stack_vertically(&[], ANY).is_err());
@@ -654,7 +564,7 @@ mod tests {
     #[test]
     fn border_is_clipped_to_the_frame() {
         let mut frame = vec![0u8; 4 * 4 * 3];
-        draw_border(&mut frame, 4, (2, 2, 10, 10));
+        draw_border(&mut Bgr::new(&mut frame, 4), (2, 2, 10, 10));
         let green = |y: usize, x: usize| frame[(y * 4 + x) * 3..][..3] == HIGHLIGHT_BGR;
         // The top and left edges are in the frame; the rest of the rectangle is not.
         assert!(green(2, 2) && green(2, 3) && green(3, 2));

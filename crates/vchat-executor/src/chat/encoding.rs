@@ -6,9 +6,8 @@ use vchat_core::jpeg;
 use vchat_core::{Document, Error, Tensor};
 
 use super::VideoChatExecutor;
-use super::cache::Snapshot;
+use super::cache::{Mosaic, Snapshot};
 use super::config::ACCEPT_TAG;
-use crate::Frame;
 
 /// The encoding of a frame or an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +67,7 @@ impl VideoChatExecutor {
         doc: &mut Document,
         room: &str,
         snap: &Snapshot,
-        mosaic: Frame,
+        mosaic: Mosaic,
         output: Encoding,
         shared: bool,
     ) -> Result<(), Error> {
@@ -78,6 +77,7 @@ impl VideoChatExecutor {
                     self.remember(room, snap, &mosaic, None);
                 }
                 let t = mosaic
+                    .frame(self.budget)
                     .into_tensor()
                     .map_err(|e| self.reject(format!("internal: {e}")))?;
                 doc.set_tensor(t);
@@ -86,10 +86,9 @@ impl VideoChatExecutor {
             Encoding::Jpeg => {
                 let j = match &snap.jpeg {
                     Some(j) if shared => j.clone(),
-                    _ => {
-                        jpeg::encode_bgr(mosaic.bytes(), mosaic.height, mosaic.width, self.quality)
-                            .map_err(|e| self.reject(e.to_string()))?
-                    }
+                    _ => mosaic
+                        .jpeg(self.quality)
+                        .map_err(|e| self.reject(e.to_string()))?,
                 };
                 if shared {
                     self.remember(room, snap, &mosaic, Some(&j));

@@ -278,7 +278,7 @@ impl Executor for VideoChatExecutor {
             if let picture::Received::Kept(picture) = &frame
                 && let Some(users) = self.drawn_soon(&room, &user)
             {
-                picture.frame(self.cell(users), self.max_frame_pixels, self.budget);
+                picture.planes(self.cell(users), self.max_frame_pixels, self.budget);
                 if let Some(e) = picture.failure() {
                     return Err(self.reject(e));
                 }
@@ -288,8 +288,8 @@ impl Executor for VideoChatExecutor {
             doc.set_tag(PARTICIPANTS_TAG, participants_value(&snap.participants));
             // Composition and encoding happen outside the lock.
             let shared = !self.highlight_self;
-            let mosaic = match &snap.raw {
-                Some(raw) if shared => Some(raw.clone()),
+            let mosaic = match &snap.mosaic {
+                Some(m) if shared => Some(m.clone()),
                 _ => self.compose(&snap)?,
             };
             match mosaic {

@@ -11,12 +11,13 @@ use vchat_core::budget::Held;
 use vchat_core::{Error, StreamId};
 
 use super::VideoChatExecutor;
-use super::cache::{Cached, GridCanvas, Snapshot};
+use super::cache::{Cached, GridCanvas, Mosaic, Snapshot};
 use super::config::Layout;
 use super::picture::{Picture, Received};
 use crate::Frame;
 use crate::label;
 use crate::mosaic::{checked_pixels, height_at_width, resize, width_at_height};
+use crate::surface::Bgr;
 
 /// One user's place in a room.
 pub(super) struct Slot {
@@ -300,11 +301,15 @@ impl VideoChatExecutor {
         let picture = match frame {
             // A grid keeps a JPEG as it came (and labels tiles as it composes).
             Received::Kept(p) if self.layout == Layout::Grid => p.clone(),
-            _ => Picture::Pixels(Frame::new(
-                self.stored_pixels(frame, (h, w), (height, width), name, *paused)?,
-                height,
-                width,
-            )),
+            _ => {
+                let px = self.stored_pixels(frame, (h, w), (height, width), name, *paused)?;
+                let stored = Frame::new(px, height, width);
+                if self.layout == Layout::Grid {
+                    Picture::bgr(stored)
+                } else {
+                    Picture::Pixels(stored)
+                }
+            }
         };
         room.side = side;
         let mut changed = room.version != before;
@@ -378,8 +383,12 @@ impl VideoChatExecutor {
                 frame.data().to_vec()
             };
             let shown = self.labels.then_some(name);
-            self.labeller
-                .draw(&mut px, width, (0, 0, height, width), shown, paused);
+            self.labeller.draw(
+                &mut Bgr::new(&mut px, width),
+                (0, 0, height, width),
+                shown,
+                paused,
+            );
             Bytes::from(px)
         } else if (height, width) != (h, w) {
             resize(frame.data(), h, w, height, width, self.max_frame_pixels)
@@ -403,7 +412,7 @@ impl VideoChatExecutor {
         // mosaic_fps: within one period of the last composition, the latest
         // mosaic serves, whatever changed since.
         let recent = self.mosaic_period.is_some_and(|p| {
-            room.cache.raw.is_some() && room.composed_at.is_some_and(|t| now - t < p)
+            room.cache.mosaic.is_some() && room.composed_at.is_some_and(|t| now - t < p)
         });
         if recent && !current {
             return Snapshot {
@@ -412,7 +421,7 @@ impl VideoChatExecutor {
                 me: 0,
                 tiles: Vec::new(),
                 labels: Vec::new(),
-                raw: room.cache.raw.clone(),
+                mosaic: room.cache.mosaic.clone(),
                 jpeg: room.cache.jpeg.clone(),
                 serials: Vec::new(),
                 canvas: None.into(),
@@ -423,9 +432,9 @@ impl VideoChatExecutor {
             room.composed_at = Some(now);
         }
         let shared = current;
-        let raw = shared.then(|| room.cache.raw.clone()).flatten();
+        let mosaic = shared.then(|| room.cache.mosaic.clone()).flatten();
         // The request that composes a shared grid patches the room's canvas.
-        let canvas = if self.layout == Layout::Grid && !self.highlight_self && raw.is_none() {
+        let canvas = if self.layout == Layout::Grid && !self.highlight_self && mosaic.is_none() {
             room.canvas.take()
         } else {
             None
@@ -440,7 +449,7 @@ impl VideoChatExecutor {
                 .iter()
                 .map(|s| (s.name.clone(), s.paused))
                 .collect(),
-            raw,
+            mosaic,
             jpeg: shared.then(|| room.cache.jpeg.clone()).flatten(),
             serials: room.slots.iter().map(|s| s.serial).collect(),
             canvas: canvas.into(),
@@ -450,7 +459,13 @@ impl VideoChatExecutor {
     /// Keeps a composed or encoded mosaic of `version` for others asking for it:
     /// while it is the room's state, or with `mosaic_fps` while no newer one is
     /// kept.
-    pub(super) fn remember(&self, room: &str, snap: &Snapshot, raw: &Frame, jpeg: Option<&Bytes>) {
+    pub(super) fn remember(
+        &self,
+        room: &str,
+        snap: &Snapshot,
+        mosaic: &Mosaic,
+        jpeg: Option<&Bytes>,
+    ) {
         let version = snap.version;
         let mut state = self.lock();
         let Some(room) = state.rooms.get_mut(room) else {
@@ -473,16 +488,16 @@ impl VideoChatExecutor {
         if !latest {
             return;
         }
-        if room.cache.version != version || room.cache.raw.is_none() {
+        if room.cache.version != version || room.cache.mosaic.is_none() {
             room.cache = Cached {
                 version,
                 participants: snap.participants.clone(),
                 ..Cached::default()
             };
         }
-        if room.cache.raw.is_none() {
-            room.cache._held.push(self.budget.hold(raw.pixels.len()));
-            room.cache.raw = Some(raw.clone());
+        if room.cache.mosaic.is_none() {
+            room.cache._held.push(self.budget.hold(mosaic.len()));
+            room.cache.mosaic = Some(mosaic.clone());
         }
         if let Some(j) = jpeg
             && room.cache.jpeg.is_none()

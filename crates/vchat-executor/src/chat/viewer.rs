@@ -5,7 +5,7 @@
 use vchat_core::value::Kind;
 use vchat_core::{Document, Error};
 
-use super::cache::Snapshot;
+use super::cache::{Mosaic, Snapshot};
 use super::config::{PARTICIPANTS_TAG, VIEWER_TAG};
 use super::encoding::Encoding;
 use super::{VideoChatExecutor, participants_value};
@@ -30,7 +30,7 @@ impl VideoChatExecutor {
             me: usize::MAX,
             tiles: r.slots.iter().map(|s| s.picture.clone()).collect(),
             labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
-            raw: None,
+            mosaic: None,
             jpeg: None,
             serials: r.slots.iter().map(|s| s.serial).collect(),
             canvas: None.into(),
@@ -48,25 +48,22 @@ impl VideoChatExecutor {
         let mosaic = match self.compose(&snap)? {
             Some(m) => m,
             None => match self.frames(&snap.tiles).into_iter().next() {
-                Some(f) => f,
+                Some(f) => Mosaic::Bgr(f),
                 None => return Ok(()),
             },
         };
         match output {
             Encoding::Raw => {
                 let t = mosaic
+                    .frame(self.budget)
                     .into_tensor()
                     .map_err(|e| self.reject(format!("internal: {e}")))?;
                 doc.set_tensor(t);
             }
             Encoding::Jpeg => {
-                let j = vchat_core::jpeg::encode_bgr(
-                    mosaic.bytes(),
-                    mosaic.height,
-                    mosaic.width,
-                    self.quality,
-                )
-                .map_err(|e| self.reject(e.to_string()))?;
+                let j = mosaic
+                    .jpeg(self.quality)
+                    .map_err(|e| self.reject(e.to_string()))?;
                 doc.set_jpeg(j);
             }
         }

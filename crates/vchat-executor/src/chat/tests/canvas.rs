@@ -27,14 +27,15 @@ fn whole(ex: &VideoChatExecutor, room: &str) -> Vec<u8> {
             me: 0,
             tiles: r.slots.iter().map(|s| s.picture.clone()).collect(),
             labels: r.slots.iter().map(|s| (s.name.clone(), s.paused)).collect(),
-            raw: None,
+            mosaic: None,
             jpeg: None,
             // No serials: the grid is composed whole.
             serials: Vec::new(),
             canvas: None.into(),
         }
     };
-    ex.compose(&snap).unwrap().unwrap().bytes().to_vec()
+    let mosaic = ex.compose(&snap).unwrap().unwrap();
+    mosaic.frame(ex.budget).bytes().to_vec()
 }
 
 /// A frame of `user` of random size and content, now and then paused or
@@ -106,7 +107,8 @@ async fn a_new_frame_redraws_only_its_own_cell() {
     });
     send(&ex, &mut frame("a", 40, 40, 10), 1).await.unwrap();
     send(&ex, &mut frame("b", 40, 40, 20), 2).await.unwrap();
-    // Mark a's cell in the kept canvas: a redraw of a would erase the mark.
+    // Mark a's cell in the kept canvas (its luma: grey 99 where a is grey
+    // 10): a redraw of a would erase the mark.
     ex.lock()
         .rooms
         .get_mut(DEFAULT_ROOM)
@@ -114,7 +116,8 @@ async fn a_new_frame_redraws_only_its_own_cell() {
         .canvas
         .as_mut()
         .unwrap()
-        .pixels[0] = 99;
+        .picture
+        .planes_mut()[0][0] = 99;
     let mut b = frame("b", 40, 40, 30);
     send(&ex, &mut b, 2).await.unwrap();
     let t = b[0].tensor().unwrap();
