@@ -963,4 +963,99 @@ mod tests {
             "{clean_db:.2} dB against the room without grain"
         );
     }
+
+    /// 4:2:0 pictures of `frames` through OpenH264 at `bps` (planned for
+    /// 30 fps, as the door's) and back to BGR; and the bytes it took.
+    fn through_openh264(
+        frames: &[Vec<u8>],
+        (w, h): (usize, usize),
+        bps: u32,
+    ) -> (Vec<Vec<u8>>, usize) {
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(bps))
+            .max_frame_rate(FrameRate::from_hz(ENCODER_FPS))
+            .usage_type(UsageType::CameraVideoRealTime)
+            .skip_frames(false)
+            .vui(VuiConfig::bt601());
+        let mut enc = Encoder::with_api_config(OpenH264API::from_source(), config).unwrap();
+        let mut dec = FrameDecoder::new(1 << 24).unwrap();
+        let mut yuv = vec![0u8; w * h * 3 / 2];
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for f in frames {
+            assert!(bgr_to_yuv420(f, (w, h), &mut yuv));
+            let (y, chroma) = yuv.split_at(w * h);
+            let (u, v) = chroma.split_at(w * h / 4);
+            let au = enc
+                .encode(&YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2)))
+                .unwrap()
+                .to_vec();
+            bytes += au.len();
+            match dec.decode(&au) {
+                Decoded::Frame(t) => out.push(t.data().to_vec()),
+                _ => out.push(out.last().cloned().unwrap_or_else(|| vec![0; w * h * 3])),
+            }
+        }
+        (out, bytes)
+    }
+
+    /// Not a check: the table of what each stage of the bench's picture path
+    /// leaves of its camera picture, offline (BENCHMARKS.md). Run with
+    /// `cargo test -p vchat-gateway --lib quality_table -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn quality_table() {
+        for (w, h, fps) in [(640usize, 480usize, 30usize), (320, 240, 15)] {
+            let size = (w, h);
+            let step = 30 / fps;
+            let rooms: Vec<_> = (0..4).map(|k| room(w, h, k, 20.0)).collect();
+            let clean = room(w, h, 0, 0.0);
+            let ids: Vec<usize> = (0..90).map(|i| i * step).collect();
+            let frames: Vec<_> = ids.iter().map(|&id| camera(&rooms, size, id)).collect();
+            let secs = 90.0 / fps as f64;
+            let score = |out: &[Vec<u8>]| {
+                let mut a: Vec<f64> = Vec::new();
+                let mut c: Vec<f64> = Vec::new();
+                for (f, id) in out.iter().zip(&ids).skip(30) {
+                    a.push(psnr4(f, &rooms[id % 4], size).0);
+                    c.push(psnr4(f, &clean, size).0);
+                }
+                a.sort_by(f64::total_cmp);
+                c.sort_by(f64::total_cmp);
+                (a[a.len() / 2], c[c.len() / 2])
+            };
+            let mut jpeg = (Vec::new(), 0, 0);
+            for f in &frames {
+                let j1 = vchat_core::jpeg::encode_bgr(f, h, w, 70).unwrap();
+                let (d1, _, _) = vchat_core::jpeg::decode_bgr(&j1, 1 << 24).unwrap();
+                let j2 = vchat_core::jpeg::encode_bgr(&d1, h, w, 80).unwrap();
+                let (d2, _, _) = vchat_core::jpeg::decode_bgr(&j2, 1 << 24).unwrap();
+                jpeg.1 += j1.len();
+                jpeg.2 += j2.len();
+                jpeg.0.push(d2.to_vec());
+            }
+            let (g, c) = score(&jpeg.0);
+            let kb = |b: usize| b as f64 / secs / 1000.0;
+            eprintln!(
+                "{w}x{h} @ {fps}: JPEG q70 then q80: {g:.2} dB, {c:.2} dB without grain, {:.0} + {:.0} KB/s",
+                kb(jpeg.1),
+                kb(jpeg.2)
+            );
+            let door = (w * h) as u32 * BITS_PER_PIXEL_SECOND as u32;
+            // A page's sender: Chromium's 1.7 Mbit/s at 640x480 @ 30.
+            let page = (1_700_000.0 * (w * h) as f64 / (640.0 * 480.0)) as u32;
+            for x in [1u32, 2, 4, 8] {
+                let (one, b1) = through_openh264(&frames, size, door * x);
+                let (g1, c1) = score(&one);
+                let (first, bp) = through_openh264(&frames, size, page * x);
+                let (two, b2) = through_openh264(&first, size, door * x);
+                let (g2, c2) = score(&two);
+                eprintln!(
+                    "{w}x{h} @ {fps}: x{x}: door alone {g1:.2} / {c1:.2} dB, {:.0} KB/s; page then door {g2:.2} / {c2:.2} dB, {:.0} + {:.0} KB/s",
+                    kb(b1),
+                    kb(bp),
+                    kb(b2)
+                );
+            }
+        }
+    }
 }
