@@ -22,7 +22,12 @@
 // of the picture, the same measure for every transport. The room's grain
 // (+-20 a channel, pixel by pixel) alone is 26.9 dB: a path that drops all of
 // it and keeps the rest gets about that. So the PSNR of 4x4-pixel means is
-// taken too, the picture's shapes and colours without the grain.
+// taken too, the picture's shapes and colours without the grain. Those means
+// still hold the grain's own 4x4 means (+-3 a channel, 38.7 dB alone), which
+// no codec that drops or reuses grain can match; so the 4x4 means are also
+// taken against the room painted without grain (`psnr4Clean`), and the mean
+// signed error of each channel (R, G, B) of the still part (`bias`), which a
+// conversion's matrix, range or rounding shifts.
 'use strict';
 (() => {
   const params = new URLSearchParams(location.search);
@@ -33,7 +38,7 @@
   const BITS = 20;
   const painted = new Map();
   const bench = {
-    painted: 0, mosaics: 0, rtts: [], psnr: [], psnr4: [], unreadable: 0, bytesSent: 0, bytesReceived: 0,
+    painted: 0, mosaics: 0, rtts: [], psnr: [], psnr4: [], psnr4Clean: [], bias: [], unreadable: 0, bytesSent: 0, bytesReceived: 0,
     peers: [],
     // Bytes sent and received by the page: its WebSocket messages, and the
     // transport of each peer connection.
@@ -108,26 +113,33 @@
   }
 
   // The still room's grain patterns as painted (RGBA, W x H), once the camera
-  // is made; frame `id` shows pattern `id % GRAINS`.
+  // is made; frame `id` shows pattern `id % GRAINS`. `cleanPixels`: the room
+  // without grain.
   const GRAINS = 4;
   let stillPixels = null;
+  let cleanPixels = null;
   let ownTiles = 0;
 
   // PSNR (dB) of the tile at `top` of `ctx` (unscaled), frame `id`, against
-  // the still room painted: [pixel by pixel, of 4x4 means].
+  // the still room painted: [pixel by pixel, of 4x4 means, of 4x4 means
+  // against the room without grain, [mean error of R, G, B]].
   function quality(ctx, top, id) {
     const got = ctx.getImageData(0, top, W, H).data;
     const want = stillPixels[id % GRAINS];
+    const clean = cleanPixels;
     const still = (x, y) => y < (3 * H) / 4 && !(y >= H / 4 && x >= W / 4 && x < (3 * W) / 4);
     const db = (se, n) => 10 * Math.log10((255 * 255) / Math.max(se / n, 1e-6));
     let se = 0;
     let n = 0;
     let se4 = 0;
     let n4 = 0;
+    let seClean = 0;
+    const bias = [0, 0, 0];
     for (let by = Math.ceil((2 * block + 2) / 4) * 4; by + 4 <= H; by += 4) {
       for (let bx = 0; bx + 4 <= W; bx += 4) {
         if (!still(bx, by) || !still(bx + 3, by + 3) || !still(bx, by + 3) || !still(bx + 3, by)) continue;
         const sum = [0, 0, 0];
+        const sumClean = [0, 0, 0];
         for (let y = by; y < by + 4; y++) {
           for (let x = bx; x < bx + 4; x++) {
             const i = (y * W + x) * 4;
@@ -135,15 +147,20 @@
               const d = got[i + c] - want[i + c];
               se += d * d;
               sum[c] += d;
+              sumClean[c] += got[i + c] - clean[i + c];
             }
             n += 3;
           }
         }
-        for (let c = 0; c < 3; c++) se4 += (sum[c] / 16) ** 2;
+        for (let c = 0; c < 3; c++) {
+          se4 += (sum[c] / 16) ** 2;
+          seClean += (sumClean[c] / 16) ** 2;
+          bias[c] += sum[c] / 16;
+        }
         n4 += 3;
       }
     }
-    return [db(se, n), db(se4, n4)];
+    return [db(se, n), db(se4, n4), db(seClean, n4), bias.map((b) => (3 * b) / n4)];
   }
 
   // Reads every tile's band of the mosaic just drawn on `ctx` (a vertical
@@ -162,9 +179,11 @@
       if ((value >> 16) !== ME) continue;
       ownTiles += 1;
       if (stillPixels && w === W && top + H <= h && ownTiles % 4 === 0) {
-        const [pixels, means] = quality(ctx, top, value & 0xffff);
+        const [pixels, means, meansClean, bias] = quality(ctx, top, value & 0xffff);
         bench.psnr.push(pixels);
         bench.psnr4.push(means);
+        bench.psnr4Clean.push(meansClean);
+        bench.bias.push(bias);
       }
       const at = painted.get(value & 0xffff);
       if (at !== undefined) {
@@ -174,16 +193,16 @@
     }
   }
 
-  // The still room: smooth colour waves and grain pattern `k`, the same for
-  // every user.
-  function room(k) {
+  // The still room: smooth colour waves and grain pattern `k` (none when
+  // `grainless`), the same for every user.
+  function room(k, grainless) {
     const c = Object.assign(document.createElement('canvas'), { width: W, height: H });
     const cx = c.getContext('2d');
     const img = cx.createImageData(W, H);
     let seed = (0x9e3779b9 + k * 0x632be5ab) >>> 0;
     const grain = () => {
       seed ^= seed << 13; seed ^= seed >>> 17; seed ^= seed << 5;
-      return ((seed >>> 0) % 41) - 20;
+      return grainless ? 0 : ((seed >>> 0) % 41) - 20;
     };
     for (let y = 0; y < H; y++) {
       for (let x = 0; x < W; x++) {
@@ -203,6 +222,7 @@
     const real = await gum({ video: { width: W / 2, height: H / 2 }, audio: false });
     const stills = Array.from({ length: GRAINS }, (_, k) => room(k));
     stillPixels = stills.map((c) => c.getContext('2d').getImageData(0, 0, W, H).data);
+    cleanPixels = room(0, true).getContext('2d').getImageData(0, 0, W, H).data;
     const video = document.createElement('video');
     video.muted = true;
     video.srcObject = real;
