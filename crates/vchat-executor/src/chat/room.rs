@@ -19,6 +19,11 @@ use crate::label;
 use crate::mosaic::{checked_pixels, height_at_width, resize, width_at_height};
 use crate::surface::Bgr;
 
+/// How much earlier than the user's own next frame another user's must be
+/// expected for [`VideoChatExecutor::drawn_soon`] to count on it: frame
+/// times jitter by a few milliseconds.
+const DRAWN_MARGIN: Duration = Duration::from_millis(2);
+
 /// One user's place in a room.
 pub(super) struct Slot {
     pub(super) user: String,
@@ -32,6 +37,8 @@ pub(super) struct Slot {
     /// stays one until a composition draws it), in a buffer of its own.
     pub(super) picture: Picture,
     pub(super) last_seen: Instant,
+    /// The time between its last two frames, once it has sent two.
+    pub(super) interval: Option<Duration>,
     /// Changes with the tile's frame, name or pause: unique in its room, so
     /// the grid canvas knows which cells to redraw.
     pub(super) serial: u64,
@@ -183,8 +190,15 @@ impl VideoChatExecutor {
 
     /// Whether a frame of `user` arriving now will be drawn, as far as can be
     /// told before storing it: the number of users its room will have, when
-    /// it will, `None` when a newer frame of the user is due before the room's
-    /// next composition (`mosaic_fps`) and will be drawn instead.
+    /// it will, `None` when it will most likely be replaced first.
+    ///
+    /// With `mosaic_fps`, the room's next composition is made by the first
+    /// request at or after `composed_at + 1/mosaic_fps`. If the user's next
+    /// frame (due one of their frame intervals from now) comes before then,
+    /// or before any other user's (each due at their own interval), this
+    /// frame is replaced before it is drawn. A wrong guess costs little
+    /// either way: a frame not decoded now is decoded by the composition
+    /// that draws it, so the guess leans that way.
     pub(super) fn drawn_soon(&self, room: &str, user: &str) -> Option<usize> {
         let state = self.lock();
         let Some(r) = state.rooms.get(room) else {
@@ -197,9 +211,31 @@ impl VideoChatExecutor {
             return Some(users);
         };
         let now = Instant::now();
-        // The user's frame interval, from their previous frame.
-        let next = now + now.saturating_duration_since(slot.last_seen);
-        (next >= composed + period).then_some(users)
+        let due = composed + period;
+        if now >= due {
+            // This request composes, or one already under way draws it.
+            return Some(users);
+        }
+        let own_next = now + now.saturating_duration_since(slot.last_seen);
+        // The first frame of another user at or after `due`; one whose
+        // interval is not known yet may come at any time.
+        let others_next = r
+            .slots
+            .iter()
+            .filter(|s| s.user != user)
+            .map(|s| match s.interval {
+                Some(i) if !i.is_zero() => {
+                    let next = s.last_seen + i;
+                    let late = due.saturating_duration_since(next);
+                    // Whole intervals until `due`, rounded up.
+                    let k = late.as_nanos().div_ceil(i.as_nanos());
+                    u32::try_from(k).map_or(Instant::now() + period * 2, |k| next + i * k)
+                }
+                _ => due,
+            })
+            .min();
+        let composer = others_next.map_or(own_next, |o| o.min(own_next));
+        (composer + DRAWN_MARGIN < own_next).then_some(users)
     }
 
     /// The part of [`update`](Self::update) within the room.
@@ -329,6 +365,7 @@ impl VideoChatExecutor {
                 slot._held = self.budget.hold(picture.stored_len());
                 slot.picture = picture;
                 slot.stream = stream;
+                slot.interval = Some(now.saturating_duration_since(slot.last_seen));
                 slot.last_seen = now;
             }
             None => {
@@ -343,6 +380,7 @@ impl VideoChatExecutor {
                     _held: self.budget.hold(picture.stored_len()),
                     picture,
                     last_seen: now,
+                    interval: None,
                     serial: room.serials,
                 });
             }

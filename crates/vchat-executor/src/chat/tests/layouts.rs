@@ -139,6 +139,51 @@ async fn a_grid_decodes_only_the_jpegs_a_composition_draws() {
     }
 }
 
+/// A frame whose user's next one is due before anyone else's (after the
+/// room's next composition is due) is replaced before a composition draws
+/// it: it is kept undecoded. Alice sends every ~150 ms, bob every ~300 ms,
+/// the room composes at most every 100 ms.
+#[tokio::test]
+async fn a_frame_replaced_before_the_next_composer_comes_is_not_decoded_ahead() {
+    let ex = with(VideoChatConfig {
+        layout: Layout::Grid,
+        canvas: "48x64".into(),
+        mosaic_fps: 10.0,
+        ..Default::default()
+    });
+    let start = tokio::time::Instant::now();
+    let at = |ms: u64| tokio::time::sleep_until(start + Duration::from_millis(ms));
+    let decoded =
+        |ex: &VideoChatExecutor, i: usize| ex.lock().rooms[DEFAULT_ROOM].slots[i].picture.decoded();
+    send(&ex, &mut jpeg_frame("bob", 40, 60, 90), 2)
+        .await
+        .unwrap();
+    send(&ex, &mut jpeg_frame("alice", 40, 60, 10), 1)
+        .await
+        .unwrap();
+    at(150).await;
+    // Her request composes (the period is over): drawn.
+    send(&ex, &mut jpeg_frame("alice", 40, 60, 20), 1)
+        .await
+        .unwrap();
+    assert!(decoded(&ex, 1).is_some());
+    at(300).await;
+    // Bob's composes; his interval is now 300 ms.
+    send(&ex, &mut jpeg_frame("bob", 40, 60, 80), 2)
+        .await
+        .unwrap();
+    // Alice's next (due at ~450) comes after the next composition is due
+    // (~400), but before bob's (~600): hers composes, and draws that one.
+    send(&ex, &mut jpeg_frame("alice", 40, 60, 30), 1)
+        .await
+        .unwrap();
+    assert_eq!(decoded(&ex, 1), None, "not decoded ahead");
+    at(450).await;
+    let mut next = jpeg_frame("alice", 40, 60, 40);
+    send(&ex, &mut next, 1).await.unwrap();
+    assert!(decoded(&ex, 1).is_some(), "drawn by her own request");
+}
+
 /// A JPEG with a header and an end marker, its scan cut short in between.
 fn cut_scan(good: &Bytes) -> Bytes {
     let sos = good.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
