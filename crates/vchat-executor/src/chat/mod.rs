@@ -65,10 +65,12 @@
 //! one period; `tags.participants` always lists the users of the mosaic sent.
 //! In the grid layout a JPEG frame is kept as received (its header, size and
 //! end marker checked) and decoded straight to about its cell's size: by its
-//! own request when it will be drawn, else (with `mosaic_fps`, when a newer
-//! frame of its user is due before the room's next composition) by the
-//! composition that draws it, if any: a frame replaced before that is never
-//! decoded. A frame decoded by its own request that fails is refused with an
+//! own request when it will be drawn, else (with `mosaic_fps`, when its
+//! user's next frame is due before the request that makes the room's next
+//! composition) by the composition that draws it, if any: a frame replaced
+//! before that is never decoded. The grid is composed in YCbCr 4:2:0, which
+//! JPEG tiles decode to and the mosaic's JPEG is encoded from; a raw client
+//! gets it converted to BGR, once per mosaic. A frame decoded by its own request that fails is refused with an
 //! ERROR status; one that fails later is drawn black, and its sender's next
 //! request is answered with the reason, once.
 //!

@@ -1,12 +1,15 @@
-//! A user's latest frame as a room keeps it: pixels, or, in a grid room fed
-//! JPEGs, the JPEG as received, decoded only when a composition draws it.
+//! A user's latest frame as a room keeps it: BGR pixels in the stacked
+//! layouts; in a grid room the frame as it came (a JPEG, or BGR pixels),
+//! turned into the YCbCr 4:2:0 picture the grid is composed in only when a
+//! composition draws it.
 //!
 //! A camera at 30 fps in a room composed at `mosaic_fps: 15` sends two frames
 //! per composition; decoding each as it arrives decoded the one a newer frame
 //! replaces before anyone drew it. A kept JPEG is decoded once (to about its
-//! cell's size): by its own request when it will be drawn (spreading the work
-//! over requests), else by the first composition that draws it; every later
-//! composition and every clone of the room's snapshot shares the result.
+//! cell's size, straight to its 4:2:0 planes): by its own request when it
+//! will be drawn (spreading the work over requests), else by the first
+//! composition that draws it; every later composition and every clone of the
+//! room's snapshot shares the result.
 //!
 //! The frame's header and end marker are checked as it arrives (size, limits,
 //! truncation: the sender gets an ERROR status then, as before), and so is its
