@@ -8,6 +8,9 @@ use openh264::decoder::{Decoder, DecoderConfig};
 use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, UsageType, VuiConfig};
 use openh264::formats::{YUVSlices, YUVSource};
 use vchat_core::Tensor;
+use vchat_core::yuv;
+pub use vchat_core::yuv::Colour;
+use vchat_core::yuv::{Planes, yuv420_to_bgr};
 
 /// Bits per second the mosaic is encoded at, per pixel of a 30 fps picture:
 /// 640x480 at about 1.2 Mbit/s, plenty for a mosaic of faces.
@@ -107,89 +110,6 @@ impl<'a> Bits<'a> {
 /// it cannot be read.
 pub fn sps_dimensions(nal: &[u8]) -> Option<(usize, usize)> {
     sps_info(nal).map(|i| i.size)
-}
-
-/// How a stream's samples map to colours, from its sequence parameter set's
-/// video signal type (H.264 Annex E).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Colour {
-    /// `matrix_coefficients`: 1 BT.709, 5 or 6 BT.601, 2 unspecified, ...
-    pub matrix: u8,
-    /// Samples span 0-255 rather than 16-235 (luma) and 16-240 (chroma).
-    pub full_range: bool,
-}
-
-impl Default for Colour {
-    /// What a stream without a colour description is taken to be: BT.601,
-    /// limited range (a webcam's usual).
-    fn default() -> Self {
-        Colour {
-            matrix: 6,
-            full_range: false,
-        }
-    }
-}
-
-/// The Y, U and V planes of a 4:2:0 picture, each with its stride.
-struct Planes<'a> {
-    y: (&'a [u8], usize),
-    u: (&'a [u8], usize),
-    v: (&'a [u8], usize),
-}
-
-/// Converts a `w`x`h` 4:2:0 picture to BGR in `out` (`w * h * 3` bytes) as
-/// `colour` says: BT.709 (matrix 1) or BT.601 (any other), full or limited
-/// range, in 14-bit fixed point. Browsers describe their streams (Chromium:
-/// BT.709, full range); reading them as BT.601 limited range stretched their
-/// contrast, clipped it, and shifted their colours for everyone in the room.
-/// `false` when a plane is shorter than its stride and size need.
-fn yuv420_to_bgr(p: &Planes<'_>, (w, h): (usize, usize), colour: Colour, out: &mut [u8]) -> bool {
-    const ONE: f64 = 16384.0;
-    // R = Y + rv Cr, G = Y - gu Cb - gv Cr, B = Y + bu Cb, on full-range samples.
-    let (rv, gu, gv, bu) = if colour.matrix == 1 {
-        (1.5748, 0.187324, 0.468124, 1.8556)
-    } else {
-        (1.402, 0.344136, 0.714136, 1.772)
-    };
-    // Limited range: luma 16-235, chroma 16-240 around 128.
-    let (y_off, y_scale, c_scale) = if colour.full_range {
-        (0, 1.0, 1.0)
-    } else {
-        (16, 255.0 / 219.0, 255.0 / 224.0)
-    };
-    let k = |c: f64| (c * ONE).round() as i32;
-    let (ky, krv, kgu, kgv, kbu) = (
-        k(y_scale),
-        k(rv * c_scale),
-        k(gu * c_scale),
-        k(gv * c_scale),
-        k(bu * c_scale),
-    );
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    let fits = |(plane, stride): (&[u8], usize), pw: usize, ph: usize| {
-        stride >= pw
-            && ph
-                .checked_sub(1)
-                .is_none_or(|last| last * stride + pw <= plane.len())
-    };
-    if out.len() != w * h * 3 || !fits(p.y, w, h) || !fits(p.u, cw, ch) || !fits(p.v, cw, ch) {
-        return false;
-    }
-    let clamp = |v: i32| ((v + (1 << 13)) >> 14).clamp(0, 255) as u8;
-    for (row, line) in out.chunks_exact_mut(w * 3).enumerate() {
-        let yr = &p.y.0[row * p.y.1..][..w];
-        let ur = &p.u.0[(row / 2) * p.u.1..][..cw];
-        let vr = &p.v.0[(row / 2) * p.v.1..][..cw];
-        for (x, px) in line.chunks_exact_mut(3).enumerate() {
-            let y = (i32::from(yr[x]) - y_off) * ky;
-            let cb = i32::from(ur[x / 2]) - 128;
-            let cr = i32::from(vr[x / 2]) - 128;
-            px[0] = clamp(y + kbu * cb);
-            px[1] = clamp(y - kgu * cb - kgv * cr);
-            px[2] = clamp(y + krv * cr);
-        }
-    }
-    true
 }
 
 /// What a sequence parameter set says of its pictures.
@@ -411,59 +331,10 @@ impl FrameDecoder {
 }
 
 /// Converts a `w`x`h` BGR picture (both even) to 4:2:0 in `out` (Y, then U,
-/// then V, `w * h * 3 / 2` bytes): BT.601, limited range, each chroma sample
-/// from the mean of its 2x2 pixels (centred, as the decoder reads it back),
-/// in 16-bit fixed point, rounded. OpenH264's own converter truncates every
-/// sample instead: a mosaic came back half a level too dark in luma and half
-/// a level low in both chroma planes, 1.5 levels too little blue and 1.3 too
-/// little red, on every picture, before any encoding. As an integer loop it
-/// costs about what OpenH264's BGR one did.
+/// then V, `w * h * 3 / 2` bytes) as the encoder's stream declares it: BT.601,
+/// limited range (see [`yuv::bgr_to_yuv420`]).
 fn bgr_to_yuv420(bgr: &[u8], (w, h): (usize, usize), out: &mut [u8]) -> bool {
-    // 65536 * 219/255 * (0.299, 0.587, 0.114) and 65536 * 224/255 * the
-    // chroma rows; each chroma row sums to 0 so a grey has no colour.
-    const YR: i32 = 16829;
-    const YG: i32 = 33039;
-    const YB: i32 = 6416;
-    const UR: i32 = -9714;
-    const UG: i32 = -19070;
-    const UB: i32 = 28784;
-    const VR: i32 = 28784;
-    const VG: i32 = -24103;
-    const VB: i32 = -4681;
-    if w % 2 != 0 || h % 2 != 0 || bgr.len() != w * h * 3 || out.len() != w * h * 3 / 2 {
-        return false;
-    }
-    let (ys, chroma) = out.split_at_mut(w * h);
-    let (us, vs) = chroma.split_at_mut(w * h / 4);
-    for (yl, line) in ys.chunks_exact_mut(w).zip(bgr.chunks_exact(w * 3)) {
-        for (y, px) in yl.iter_mut().zip(line.chunks_exact(3)) {
-            let [b, g, r] = [px[0], px[1], px[2]].map(i32::from);
-            *y = ((YR * r + YG * g + YB * b + (16 << 16) + (1 << 15)) >> 16) as u8;
-        }
-    }
-    let cw = w / 2;
-    for (cy, (ul, vl)) in us
-        .chunks_exact_mut(cw)
-        .zip(vs.chunks_exact_mut(cw))
-        .enumerate()
-    {
-        let top = &bgr[2 * cy * w * 3..][..w * 3];
-        let bottom = &bgr[(2 * cy + 1) * w * 3..][..w * 3];
-        for (cx, (u, v)) in ul.iter_mut().zip(vl.iter_mut()).enumerate() {
-            let i = cx * 6;
-            let sum = |c: usize| {
-                i32::from(top[i + c])
-                    + i32::from(top[i + 3 + c])
-                    + i32::from(bottom[i + c])
-                    + i32::from(bottom[i + 3 + c])
-            };
-            let (b, g, r) = (sum(0), sum(1), sum(2));
-            // Sums of 4 pixels: 2 more bits to shift away.
-            *u = ((UR * r + UG * g + UB * b + (128 << 18) + (1 << 17)) >> 18) as u8;
-            *v = ((VR * r + VG * g + VB * b + (128 << 18) + (1 << 17)) >> 18) as u8;
-        }
-    }
-    true
+    w % 2 == 0 && h % 2 == 0 && yuv::bgr_to_yuv420(bgr, (w, h), Colour::default(), out)
 }
 
 /// Encodes mosaics (BGR frames) for one peer.
