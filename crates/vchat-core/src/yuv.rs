@@ -368,8 +368,17 @@ pub fn bgr_to_yuv420(bgr: &[u8], (w, h): (usize, usize), colour: Colour, out: &m
 
 /// JPEG's Y, Cb and Cr of a BGR colour.
 pub fn ycc_of_bgr(bgr: [u8; 3]) -> [u8; 3] {
+    if bgr == [0, 0, 0] {
+        return [0, 128, 128];
+    }
+    let [b, g, r] = bgr;
     let mut out = [0u8; 6];
-    bgr_to_yuv420(&bgr.repeat(4), (2, 2), Colour::JPEG, &mut out);
+    bgr_to_yuv420(
+        &[b, g, r, b, g, r, b, g, r, b, g, r],
+        (2, 2),
+        Colour::JPEG,
+        &mut out,
+    );
     [out[0], out[4], out[5]]
 }
 
@@ -416,6 +425,7 @@ mod tests {
             }
         }
         assert_eq!(ycc_of_bgr([128, 128, 128]), [128, 128, 128]);
+        assert_eq!(ycc_of_bgr([0, 0, 0]), [0, 128, 128]);
     }
 
     #[test]
