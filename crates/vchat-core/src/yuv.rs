@@ -149,6 +149,12 @@ impl Yuv420 {
     /// The picture as BGR `height`×`width`×3 pixels, each chroma sample
     /// spread over its 2x2 pixels.
     pub fn to_bgr(&self) -> Vec<u8> {
+        self.to_bgr_in(Colour::JPEG)
+    }
+
+    /// [`Self::to_bgr`] of planes whose samples are in `colour` (a video
+    /// stream's) rather than JPEG's.
+    pub fn to_bgr_in(&self, colour: Colour) -> Vec<u8> {
         let [y, u, v] = self.planes();
         let (ys, cs) = (self.plane_shape(0).stride, self.plane_shape(1).stride);
         let planes = Planes {
@@ -158,7 +164,7 @@ impl Yuv420 {
         };
         let mut out = vec![0u8; self.height * self.width * 3];
         // The planes are this picture's own: they fit.
-        yuv420_to_bgr(&planes, (self.width, self.height), Colour::JPEG, &mut out);
+        yuv420_to_bgr(&planes, (self.width, self.height), colour, &mut out);
         out
     }
 
